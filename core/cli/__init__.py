@@ -1,0 +1,1 @@
+"""Command-line front ends of `python -m core`: one module per command group, each with `register`."""
