@@ -11,6 +11,9 @@ import sys
 
 COMMAND_MODULES = (
     "core.cli.data",
+    "core.cli.asif",
+    "core.cli.invert",
+    "core.cli.align",
 )
 
 

@@ -1,0 +1,72 @@
+"""Rosetta: see into and edit a training-free multimodal model (ASIF).
+
+Run with ``streamlit run app.py``. Declares the pages; the sidebar shows the current workspace.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import streamlit as st  # noqa: E402
+
+from ui import boot, state  # noqa: E402
+
+boot.mark()
+
+st.set_page_config(page_title="Rosetta", page_icon=":material/translate:", layout="wide")
+
+PAGES = ROOT / "pages"
+
+
+def page(file: str, title: str, icon: str, **kw):
+    return st.Page(f"pages/{file}", title=title, icon=icon, **kw)
+
+
+sections = {
+    "Model": [
+        page("classify.py", "Classify & explain", ":material/image_search:", default=True),
+        page("curate.py", "Curate", ":material/tune:"),
+    ],
+    "Workspace": [
+        page("data.py", "Data", ":material/photo_library:"),
+        page("settings.py", "Settings", ":material/settings:"),
+        page("workspaces.py", "Workspaces", ":material/folder_open:"),
+    ],
+}
+labs = []
+if (PAGES / "align.py").is_file():
+    labs.append(page("align.py", "Align", ":material/join:"))
+if (PAGES / "invert.py").is_file():
+    labs.append(page("invert.py", "Invert", ":material/swap_horiz:"))
+if labs:
+    sections["Labs"] = labs
+
+nav = st.navigation(sections)
+
+with st.sidebar:
+    try:
+        ws = state.current_workspace()
+    except Exception as error:  # noqa: BLE001 - a broken workspace folder must not hide the app
+        ws = None
+        st.warning(f"Could not open the workspaces: {error}")
+    if ws is not None:
+        from core import workspace as W
+
+        spaces = W.list_workspaces()
+        ids = [w.id for w in spaces]
+        names = {w.id: w.name for w in spaces}
+        choice = st.selectbox("Workspace", ids, index=ids.index(ws.id), format_func=names.get,
+                              key="sidebar_ws")
+        if choice != ws.id:
+            state.set_workspace(choice)
+            st.rerun()
+        s = ws.settings()
+        c = ws.counts()
+        st.caption(f"{c['pairs']:,} anchor pairs · {c['eval']:,} test images · "
+                   f"{s['image_encoder']} + {s['text_encoder']} · k={s['k']}, p={s['p']}")
+
+nav.run()

@@ -1,0 +1,671 @@
+"""ASIF: sparse relative representations, zero-shot classification, retrieval and explanations.
+
+Array-level and encoder-agnostic: every function takes embeddings (float arrays ``[n, d]``; they are
+L2-normalised here, so any scale is fine) and returns numpy arrays. Paper: ``../shared/papers/asif.md``
+section 2 ("ASIF recipe").
+
+Recipe, as implemented (:func:`relative_representation`)
+    1. cosine similarities of each query to the N anchors of its own modality;
+    2. keep the top ``k`` (ties broken by the lower anchor position, so results are deterministic);
+    3. raise to ``p`` **sign-safe**: ``sign(v)·|v|^p`` (the reference code's ``v**p`` turns negative
+       similarities positive for even p);
+    4. L2-normalise the k values.
+    The ASIF similarity of an image and a text is the dot product of their sparse vectors over the
+    shared anchor pairs.
+
+Main objects
+    ``relative_representation(x, anchors, k, p)`` -> ``(indices [Q, k], values [Q, k])``
+    ``sparse_scores(a_idx, a_val, b_idx, b_val, n_anchors)`` -> dense ``[Qa, Qb]`` ASIF similarities
+    ``build_prompts(class_names, templates)`` -> ``(prompts: list[str], prompt_classes [P])``
+    ``AsifModel``: anchors (image/text embeddings, pair ids, per-pair metadata), ``k``, ``p``;
+        ``classify``, ``retrieve``, ``explain``, ``with_pairs_added`` / ``with_pairs_removed``,
+        ``save`` / ``load``.
+    ``Classification``, ``Explanation``: result containers (plain numpy fields).
+    ``softmax(scores, temperature)``, ``fit_temperature(scores, labels)``: calibrated display scores.
+    Editing an evaluated model incrementally lives in :mod:`core.edits`.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import scipy.sparse as sp
+
+from core.search import DEFAULT_MEMORY_BYTES, DedupIndex, _as_float32_2d, exact_topk, l2_normalize
+
+ProgressFn = Callable[[float, str], None]
+
+#: Template strategies: "mean" averages the template embeddings of a class into one candidate;
+#: "per-template" makes every (class, template) prompt its own candidate and a class scores the max
+#: over its prompts (what the reference code does).
+TEMPLATE_STRATEGIES = ("mean", "per-template")
+#: Chosen from the CIFAR-10 measurement in docs/RESULTS.md ("## ASIF engine").
+DEFAULT_TEMPLATE_STRATEGY = "mean"
+DEFAULT_K = 800
+DEFAULT_P = 8.0
+#: Softmax temperature for display probabilities when none was fitted (ASIF scores live in [-1, 1]).
+DEFAULT_TEMPERATURE = 0.02
+
+#: A small, general prompt-template set (CLIP-style); "{}" is replaced by the class name.
+DEFAULT_TEMPLATES = (
+    "a photo of a {}.",
+    "a blurry photo of a {}.",
+    "a photo of the {}.",
+    "a close-up photo of a {}.",
+    "a photo of a small {}.",
+    "a photo of a big {}.",
+    "a low resolution photo of a {}.",
+    "a picture of a {}.",
+)
+
+FORMAT_VERSION = 1
+
+
+# ------------------------------------------------------------------------------------------------
+# The recipe
+# ------------------------------------------------------------------------------------------------
+
+def _check_kp(k, p, n: int) -> tuple[int, float]:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise ValueError(f"k must be an integer; got {k!r}.")
+    if k < 1:
+        raise ValueError(f"k must be at least 1; got {k}.")
+    if k > n:
+        raise ValueError(f"k={k} is larger than the number of anchors ({n}); lower k or add pairs.")
+    try:
+        p = float(p)
+    except (TypeError, ValueError):
+        raise ValueError(f"p must be a number ≥ 1; got {p!r}.") from None
+    if not np.isfinite(p) or p < 1:
+        raise ValueError(f"p must be a finite number ≥ 1; got {p}.")
+    return int(k), p
+
+
+def signed_power(values: np.ndarray, p: float) -> np.ndarray:
+    """``sign(v)·|v|^p`` elementwise, float32 (computed in float64)."""
+    v = np.asarray(values, dtype=np.float64)
+    return (np.sign(v) * np.abs(v) ** float(p)).astype(np.float32)
+
+
+def process_similarities(sims: np.ndarray, p: float) -> np.ndarray:
+    """Recipe steps 3–4 on top-k similarities ``[Q, k]``: sign-safe power, then row L2 normalisation.
+
+    A row whose powered values are all zero stays zero (it matches nothing)."""
+    raw = np.sign(sims.astype(np.float64)) * np.abs(sims.astype(np.float64)) ** float(p)
+    norms = np.sqrt((raw * raw).sum(axis=1, keepdims=True))
+    norms[norms == 0] = 1.0
+    return (raw / norms).astype(np.float32)
+
+
+def relative_representation(x, anchors, k: int = DEFAULT_K, p: float = DEFAULT_P, *,
+                            device: str | None = "cpu", memory_bytes: int = DEFAULT_MEMORY_BYTES,
+                            progress: ProgressFn | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Sparse ASIF relative representation of ``x`` [Q, d] with respect to ``anchors`` [N, d].
+
+    Cosine similarities to every anchor, keep the top ``k`` (sorted descending; ties broken by the
+    lower anchor position), sign-safe power ``p``, L2-normalise.
+
+    Returns ``(indices [Q, k] int64, values [Q, k] float32)``: anchor positions and weights; each row
+    of ``values`` has unit norm (or is all zero when every kept similarity is 0).
+
+    Raises ``ValueError`` for ``k > N``, ``k < 1``, ``p < 1``, empty inputs, NaN/inf rows and a
+    dimension mismatch between ``x`` and ``anchors``.
+    """
+    xa = _as_float32_2d("queries", x)
+    aa = _as_float32_2d("anchors", anchors, xa.shape[1])
+    k, p = _check_kp(k, p, aa.shape[0])
+    idx, sims = exact_topk(l2_normalize(xa), l2_normalize(aa), k, device=device,
+                           memory_bytes=memory_bytes, progress=progress)
+    return idx, process_similarities(sims, p)
+
+
+def sparse_matrix(indices: np.ndarray, values: np.ndarray, n_anchors: int) -> sp.csr_matrix:
+    """CSR matrix ``[Q, n_anchors]`` from ``(indices [Q, k], values [Q, k])``."""
+    q, k = indices.shape
+    indptr = np.arange(0, q * k + 1, k, dtype=np.int64)
+    return sp.csr_matrix((values.ravel().astype(np.float32), indices.ravel(), indptr),
+                         shape=(q, n_anchors))
+
+
+def sparse_scores(a_indices: np.ndarray, a_values: np.ndarray, b_indices: np.ndarray,
+                  b_values: np.ndarray, n_anchors: int) -> np.ndarray:
+    """ASIF similarities ``[Qa, Qb]`` (float32) between two sets of sparse vectors over the same anchors."""
+    a = sparse_matrix(a_indices, a_values, n_anchors).astype(np.float64)
+    b = sparse_matrix(b_indices, b_values, n_anchors).astype(np.float64)
+    return np.asarray((a @ b.T).toarray(), dtype=np.float32)
+
+
+def argmax_tolerant(scores: np.ndarray, atol: float = 1e-9, rtol: float = 1e-7) -> np.ndarray:
+    """Row argmax that treats scores within ``atol + rtol·|max|`` of the maximum as tied and then
+    picks the lowest index, so float round-off (incremental vs full recompute) cannot flip a tie."""
+    s = np.asarray(scores, dtype=np.float64)
+    m = s.max(axis=1, keepdims=True)
+    return np.argmax(s >= m - (atol + rtol * np.abs(m)), axis=1)
+
+
+# ------------------------------------------------------------------------------------------------
+# Prompts and calibration
+# ------------------------------------------------------------------------------------------------
+
+def build_prompts(class_names: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES,
+                  ) -> tuple[list[str], np.ndarray]:
+    """Prompts for every class × template, class-major.
+
+    Returns ``(prompts, prompt_classes)``: ``prompts[c * T + t] = templates[t].format(name_c)``
+    (a template without "{}" gets the name appended after a space) and ``prompt_classes [C*T]`` int64.
+    Underscores in class names become spaces.
+    """
+    names = [str(c) for c in class_names]
+    if not names:
+        raise ValueError("give at least one class name.")
+    if len(set(names)) != len(names):
+        raise ValueError("class names must be unique.")
+    if not templates:
+        raise ValueError("give at least one prompt template, e.g. 'a photo of a {}.'")
+    prompts: list[str] = []
+    classes: list[int] = []
+    for c, name in enumerate(names):
+        shown = name.replace("_", " ")
+        for template in templates:
+            prompts.append(template.format(shown) if "{}" in template else f"{template} {shown}")
+            classes.append(c)
+    return prompts, np.asarray(classes, dtype=np.int64)
+
+
+def softmax(scores: np.ndarray, temperature: float = DEFAULT_TEMPERATURE) -> np.ndarray:
+    """Row softmax of ``scores / temperature`` (float64 internally, float32 out)."""
+    if temperature <= 0:
+        raise ValueError("temperature must be positive.")
+    z = np.asarray(scores, dtype=np.float64) / temperature
+    z -= z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+def fit_temperature(scores: np.ndarray, labels: np.ndarray,
+                    grid: Sequence[float] | None = None) -> float:
+    """Temperature minimising the negative log-likelihood of ``labels`` under ``softmax(scores/T)``.
+
+    Searched on a log grid then refined (no gradients needed). ``scores [Q, C]``, ``labels [Q]``.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.int64)
+    if s.ndim != 2 or y.shape != (s.shape[0],):
+        raise ValueError("scores must be [Q, C] and labels [Q].")
+
+    def nll(t: float) -> float:
+        z = s / t
+        z -= z.max(axis=1, keepdims=True)
+        logp = z[np.arange(len(y)), y] - np.log(np.exp(z).sum(axis=1))
+        return float(-logp.mean())
+
+    grid = list(grid) if grid is not None else list(np.geomspace(1e-4, 1.0, 41))
+    best = min(grid, key=nll)
+    lo, hi = best / 1.26, best * 1.26
+    for _ in range(30):  # golden-section refine in log space
+        m1, m2 = lo * (hi / lo) ** 0.382, lo * (hi / lo) ** 0.618
+        if nll(m1) < nll(m2):
+            hi = m2
+        else:
+            lo = m1
+    return float(np.sqrt(lo * hi))
+
+
+def class_candidates(prompt_embeddings, prompt_classes, strategy: str = DEFAULT_TEMPLATE_STRATEGY,
+                     n_classes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Turn prompt embeddings ``[P, d]`` into the text candidates of a strategy.
+
+    "mean": one candidate per class, the L2-normalised mean of its normalised prompt embeddings.
+    "per-template": the prompts themselves. Returns ``(candidates [P', d], candidate_classes [P'])``.
+    """
+    emb = l2_normalize(_as_float32_2d("prompt embeddings", prompt_embeddings))
+    classes = np.asarray(prompt_classes, dtype=np.int64).ravel()
+    if classes.shape[0] != emb.shape[0]:
+        raise ValueError(f"{emb.shape[0]} prompt embeddings but {classes.shape[0]} prompt classes.")
+    if classes.min() < 0:
+        raise ValueError("prompt classes must be non-negative class indices.")
+    n_classes = int(n_classes if n_classes is not None else classes.max() + 1)
+    if strategy == "per-template":
+        return emb, classes
+    if strategy != "mean":
+        raise ValueError(f"unknown template strategy {strategy!r}; use one of {TEMPLATE_STRATEGIES}.")
+    present = np.unique(classes)
+    if present.size != n_classes:
+        missing = sorted(set(range(n_classes)) - set(present.tolist()))
+        raise ValueError(f"classes {missing} have no prompt.")
+    sums = np.zeros((n_classes, emb.shape[1]), dtype=np.float64)
+    np.add.at(sums, classes, emb)
+    return l2_normalize(sums.astype(np.float32)), np.arange(n_classes, dtype=np.int64)
+
+
+def class_scores_from_candidates(candidate_scores: np.ndarray, candidate_classes: np.ndarray,
+                                 n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Class scores ``[Q, C]`` = max over each class's candidates; also the winning candidate per
+    (query, class) ``[Q, C]`` (index into the candidates)."""
+    s = np.asarray(candidate_scores)
+    cls = np.asarray(candidate_classes)
+    out = np.full((s.shape[0], n_classes), -np.inf, dtype=np.float32)
+    arg = np.zeros((s.shape[0], n_classes), dtype=np.int64)
+    for c in range(n_classes):
+        cols = np.flatnonzero(cls == c)
+        if cols.size == 0:
+            continue
+        sub = s[:, cols]
+        j = sub.argmax(axis=1)
+        out[:, c] = sub[np.arange(s.shape[0]), j]
+        arg[:, c] = cols[j]
+    return out, arg
+
+
+# ------------------------------------------------------------------------------------------------
+# Results
+# ------------------------------------------------------------------------------------------------
+
+@dataclass
+class Classification:
+    """Zero-shot classification of Q images into C classes.
+
+    ``scores [Q, C]`` ASIF similarity of each image to each class (max over its candidates);
+    ``predictions [Q]`` argmax (lowest class index on ties, see :func:`argmax_tolerant`); ``probabilities [Q, C]`` softmax with
+    ``temperature``; ``best_candidate [Q, C]`` which candidate won each class (index into
+    ``candidate_classes``); ``strategy`` the template strategy used.
+    """
+    scores: np.ndarray
+    predictions: np.ndarray
+    probabilities: np.ndarray
+    best_candidate: np.ndarray
+    candidate_classes: np.ndarray
+    strategy: str
+    temperature: float
+
+    def accuracy(self, labels) -> float:
+        """Fraction of ``predictions`` equal to ``labels [Q]``."""
+        return float(np.mean(self.predictions == np.asarray(labels)))
+
+    def per_class_accuracy(self, labels, n_classes: int | None = None) -> np.ndarray:
+        """Accuracy per true class ``[C]`` (NaN for a class with no example)."""
+        return per_class_accuracy(self.predictions, labels, n_classes or self.scores.shape[1])
+
+
+def per_class_accuracy(predictions, labels, n_classes: int) -> np.ndarray:
+    """Accuracy per true class ``[C]`` (NaN where a class has no example)."""
+    y = np.asarray(labels, dtype=np.int64)
+    hit = (np.asarray(predictions) == y).astype(np.float64)
+    tot = np.bincount(y, minlength=n_classes).astype(np.float64)
+    good = np.bincount(y, weights=hit, minlength=n_classes)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(tot > 0, good / np.maximum(tot, 1), np.nan)
+
+
+@dataclass
+class Explanation:
+    """Why one image got its class scores (paper Fig. 6/7 and Fig. 3).
+
+    Anchor pairs are named by ``pair_ids`` (stable across edits) and by ``positions`` (rows in the
+    model's anchor arrays at explanation time).
+
+    Query side (the image's k nearest anchor images, sorted by similarity):
+        ``positions [k]``, ``pair_ids [k]``, ``image_similarity [k]`` (raw cosine),
+        ``image_weight [k]`` (sparse value after power + normalisation).
+    Per class c (rows of these ``[C, k]`` arrays are aligned with the query side):
+        ``caption_similarity [C, k]`` raw cosine of those anchors' captions to class c's winning
+        candidate text, ``text_weight [C, k]`` the weight of that anchor in the candidate's sparse
+        vector (0 when outside its top-k), ``product [C, k] = image_weight * text_weight``;
+        ``scores [C] = product.sum(1)``; ``candidate [C]`` the winning candidate index.
+    Histograms (Fig. 3): ``all_image_similarity [N]`` the image's cosine to every anchor image
+        (``positions`` are its top-k), ``all_caption_similarity [C, N]`` every anchor caption's cosine
+        to each class candidate, ``caption_topk [C, k]`` positions of each candidate's top-k.
+    ``prediction`` argmax class; ``class_names`` if given.
+    """
+    positions: np.ndarray
+    pair_ids: np.ndarray
+    image_similarity: np.ndarray
+    image_weight: np.ndarray
+    caption_similarity: np.ndarray
+    text_weight: np.ndarray
+    product: np.ndarray
+    scores: np.ndarray
+    candidate: np.ndarray
+    prediction: int
+    all_image_similarity: np.ndarray
+    all_caption_similarity: np.ndarray
+    caption_topk: np.ndarray
+    class_names: list[str] | None = None
+    metadata: list[dict] | None = None
+
+    def contributions(self, class_index: int | None = None, top: int | None = 10,
+                      include_zero: bool = False) -> list[dict]:
+        """Pairs behind class ``class_index`` (default: the prediction), sorted by product descending.
+
+        Each row: ``pair_id, position, image_similarity, caption_similarity, image_weight,
+        text_weight, product, share`` (product / class score) plus the pair's metadata keys
+        (e.g. ``image``, ``caption``) when the model has metadata. Pairs with a zero product are left
+        out unless ``include_zero``.
+        """
+        c = self.prediction if class_index is None else int(class_index)
+        order = np.argsort(-self.product[c], kind="stable")
+        if not include_zero:
+            order = order[self.product[c][order] != 0]
+        if top is not None:
+            order = order[:top]
+        total = float(self.scores[c]) or 1.0
+        rows = []
+        for j in order:
+            row = {
+                "pair_id": int(self.pair_ids[j]),
+                "position": int(self.positions[j]),
+                "image_similarity": float(self.image_similarity[j]),
+                "caption_similarity": float(self.caption_similarity[c, j]),
+                "image_weight": float(self.image_weight[j]),
+                "text_weight": float(self.text_weight[c, j]),
+                "product": float(self.product[c, j]),
+                "share": float(self.product[c, j]) / total,
+            }
+            if self.metadata is not None:
+                row.update(self.metadata[j])
+            rows.append(row)
+        return rows
+
+    def scatter_data(self) -> list[dict]:
+        """Rows for the Fig. 7 scatter: one per (class, anchor in the image's top-k) with nonzero
+        product: ``class_index, class_name, pair_id, image_similarity, caption_similarity, product``
+        (+ metadata)."""
+        rows = []
+        for c in range(self.product.shape[0]):
+            for j in np.flatnonzero(self.product[c] != 0):
+                row = {
+                    "class_index": c,
+                    "class_name": self.class_names[c] if self.class_names else str(c),
+                    "pair_id": int(self.pair_ids[j]),
+                    "image_similarity": float(self.image_similarity[j]),
+                    "caption_similarity": float(self.caption_similarity[c, j]),
+                    "product": float(self.product[c, j]),
+                }
+                if self.metadata is not None:
+                    row.update(self.metadata[j])
+                rows.append(row)
+        return rows
+
+
+# ------------------------------------------------------------------------------------------------
+# The model
+# ------------------------------------------------------------------------------------------------
+
+class AsifModel:
+    """An ASIF model: N anchor pairs (image embedding, text embedding, pair id, metadata) and ``k``, ``p``.
+
+    Construction normalises and validates the embeddings. Pair ids are unique int64 (default
+    ``0..N-1``); they name pairs across edits. ``metadata`` is an optional per-pair list of
+    JSON-serialisable dicts (e.g. ``{"image": "x.jpg", "caption": "a dog"}``); ``info`` an optional
+    model-level dict (encoder names, data source …). The model is treated as immutable: edits return
+    new models (``with_pairs_added`` / ``with_pairs_removed``); for an evaluation set re-scored after
+    every edit in milliseconds use :class:`core.edits.EditSession`.
+
+    Shapes: ``image_embeddings [N, d_img]``, ``text_embeddings [N, d_txt]``, ``pair_ids [N]``.
+    """
+
+    def __init__(self, image_embeddings, text_embeddings, pair_ids=None, metadata=None, *,
+                 k: int = DEFAULT_K, p: float = DEFAULT_P, info: Mapping[str, Any] | None = None,
+                 template_strategy: str = DEFAULT_TEMPLATE_STRATEGY,
+                 temperature: float = DEFAULT_TEMPERATURE, device: str | None = "cpu"):
+        img = _as_float32_2d("anchor image embeddings", image_embeddings)
+        txt = _as_float32_2d("anchor text embeddings", text_embeddings)
+        if img.shape[0] != txt.shape[0]:
+            raise ValueError(f"{img.shape[0]} anchor images but {txt.shape[0]} anchor texts: pairs must "
+                             "line up one to one.")
+        n = img.shape[0]
+        ids = np.arange(n, dtype=np.int64) if pair_ids is None else np.asarray(pair_ids, dtype=np.int64).ravel()
+        if ids.shape[0] != n:
+            raise ValueError(f"{ids.shape[0]} pair ids for {n} pairs.")
+        if np.unique(ids).size != n:
+            raise ValueError("pair ids must be unique.")
+        if metadata is not None:
+            metadata = [dict(m) for m in metadata]
+            if len(metadata) != n:
+                raise ValueError(f"{len(metadata)} metadata rows for {n} pairs.")
+        self.k, self.p = _check_kp(k, p, n)
+        if template_strategy not in TEMPLATE_STRATEGIES:
+            raise ValueError(f"unknown template strategy {template_strategy!r}; use one of {TEMPLATE_STRATEGIES}.")
+        self.image_embeddings = l2_normalize(img)
+        self.text_embeddings = l2_normalize(txt)
+        self.pair_ids = ids
+        self.metadata = metadata
+        self.info = dict(info or {})
+        self.template_strategy = template_strategy
+        self.temperature = float(temperature)
+        self.device = device
+        self._id_to_pos = {int(i): j for j, i in enumerate(ids)}
+
+    # ------------------------------------------------------------------ basics
+    @property
+    def n_anchors(self) -> int:
+        """Number of anchor pairs N."""
+        return self.image_embeddings.shape[0]
+
+    def positions_of(self, pair_ids) -> np.ndarray:
+        """Anchor positions ``[m]`` of ``pair_ids``; unknown ids raise ``ValueError``."""
+        out = []
+        for i in np.asarray(pair_ids, dtype=np.int64).ravel():
+            pos = self._id_to_pos.get(int(i))
+            if pos is None:
+                raise ValueError(f"pair id {int(i)} is not in this model.")
+            out.append(pos)
+        return np.asarray(out, dtype=np.int64)
+
+    def represent_images(self, image_embeddings, *, progress: ProgressFn | None = None):
+        """Sparse relative representation of images ``[Q, d_img]`` over the anchor images:
+        ``(positions [Q, k], values [Q, k])``."""
+        dedup = self._image_dedup()
+        if dedup is None:
+            return relative_representation(image_embeddings, self.image_embeddings, self.k, self.p,
+                                           device=self.device, progress=progress)
+        x = l2_normalize(_as_float32_2d("queries", image_embeddings, self.image_embeddings.shape[1]))
+        idx, sims = dedup.topk(x, self.k, device=self.device, progress=progress)
+        return idx, process_similarities(sims, self.p)
+
+    def _image_dedup(self):
+        """A :class:`core.search.DedupIndex` over the anchor images when many are repeated (several
+        captions per image), else None. Built once per model; results are identical either way."""
+        if not hasattr(self, "_dedup"):
+            d = DedupIndex(self.image_embeddings) if self.n_anchors >= 1000 else None
+            self._dedup = d if d is not None and d.useful else None
+        return self._dedup
+
+    def represent_texts(self, text_embeddings, *, progress: ProgressFn | None = None):
+        """Sparse relative representation of texts ``[Q, d_txt]`` over the anchor captions:
+        ``(positions [Q, k], values [Q, k])``."""
+        return relative_representation(text_embeddings, self.text_embeddings, self.k, self.p,
+                                       device=self.device, progress=progress)
+
+    # ------------------------------------------------------------------ classification
+    def classify(self, image_embeddings, prompt_embeddings, prompt_classes=None, *,
+                 strategy: str | None = None, n_classes: int | None = None,
+                 temperature: float | None = None, progress: ProgressFn | None = None) -> Classification:
+        """Zero-shot classification of images ``[Q, d_img]``.
+
+        ``prompt_embeddings [P, d_txt]``: text-encoder embeddings of the prompts (from
+        :func:`build_prompts`); ``prompt_classes [P]`` their class index (default: ``arange(P)``, one
+        prompt per class). ``strategy``: "mean" (average each class's template embeddings into one
+        candidate) or "per-template" (every prompt is a candidate, class score = max); default
+        ``self.template_strategy``. Returns a :class:`Classification`.
+        """
+        strategy = strategy or self.template_strategy
+        pe = _as_float32_2d("prompt embeddings", prompt_embeddings, self.text_embeddings.shape[1])
+        pc = np.arange(pe.shape[0]) if prompt_classes is None else np.asarray(prompt_classes)
+        cand, cand_cls = class_candidates(pe, pc, strategy, n_classes)
+        n_classes = int(n_classes if n_classes is not None else cand_cls.max() + 1)
+        img_idx, img_val = self.represent_images(image_embeddings, progress=progress)
+        txt_idx, txt_val = self.represent_texts(cand)
+        cand_scores = sparse_scores(img_idx, img_val, txt_idx, txt_val, self.n_anchors)
+        scores, best = class_scores_from_candidates(cand_scores, cand_cls, n_classes)
+        t = self.temperature if temperature is None else float(temperature)
+        return Classification(scores=scores, predictions=argmax_tolerant(scores),
+                              probabilities=softmax(scores, t), best_candidate=best,
+                              candidate_classes=cand_cls, strategy=strategy, temperature=t)
+
+    # ------------------------------------------------------------------ retrieval
+    def retrieve(self, queries, candidates, *, query_modality: str = "image", top: int = 5,
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """Cross-modal retrieval in the ASIF space.
+
+        ``query_modality="image"``: ``queries [Q, d_img]`` are images and ``candidates [M, d_txt]``
+        captions (image→caption); ``"text"``: the reverse (caption→image). Returns
+        ``(indices [Q, top] into candidates, scores [Q, top])`` sorted by ASIF similarity descending
+        (ties: lower candidate index first).
+        """
+        if query_modality == "image":
+            qi, qv = self.represent_images(queries)
+            ci, cv = self.represent_texts(candidates)
+        elif query_modality == "text":
+            qi, qv = self.represent_texts(queries)
+            ci, cv = self.represent_images(candidates)
+        else:
+            raise ValueError("query_modality must be 'image' or 'text'.")
+        s = sparse_scores(qi, qv, ci, cv, self.n_anchors)
+        top = int(min(max(1, top), s.shape[1]))
+        order = np.argsort(-s, axis=1, kind="stable")[:, :top]
+        return order, np.take_along_axis(s, order, 1)
+
+    def image_to_text(self, images, captions, top: int = 5):
+        """Best ``top`` captions ``[M, d_txt]`` for each image ``[Q, d_img]``: ``(indices, scores)``."""
+        return self.retrieve(images, captions, query_modality="image", top=top)
+
+    def text_to_image(self, texts, images, top: int = 5):
+        """Best ``top`` images ``[M, d_img]`` for each text ``[Q, d_txt]``: ``(indices, scores)``."""
+        return self.retrieve(texts, images, query_modality="text", top=top)
+
+    # ------------------------------------------------------------------ explanations
+    def explain(self, image_embedding, prompt_embeddings, prompt_classes=None, *,
+                class_names: Sequence[str] | None = None, strategy: str | None = None,
+                n_classes: int | None = None) -> Explanation:
+        """Explain the classification of ONE image ``[d_img]`` (or ``[1, d_img]``).
+
+        Same prompt arguments as :meth:`classify`. For every class, its winning candidate (the
+        class mean for "mean", the best-scoring template for "per-template") is decomposed into the
+        anchor pairs shared with the image's sparse vector. Returns an :class:`Explanation`;
+        ``explanation.contributions()`` gives the sorted pair table for the predicted class and
+        ``explanation.scatter_data()`` the Fig. 7 points.
+        """
+        strategy = strategy or self.template_strategy
+        q = l2_normalize(_as_float32_2d("image embedding", image_embedding, self.image_embeddings.shape[1]))
+        if q.shape[0] != 1:
+            raise ValueError("explain takes one image embedding; call it once per image.")
+        pe = _as_float32_2d("prompt embeddings", prompt_embeddings, self.text_embeddings.shape[1])
+        pc = np.arange(pe.shape[0]) if prompt_classes is None else np.asarray(prompt_classes)
+        cand, cand_cls = class_candidates(pe, pc, strategy, n_classes)
+        n_classes = int(n_classes if n_classes is not None else cand_cls.max() + 1)
+        if class_names is not None and len(class_names) != n_classes:
+            raise ValueError(f"{len(class_names)} class names for {n_classes} classes.")
+        all_img = (q @ self.image_embeddings.T)[0]
+        img_pos, img_sim = exact_topk(q, self.image_embeddings, self.k)
+        img_pos, img_sim = img_pos[0], img_sim[0]
+        img_w = process_similarities(img_sim[None], self.p)[0]
+        all_cap = cand @ self.text_embeddings.T  # [P', N]
+        txt_pos, txt_sim = exact_topk(cand, self.text_embeddings, self.k)
+        txt_w = process_similarities(txt_sim, self.p)
+        cand_scores = sparse_scores(img_pos[None], img_w[None], txt_pos, txt_w, self.n_anchors)
+        scores, best = class_scores_from_candidates(cand_scores, cand_cls, n_classes)
+        best = best[0]
+        k = self.k
+        cap_sim = np.zeros((n_classes, k), dtype=np.float32)
+        tw = np.zeros((n_classes, k), dtype=np.float32)
+        cap_topk = np.zeros((n_classes, k), dtype=np.int64)
+        all_cap_c = np.zeros((n_classes, self.n_anchors), dtype=np.float32)
+        for c in range(n_classes):
+            j = best[c]
+            dense = np.zeros(self.n_anchors, dtype=np.float32)
+            dense[txt_pos[j]] = txt_w[j]
+            tw[c] = dense[img_pos]
+            cap_sim[c] = all_cap[j, img_pos]
+            cap_topk[c] = txt_pos[j]
+            all_cap_c[c] = all_cap[j]
+        prod = img_w[None, :] * tw
+        meta = [self.metadata[i] for i in img_pos] if self.metadata is not None else None
+        return Explanation(
+            positions=img_pos, pair_ids=self.pair_ids[img_pos], image_similarity=img_sim,
+            image_weight=img_w, caption_similarity=cap_sim, text_weight=tw, product=prod,
+            scores=scores[0], candidate=best, prediction=int(argmax_tolerant(scores)[0]),
+            all_image_similarity=all_img.astype(np.float32), all_caption_similarity=all_cap_c,
+            caption_topk=cap_topk, class_names=list(class_names) if class_names is not None else None,
+            metadata=meta)
+
+    # ------------------------------------------------------------------ edits (new models)
+    def with_pairs_removed(self, pair_ids) -> "AsifModel":
+        """A new model without ``pair_ids`` (unknown ids raise; k must stay ≤ the remaining pairs)."""
+        drop = set(self.positions_of(pair_ids).tolist())
+        keep = np.asarray([i for i in range(self.n_anchors) if i not in drop], dtype=np.int64)
+        if keep.size < self.k:
+            raise ValueError(f"removing {len(drop)} pairs would leave {keep.size} < k={self.k} anchors.")
+        return self._subset(keep)
+
+    def with_pairs_added(self, image_embeddings, text_embeddings, pair_ids=None, metadata=None) -> "AsifModel":
+        """A new model with extra pairs appended (ids default to ``max(id)+1 …``)."""
+        img = _as_float32_2d("new image embeddings", image_embeddings, self.image_embeddings.shape[1])
+        txt = _as_float32_2d("new text embeddings", text_embeddings, self.text_embeddings.shape[1])
+        m = img.shape[0]
+        if pair_ids is None:
+            start = int(self.pair_ids.max()) + 1 if self.n_anchors else 0
+            pair_ids = np.arange(start, start + m, dtype=np.int64)
+        if (self.metadata is None) != (metadata is None) and self.metadata is not None:
+            metadata = [{} for _ in range(m)]
+        meta = None if self.metadata is None else self.metadata + [dict(x) for x in metadata]
+        return AsifModel(np.concatenate([self.image_embeddings, img]),
+                         np.concatenate([self.text_embeddings, txt]),
+                         np.concatenate([self.pair_ids, np.asarray(pair_ids, dtype=np.int64).ravel()]),
+                         meta, k=self.k, p=self.p, info=self.info,
+                         template_strategy=self.template_strategy, temperature=self.temperature,
+                         device=self.device)
+
+    def with_params(self, *, k: int | None = None, p: float | None = None) -> "AsifModel":
+        """Same anchors, other ``k`` / ``p`` (arrays are shared, not copied)."""
+        new = object.__new__(AsifModel)
+        new.__dict__.update(self.__dict__)
+        new.k, new.p = _check_kp(self.k if k is None else k, self.p if p is None else p, self.n_anchors)
+        return new
+
+    def _subset(self, keep: np.ndarray) -> "AsifModel":
+        meta = None if self.metadata is None else [self.metadata[i] for i in keep]
+        return AsifModel(self.image_embeddings[keep], self.text_embeddings[keep], self.pair_ids[keep],
+                         meta, k=self.k, p=self.p, info=self.info,
+                         template_strategy=self.template_strategy, temperature=self.temperature,
+                         device=self.device)
+
+    # ------------------------------------------------------------------ files
+    def save(self, path: str | os.PathLike) -> str:
+        """Save to one ``.npz`` file (no pickles): arrays ``image_embeddings``, ``text_embeddings``,
+        ``pair_ids`` and ``meta_json`` (UTF-8 JSON with k, p, strategy, temperature, info, per-pair
+        metadata, format version). Returns the path written (``.npz`` appended if missing)."""
+        path = os.fspath(path)
+        if not path.endswith(".npz"):
+            path += ".npz"
+        meta = {"format": "rosetta-asif", "version": FORMAT_VERSION, "k": self.k, "p": self.p,
+                "template_strategy": self.template_strategy, "temperature": self.temperature,
+                "info": self.info, "metadata": self.metadata}
+        blob = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
+        tmp = path + ".tmp.npz"
+        np.savez(tmp, image_embeddings=self.image_embeddings, text_embeddings=self.text_embeddings,
+                 pair_ids=self.pair_ids, meta_json=blob)
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, device: str | None = "cpu") -> "AsifModel":
+        """Load a model written by :meth:`save` (``allow_pickle=False``); bad files raise ``ValueError``."""
+        try:
+            with np.load(os.fspath(path), allow_pickle=False) as f:
+                img, txt, ids = f["image_embeddings"], f["text_embeddings"], f["pair_ids"]
+                meta = json.loads(bytes(f["meta_json"]).decode("utf-8"))
+        except (OSError, KeyError, ValueError, json.JSONDecodeError) as error:
+            raise ValueError(f"{os.fspath(path)} is not a readable ASIF model file ({error}).") from None
+        if meta.get("format") != "rosetta-asif":
+            raise ValueError(f"{os.fspath(path)} is not an ASIF model file.")
+        return cls(img, txt, ids, meta.get("metadata"), k=int(meta["k"]), p=float(meta["p"]),
+                   info=meta.get("info"), template_strategy=meta.get("template_strategy", DEFAULT_TEMPLATE_STRATEGY),
+                   temperature=float(meta.get("temperature", DEFAULT_TEMPERATURE)), device=device)
+
+    def __repr__(self) -> str:
+        return (f"AsifModel(n_anchors={self.n_anchors}, d_img={self.image_embeddings.shape[1]}, "
+                f"d_txt={self.text_embeddings.shape[1]}, k={self.k}, p={self.p})")

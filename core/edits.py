@@ -1,0 +1,844 @@
+"""Edit an ASIF model and re-score a labeled evaluation set in milliseconds.
+
+:class:`EditSession` holds an ASIF model (anchor pairs named by id), a labeled evaluation set of
+image embeddings and the class prompts. It keeps, for every evaluation image and every text
+candidate, its top-(k+m) anchor neighbours (``m`` = slack) and the un-normalised dot products of the
+sparse vectors, so that
+
+* removing pairs touches only the queries whose top-(k+m) list held them (a query whose list falls
+  below k is recomputed exactly against all live anchors), and
+* adding pairs touches only the queries the new pairs enter,
+
+and the accuracy after an edit is exactly what a full recompute gives (tested on long random edit
+sequences, including undo and slack exhaustion). Undo and redo are edits too.
+
+Typical use (dashboard)::
+
+    session = EditSession(model, eval_img_emb, eval_labels, prompt_emb, prompt_classes,
+                          class_names=names)
+    session.accuracy, session.per_class_accuracy          # current state
+    r = session.remove([pair_id, ...])                    # -> EditResult (accuracy, ms, …)
+    session.what_if_remove([pair_id, ...])                # same numbers, nothing committed
+    session.undo(); session.redo()
+    session.add(img_emb_new, txt_emb_new, metadata=[{"caption": "a photo of a cat"}, ...])
+    table = session.influence()                           # per-pair influence, leave-one-out
+    session.most_harmful(20)                              # rows sorted for curation
+    model_now = session.current_model()                   # AsifModel of the live pairs
+
+Canonical order: live anchors are ranked by (similarity desc, bank row asc); bank rows never move
+(removed pairs keep their row so undo puts them back in place; added pairs get new rows at the end),
+and :meth:`EditSession.current_model` lists live pairs in bank-row order, so a fresh
+:class:`core.asif.AsifModel` built from it breaks ties identically.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import scipy.sparse as sp
+
+from core.asif import (AsifModel, argmax_tolerant, class_candidates, per_class_accuracy)
+from core.search import DedupIndex, _as_float32_2d, exact_topk, l2_normalize, similarity_block
+
+ProgressFn = Callable[[float, str], None]
+
+
+def _raw(sims: np.ndarray, p: float) -> np.ndarray:
+    """Sign-safe power in float64 (the un-normalised sparse weights)."""
+    s = sims.astype(np.float64)
+    return np.sign(s) * np.abs(s) ** p
+
+
+@dataclass
+class EditResult:
+    """Outcome of an edit (or of a what-if, when ``committed`` is False).
+
+    ``accuracy`` overall; ``per_class_accuracy [C]``; ``accuracy_before``; ``n_changed``
+    predictions that changed; ``n_anchors`` live pairs after the edit; ``elapsed_ms`` wall time of
+    the re-scoring; ``kind`` "remove" | "add" | "undo" | "redo"; ``pair_ids`` the pairs involved;
+    ``touched_queries`` evaluation images whose sparse vector changed; ``recomputed_queries``
+    images recomputed exactly because their slack ran out.
+    """
+    kind: str
+    pair_ids: np.ndarray
+    accuracy: float
+    accuracy_before: float
+    per_class_accuracy: np.ndarray
+    n_changed: int
+    n_anchors: int
+    elapsed_ms: float
+    touched_queries: int
+    recomputed_queries: int
+    committed: bool = True
+
+    @property
+    def delta(self) -> float:
+        """``accuracy - accuracy_before``."""
+        return self.accuracy - self.accuracy_before
+
+
+@dataclass
+class Influence:
+    """Per-pair influence on a labeled evaluation set (arrays aligned, one row per live pair).
+
+    ``pair_ids``; ``in_topk`` evaluation images whose top-k anchor images include the pair;
+    ``participated`` predictions it took part in (nonzero product with the predicted class);
+    ``supported_correct`` / ``supported_wrong`` of those, correct / wrong ones;
+    ``loo_delta`` exact accuracy change if this pair alone were removed (positive = removing it
+    helps); ``loo_changed`` predictions that would change.
+    """
+    pair_ids: np.ndarray
+    in_topk: np.ndarray
+    participated: np.ndarray
+    supported_correct: np.ndarray
+    supported_wrong: np.ndarray
+    loo_delta: np.ndarray
+    loo_changed: np.ndarray
+    elapsed_s: float = 0.0
+    #: how the leave-one-out numbers were obtained: shared next-neighbour pass, per-pair algebra,
+    #: what-if through the edit path (lists without slack)
+    n_fast: int = 0
+    n_algebraic: int = 0
+    n_edit_path: int = 0
+
+    def order_most_harmful(self) -> np.ndarray:
+        """Row order: largest ``loo_delta`` first, then most wrong-minus-correct support."""
+        return np.lexsort((self.pair_ids, -(self.supported_wrong - self.supported_correct), -self.loo_delta))
+
+    def rows(self, order: np.ndarray | None = None, metadata: dict | None = None) -> list[dict]:
+        """Table rows (dicts) in ``order`` (default: most harmful first)."""
+        order = self.order_most_harmful() if order is None else order
+        out = []
+        for i in order:
+            row = {"pair_id": int(self.pair_ids[i]), "loo_delta": float(self.loo_delta[i]),
+                   "loo_changed": int(self.loo_changed[i]), "in_topk": int(self.in_topk[i]),
+                   "participated": int(self.participated[i]),
+                   "supported_correct": int(self.supported_correct[i]),
+                   "supported_wrong": int(self.supported_wrong[i])}
+            if metadata is not None:
+                row.update(metadata.get(int(self.pair_ids[i]), {}))
+            out.append(row)
+        return out
+
+
+class _Bank:
+    """Growable anchor storage: rows never move; ``alive`` marks live pairs."""
+
+    def __init__(self, img: np.ndarray, txt: np.ndarray, ids: np.ndarray, metadata):
+        n = img.shape[0]
+        cap = max(16, int(n * 1.25) + 16)
+        self.img = np.zeros((cap, img.shape[1]), dtype=np.float32)
+        self.txt = np.zeros((cap, txt.shape[1]), dtype=np.float32)
+        self.img[:n], self.txt[:n] = img, txt
+        self.ids = np.full(cap, -1, dtype=np.int64)
+        self.ids[:n] = ids
+        self.alive = np.zeros(cap, dtype=bool)
+        self.alive[:n] = True
+        self.size = n
+        self.metadata = list(metadata) if metadata is not None else None
+        self.id_to_row = {int(i): r for r, i in enumerate(ids)}
+
+    @property
+    def n_alive(self) -> int:
+        return int(self.alive[:self.size].sum())
+
+    def alive_rows(self) -> np.ndarray:
+        return np.flatnonzero(self.alive[:self.size])
+
+    def append(self, img, txt, ids, metadata) -> np.ndarray:
+        m = img.shape[0]
+        if self.size + m > self.img.shape[0]:
+            cap = max(self.size + m, int(self.img.shape[0] * 1.5) + 16)
+            for name in ("img", "txt"):
+                old = getattr(self, name)
+                new = np.zeros((cap, old.shape[1]), dtype=np.float32)
+                new[:self.size] = old[:self.size]
+                setattr(self, name, new)
+            ids_new = np.full(cap, -1, dtype=np.int64)
+            ids_new[:self.size] = self.ids[:self.size]
+            self.ids = ids_new
+            alive_new = np.zeros(cap, dtype=bool)
+            alive_new[:self.size] = self.alive[:self.size]
+            self.alive = alive_new
+        rows = np.arange(self.size, self.size + m)
+        self.img[rows], self.txt[rows], self.ids[rows] = img, txt, ids
+        self.alive[rows] = True
+        for r, i in zip(rows, ids):
+            self.id_to_row[int(i)] = int(r)
+        if self.metadata is not None:
+            self.metadata.extend(dict(x) for x in (metadata or [{} for _ in range(m)]))
+        self.size += m
+        return rows
+
+
+class _Neighbours:
+    """Top-(k+m) live-anchor lists of a fixed query set over one side (images or texts) of the bank.
+
+    Invariant: row q of ``rows``/``sims`` holds the first ``length[q]`` live anchors in canonical
+    order (similarity desc, row asc); ``k ≤ length[q] ≤ K`` unless fewer than k anchors live.
+    """
+
+    def __init__(self, queries: np.ndarray, side: str, bank: _Bank, k: int, K: int):
+        self.q = queries
+        self.side = side
+        self.bank = bank
+        self.k, self.K = k, K
+        self.recomputed = 0
+        self._full_init()
+
+    def emb(self) -> np.ndarray:
+        return self.bank.img if self.side == "img" else self.bank.txt
+
+    def _full_init(self):
+        alive = self.bank.alive_rows()
+        K = min(self.K, alive.size)
+        base = self.emb()[alive]
+        dedup = DedupIndex(base) if alive.size >= 1000 else None
+        if dedup is not None and dedup.useful:
+            idx, sims = dedup.topk(self.q, K)
+        else:
+            idx, sims = exact_topk(self.q, base, K)
+        nq = self.q.shape[0]
+        self.rows = np.full((nq, self.K), -1, dtype=np.int64)
+        self.sims = np.full((nq, self.K), -np.inf, dtype=np.float32)
+        self.rows[:, :K] = alive[idx]
+        self.sims[:, :K] = sims
+        self.length = np.full(nq, K, dtype=np.int64)
+        self._build_postings()
+
+    def _build_postings(self):
+        flat = self.rows.ravel()
+        valid = flat >= 0
+        qid = np.repeat(np.arange(self.rows.shape[0]), self.K)[valid]
+        flat = flat[valid]
+        order = np.argsort(flat, kind="stable")
+        self.post_q = qid[order]
+        self.post_ptr = np.searchsorted(flat[order], np.arange(self.bank.size + 1))
+        self.post_cap = self.bank.size
+        self.extra: dict[int, list] = {}
+
+    def queries_holding(self, rows: np.ndarray) -> np.ndarray:
+        """Queries whose current list may contain any of ``rows`` (a superset; callers verify)."""
+        parts = []
+        for r in rows:
+            r = int(r)
+            if r < self.post_cap:
+                parts.append(self.post_q[self.post_ptr[r]:self.post_ptr[r + 1]])
+            ex = self.extra.get(r)
+            if ex:
+                parts.append(np.asarray(ex, dtype=np.int64))
+        if not parts:
+            return np.empty(0, dtype=np.int64)
+        return np.unique(np.concatenate(parts))
+
+    def _note(self, qs: np.ndarray, rows: np.ndarray):
+        for q, r in zip(qs.tolist(), rows.tolist()):
+            self.extra.setdefault(r, []).append(q)
+
+    def topk_of(self, qs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.rows[qs, :self.k].copy(), self.sims[qs, :self.k].copy()
+
+    def remove(self, removed: np.ndarray, n_alive_after: int):
+        """Drop ``removed`` rows. Returns ``(changed_queries, old_rows [n,k], old_sims [n,k])``."""
+        qs = self.queries_holding(removed)
+        if qs.size == 0:
+            return qs, np.empty((0, self.k), np.int64), np.empty((0, self.k), np.float32)
+        sub_rows = self.rows[qs]
+        mask = np.isin(sub_rows, removed)
+        hit = mask.any(axis=1)
+        qs, sub_rows, mask = qs[hit], sub_rows[hit], mask[hit]
+        if qs.size == 0:
+            return qs, np.empty((0, self.k), np.int64), np.empty((0, self.k), np.float32)
+        changed = mask[:, :self.k].any(axis=1)
+        old_rows, old_sims = self.topk_of(qs[changed])
+        order = np.argsort(mask, axis=1, kind="stable")
+        sub_sims = np.take_along_axis(self.sims[qs], order, 1)
+        sub_rows = np.take_along_axis(sub_rows, order, 1)
+        n_drop = mask.sum(axis=1)
+        new_len = self.length[qs] - n_drop
+        tail = np.arange(self.K)[None, :] >= new_len[:, None]
+        sub_rows[tail] = -1
+        sub_sims[tail] = -np.inf
+        self.rows[qs], self.sims[qs], self.length[qs] = sub_rows, sub_sims, new_len
+        short = qs[(new_len < self.k) & (new_len < n_alive_after)]
+        if short.size:
+            self._recompute(short)
+        return qs[changed], old_rows, old_sims
+
+    def _recompute(self, qs: np.ndarray):
+        alive = self.bank.alive_rows()
+        K = min(self.K, alive.size)
+        idx, sims = exact_topk(self.q[qs], self.emb()[alive], K)
+        self.rows[qs] = -1
+        self.sims[qs] = -np.inf
+        self.rows[qs, :K] = alive[idx]
+        self.sims[qs, :K] = sims
+        self.length[qs] = K
+        self._note(np.repeat(qs, K), alive[idx].ravel())
+        self.recomputed += qs.size
+
+    def add(self, new_rows: np.ndarray, n_alive_before: int):
+        """Insert live rows ``new_rows`` (fresh or revived). Returns like :meth:`remove`."""
+        e = self.emb()[new_rows]
+        s = similarity_block(self.q, e)  # [nq, m], bit-identical to the full recompute
+        L = self.length
+        last = np.clip(L - 1, 0, None)
+        last_sim = self.sims[np.arange(len(L)), last]
+        last_row = self.rows[np.arange(len(L)), last]
+        covering = ((L >= n_alive_before) & (L < self.K))[:, None]
+        above = (s > last_sim[:, None]) | ((s == last_sim[:, None]) & (new_rows[None, :] < last_row[:, None]))
+        enter = covering | above
+        qs = np.flatnonzero(enter.any(axis=1))
+        if qs.size == 0:
+            return qs, np.empty((0, self.k), np.int64), np.empty((0, self.k), np.float32)
+        ent = enter[qs]
+        add_rows = np.where(ent, new_rows[None, :], -1)
+        add_sims = np.where(ent, s[qs], -np.inf).astype(np.float32)
+        all_rows = np.concatenate([self.rows[qs], add_rows], 1)
+        all_sims = np.concatenate([self.sims[qs], add_sims], 1)
+        key_rows = np.where(all_rows < 0, np.iinfo(np.int64).max, all_rows)
+        order = np.lexsort((key_rows, -all_sims), axis=-1)[:, :self.K]
+        nr = np.take_along_axis(all_rows, order, 1)
+        ns = np.take_along_axis(all_sims, order, 1)
+        old_rows, old_sims = self.topk_of(qs)
+        changed = (nr[:, :self.k] != old_rows).any(axis=1)
+        self.rows[qs], self.sims[qs] = nr, ns
+        self.length[qs] = np.minimum(self.K, self.length[qs] + ent.sum(axis=1))
+        qq, jj = np.nonzero(ent)
+        self._note(qs[qq], new_rows[jj])
+        return qs[changed], old_rows[changed], old_sims[changed]
+
+
+class EditSession:
+    """An ASIF model under curation, re-scoring a labeled evaluation set after every edit.
+
+    Parameters
+    ----------
+    model : AsifModel — the starting anchors, ``k``, ``p`` (and template strategy default).
+    eval_image_embeddings : ``[Q, d_img]`` evaluation images.
+    eval_labels : ``[Q]`` int class indices.
+    prompt_embeddings : ``[P, d_txt]`` text embeddings of the prompts (see
+        :func:`core.asif.build_prompts`); ``prompt_classes [P]`` their classes (default one per class).
+    class_names : optional names ``[C]``.
+    strategy : "mean" | "per-template" (default ``model.template_strategy``).
+    slack : m, extra neighbours kept per query (default ``max(16, k // 4)``).
+
+    Everything is exact: after any edit, ``predictions`` equal those of
+    ``current_model().classify(...)`` (up to ties closer than 1e-9, broken to the lowest class).
+    """
+
+    def __init__(self, model: AsifModel, eval_image_embeddings, eval_labels, prompt_embeddings,
+                 prompt_classes=None, *, class_names: Sequence[str] | None = None,
+                 strategy: str | None = None, slack: int | None = None,
+                 progress: ProgressFn | None = None):
+        self.k, self.p = model.k, model.p
+        self.strategy = strategy or model.template_strategy
+        q = l2_normalize(_as_float32_2d("evaluation image embeddings", eval_image_embeddings,
+                                        model.image_embeddings.shape[1]))
+        y = np.asarray(eval_labels, dtype=np.int64).ravel()
+        if y.shape[0] != q.shape[0]:
+            raise ValueError(f"{q.shape[0]} evaluation images but {y.shape[0]} labels.")
+        pe = _as_float32_2d("prompt embeddings", prompt_embeddings, model.text_embeddings.shape[1])
+        pc = np.arange(pe.shape[0]) if prompt_classes is None else np.asarray(prompt_classes, dtype=np.int64)
+        n_classes = len(class_names) if class_names is not None else int(max(pc.max(), y.max()) + 1)
+        if y.min() < 0 or y.max() >= n_classes:
+            raise ValueError(f"labels must be class indices in 0..{n_classes - 1}.")
+        self.cand, self.cand_classes = class_candidates(pe, pc, self.strategy, n_classes)
+        self.n_classes = n_classes
+        self.class_names = list(class_names) if class_names is not None else None
+        self.labels = y
+        self.eval_images = q
+        self.info = dict(model.info)
+        self.temperature = model.temperature
+        self.bank = _Bank(model.image_embeddings, model.text_embeddings, model.pair_ids, model.metadata)
+        self.slack = int(slack if slack is not None else max(16, self.k // 4))
+        if self.slack < 1:
+            raise ValueError("slack must be at least 1.")
+        K = self.k + self.slack
+        if progress:
+            progress(0.0, "neighbours of the evaluation images")
+        self.img_side = _Neighbours(q, "img", self.bank, self.k, K)
+        if progress:
+            progress(0.8, "neighbours of the class prompts")
+        self.txt_side = _Neighbours(self.cand, "txt", self.bank, self.k, K)
+        self._full_scores()
+        self.history: list[tuple[str, np.ndarray]] = []   # committed edits: (kind, bank rows)
+        self._redo: list[tuple[str, np.ndarray]] = []
+        self.accuracy_log: list[float] = [self.accuracy]
+        if progress:
+            progress(1.0, "ready")
+
+    # ------------------------------------------------------------------ scoring
+    def _full_scores(self):
+        """Dense dot products D [Q, P'] and norms from the current lists (exact, float64)."""
+        cap = self.bank.img.shape[0]
+        self._cap_B = cap
+        A = self._side_matrix(self.img_side, cap)
+        B = self._side_matrix(self.txt_side, cap)
+        self.D = np.asarray((A @ B.T).toarray(), dtype=np.float64)
+        self.na = np.sqrt(np.asarray(A.multiply(A).sum(axis=1)).ravel())
+        self.nb = np.sqrt(np.asarray(B.multiply(B).sum(axis=1)).ravel())
+        self.Bd = np.asarray(B.toarray(), dtype=np.float64)  # [P', cap] raw text weights
+        self._rescore()
+
+    def _side_matrix(self, side: _Neighbours, cap: int) -> sp.csr_matrix:
+        kk = np.minimum(side.length, self.k)
+        cols = np.arange(self.k)[None, :] < kk[:, None]
+        rows = side.rows[:, :self.k]
+        vals = np.where(cols, _raw(side.sims[:, :self.k], self.p), 0.0)
+        r = np.where(cols, rows, 0)
+        nq = rows.shape[0]
+        indptr = np.arange(0, nq * self.k + 1, self.k)
+        m = sp.csr_matrix((vals.ravel(), r.ravel(), indptr), shape=(nq, cap))
+        m.sum_duplicates()
+        m.eliminate_zeros()
+        return m
+
+    def _rescore(self):
+        denom = self.na[:, None] * self.nb[None, :]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            s = np.where(denom > 0, self.D / np.where(denom > 0, denom, 1.0), 0.0)
+        self.cand_scores = s
+        if self.strategy == "mean" and np.array_equal(self.cand_classes, np.arange(self.n_classes)):
+            cls = s
+        else:
+            cls = np.full((s.shape[0], self.n_classes), -np.inf)
+            for c in range(self.n_classes):
+                cols = np.flatnonzero(self.cand_classes == c)
+                cls[:, c] = s[:, cols].max(axis=1)
+        self.class_scores = cls
+        self.predictions = argmax_tolerant(cls)
+
+    @property
+    def accuracy(self) -> float:
+        """Current overall accuracy on the evaluation set."""
+        return float(np.mean(self.predictions == self.labels))
+
+    @property
+    def per_class_accuracy(self) -> np.ndarray:
+        """Current accuracy per true class ``[C]``."""
+        return per_class_accuracy(self.predictions, self.labels, self.n_classes)
+
+    @property
+    def n_anchors(self) -> int:
+        """Live anchor pairs."""
+        return self.bank.n_alive
+
+    @property
+    def pair_ids(self) -> np.ndarray:
+        """Ids of the live pairs, in bank-row order."""
+        return self.bank.ids[self.bank.alive_rows()].copy()
+
+    def _grow_B(self):
+        cap = self.bank.img.shape[0]
+        if cap != self.Bd.shape[1]:
+            nb = np.zeros((self.Bd.shape[0], cap))
+            nb[:, :self.Bd.shape[1]] = self.Bd
+            self.Bd = nb
+
+    # ------------------------------------------------------------------ core update
+    def _apply(self, kind: str, rows: np.ndarray) -> tuple[int, int]:
+        """Apply "remove" or "add" (rows already in the bank); update D, norms, predictions."""
+        p = self.p
+        k = self.k
+        self._grow_B()
+        if kind == "remove":
+            n_after = self.bank.n_alive - rows.size
+            self.bank.alive[rows] = False
+            rec0 = self.img_side.recomputed + self.txt_side.recomputed
+            qi, old_ri, old_si = self.img_side.remove(rows, n_after)
+            pi, old_rt, old_st = self.txt_side.remove(rows, n_after)
+        else:
+            n_before = self.bank.n_alive
+            self.bank.alive[rows] = True
+            rec0 = self.img_side.recomputed + self.txt_side.recomputed
+            qi, old_ri, old_si = self.img_side.add(rows, n_before)
+            pi, old_rt, old_st = self.txt_side.add(rows, n_before)
+        # 1) image side: rows of D, using the OLD text weights Bd.
+        if qi.size:
+            new_ri, new_si = self.img_side.topk_of(qi)
+            qq, xx, ww = self._diff(qi, old_ri, old_si, new_ri, new_si)
+            if qq.size:
+                np.add.at(self.D, qq, (self.Bd[:, xx] * ww[None, :]).T)
+            self.na[qi] = np.sqrt((np.where(new_ri >= 0, _raw(new_si, p), 0.0) ** 2).sum(axis=1))
+        # 2) text side: columns of D, using the NEW image side.
+        if pi.size:
+            new_rt, new_st = self.txt_side.topk_of(pi)
+            pp, xx, ww = self._diff(pi, old_rt, old_st, new_rt, new_st)
+            if pp.size:
+                ux, inv = np.unique(xx, return_inverse=True)
+                delta = np.zeros((self.cand.shape[0], ux.size))
+                np.add.at(delta, (pp, inv), ww)
+                # image-side weights of the changed anchors, for every query holding them in top-k
+                holders = self.img_side.queries_holding(ux)
+                if holders.size:
+                    hr = self.img_side.rows[holders, :k]
+                    hs = self.img_side.sims[holders, :k]
+                    lut = np.full(self.bank.img.shape[0] + 1, -1, dtype=np.int64)
+                    lut[ux] = np.arange(ux.size)
+                    pos = lut[np.where(hr >= 0, hr, -1)]
+                    qh, jh = np.nonzero(pos >= 0)
+                    if qh.size:
+                        a = _raw(hs[qh, jh], p)
+                        np.add.at(self.D, holders[qh], (delta[:, pos[qh, jh]] * a[None, :]).T)
+                # update the dense text weights
+                for row_p, (r_old, s_old, r_new, s_new) in zip(pi, zip(old_rt, old_st, new_rt, new_st)):
+                    self.Bd[row_p, r_old[r_old >= 0]] = 0.0
+                    ok = r_new >= 0
+                    self.Bd[row_p, r_new[ok]] = _raw(s_new[ok], p)
+            self.nb[pi] = np.sqrt((np.where(new_rt >= 0, _raw(new_st, p), 0.0) ** 2).sum(axis=1))
+        self._rescore()
+        rec = self.img_side.recomputed + self.txt_side.recomputed - rec0
+        return int(qi.size), int(rec)
+
+    def _diff(self, qs, old_r, old_s, new_r, new_s):
+        """Flattened (query, anchor row, signed raw weight) of the symmetric difference of top-k sets."""
+        out_q, out_x, out_w = [], [], []
+        for j, q in enumerate(qs):
+            o, n = old_r[j], new_r[j]
+            o_ok, n_ok = o >= 0, n >= 0
+            gone = o_ok & ~np.isin(o, n[n_ok])
+            came = n_ok & ~np.isin(n, o[o_ok])
+            if gone.any():
+                out_q.append(np.full(gone.sum(), q))
+                out_x.append(o[gone])
+                out_w.append(-_raw(old_s[j][gone], self.p))
+            if came.any():
+                out_q.append(np.full(came.sum(), q))
+                out_x.append(n[came])
+                out_w.append(_raw(new_s[j][came], self.p))
+        if not out_q:
+            e = np.empty(0, dtype=np.int64)
+            return e, e, np.empty(0)
+        return np.concatenate(out_q), np.concatenate(out_x), np.concatenate(out_w)
+
+    # ------------------------------------------------------------------ public edits
+    def _rows_of(self, pair_ids, want_alive: bool) -> np.ndarray:
+        ids = np.unique(np.asarray(pair_ids, dtype=np.int64).ravel())
+        if ids.size == 0:
+            raise ValueError("no pair ids given.")
+        rows = []
+        for i in ids:
+            r = self.bank.id_to_row.get(int(i))
+            if r is None:
+                raise ValueError(f"pair id {int(i)} is not in this workspace.")
+            if bool(self.bank.alive[r]) != want_alive:
+                raise ValueError(f"pair id {int(i)} is {'already removed' if want_alive else 'already present'}.")
+            rows.append(r)
+        return np.asarray(sorted(rows), dtype=np.int64)
+
+    def _run(self, kind: str, rows: np.ndarray, label: str, commit: bool) -> EditResult:
+        t0 = time.perf_counter()
+        before_acc, before_pred = self.accuracy, self.predictions
+        if kind == "remove" and self.bank.n_alive - rows.size < self.k:
+            raise ValueError(f"removing {rows.size} pairs would leave {self.bank.n_alive - rows.size} "
+                             f"anchors, fewer than k={self.k}; lower k first.")
+        touched, rec = self._apply(kind, rows)
+        res = EditResult(kind=label, pair_ids=self.bank.ids[rows].copy(), accuracy=self.accuracy,
+                         accuracy_before=before_acc, per_class_accuracy=self.per_class_accuracy,
+                         n_changed=int((self.predictions != before_pred).sum()),
+                         n_anchors=self.bank.n_alive, elapsed_ms=0.0, touched_queries=touched,
+                         recomputed_queries=rec, committed=commit)
+        if not commit:
+            self._apply("add" if kind == "remove" else "remove", rows)
+        res.elapsed_ms = (time.perf_counter() - t0) * 1000
+        return res
+
+    def remove(self, pair_ids) -> EditResult:
+        """Remove pairs by id and re-score. Unknown or already-removed ids raise ``ValueError``; so
+        does leaving fewer than k live pairs (nothing is changed then)."""
+        rows = self._rows_of(pair_ids, True)
+        res = self._run("remove", rows, "remove", True)
+        self.history.append(("remove", rows))
+        self._redo.clear()
+        self.accuracy_log.append(self.accuracy)
+        return res
+
+    def add(self, image_embeddings, text_embeddings, pair_ids=None, metadata=None) -> EditResult:
+        """Add pairs ``[m, d_img]`` / ``[m, d_txt]`` (ids default to fresh ``max+1 …``; given ids must be
+        new to this session) and re-score."""
+        img = l2_normalize(_as_float32_2d("new image embeddings", image_embeddings, self.bank.img.shape[1]))
+        txt = l2_normalize(_as_float32_2d("new text embeddings", text_embeddings, self.bank.txt.shape[1]))
+        if img.shape[0] != txt.shape[0]:
+            raise ValueError(f"{img.shape[0]} new images but {txt.shape[0]} new texts.")
+        m = img.shape[0]
+        if pair_ids is None:
+            start = int(self.bank.ids[:self.bank.size].max()) + 1 if self.bank.size else 0
+            ids = np.arange(start, start + m, dtype=np.int64)
+        else:
+            ids = np.asarray(pair_ids, dtype=np.int64).ravel()
+            if ids.size != m or np.unique(ids).size != m:
+                raise ValueError("give one unique id per new pair.")
+            clash = [int(i) for i in ids if int(i) in self.bank.id_to_row]
+            if clash:
+                raise ValueError(f"pair ids {clash[:5]} are already used in this workspace.")
+        if metadata is not None and len(metadata) != m:
+            raise ValueError(f"{len(metadata)} metadata rows for {m} new pairs.")
+        rows = self.bank.append(img, txt, ids, metadata)
+        self.bank.alive[rows] = False  # _apply makes them live
+        res = self._run("add", rows, "add", True)
+        self.history.append(("add", rows))
+        self._redo.clear()
+        self.accuracy_log.append(self.accuracy)
+        return res
+
+    def what_if_remove(self, pair_ids) -> EditResult:
+        """Accuracy if ``pair_ids`` were removed, without committing anything."""
+        return self._run("remove", self._rows_of(pair_ids, True), "remove", False)
+
+    def what_if_add(self, image_embeddings, text_embeddings) -> EditResult:
+        """Accuracy if these pairs were added, without committing anything (temporary rows are kept
+        dead in the bank)."""
+        img = l2_normalize(_as_float32_2d("new image embeddings", image_embeddings, self.bank.img.shape[1]))
+        txt = l2_normalize(_as_float32_2d("new text embeddings", text_embeddings, self.bank.txt.shape[1]))
+        start = int(self.bank.ids[:self.bank.size].max()) + 1
+        ids = -np.arange(start, start + img.shape[0], dtype=np.int64) - 1  # private negative ids
+        rows = self.bank.append(img, txt, ids, None if self.bank.metadata is None else [{}] * img.shape[0])
+        self.bank.alive[rows] = False
+        res = self._run("add", rows, "add", False)
+        return res
+
+    @property
+    def can_undo(self) -> bool:
+        return bool(self.history)
+
+    @property
+    def can_redo(self) -> bool:
+        return bool(self._redo)
+
+    def undo(self) -> EditResult:
+        """Undo the last committed edit (itself applied incrementally). Raises if nothing to undo."""
+        if not self.history:
+            raise ValueError("nothing to undo.")
+        kind, rows = self.history.pop()
+        inverse = "add" if kind == "remove" else "remove"
+        if inverse == "remove" and self.bank.n_alive - rows.size < self.k:
+            self.history.append((kind, rows))
+            raise ValueError("undoing this addition would leave fewer than k anchors.")
+        res = self._run(inverse, rows, "undo", True)
+        self._redo.append((kind, rows))
+        self.accuracy_log.append(self.accuracy)
+        return res
+
+    def redo(self) -> EditResult:
+        """Re-apply the last undone edit. Raises if nothing to redo."""
+        if not self._redo:
+            raise ValueError("nothing to redo.")
+        kind, rows = self._redo.pop()
+        res = self._run(kind, rows, "redo", True)
+        self.history.append((kind, rows))
+        self.accuracy_log.append(self.accuracy)
+        return res
+
+    # ------------------------------------------------------------------ views
+    def current_model(self) -> AsifModel:
+        """The live pairs as an :class:`AsifModel` (bank-row order, same k, p, strategy)."""
+        rows = self.bank.alive_rows()
+        meta = None if self.bank.metadata is None else [self.bank.metadata[r] for r in rows]
+        return AsifModel(self.bank.img[rows], self.bank.txt[rows], self.bank.ids[rows], meta,
+                         k=self.k, p=self.p, info=self.info, template_strategy=self.strategy,
+                         temperature=self.temperature)
+
+    def metadata_by_id(self) -> dict[int, dict]:
+        """``{pair_id: metadata}`` for every pair ever in the session (empty dicts without metadata)."""
+        if self.bank.metadata is None:
+            return {}
+        return {int(self.bank.ids[r]): self.bank.metadata[r] for r in range(self.bank.size)}
+
+    def full_recompute(self) -> np.ndarray:
+        """Predictions ``[Q]`` of a from-scratch recompute over the live pairs (for checks)."""
+        model = self.current_model()
+        cand_cls = self.cand_classes
+        img_idx, img_val = model.represent_images(self.eval_images)
+        txt_idx, txt_val = model.represent_texts(self.cand)
+        from core.asif import class_scores_from_candidates, sparse_scores
+        s = sparse_scores(img_idx, img_val, txt_idx, txt_val, model.n_anchors)
+        cls, _ = class_scores_from_candidates(s, cand_cls, self.n_classes)
+        return argmax_tolerant(cls)
+
+    # ------------------------------------------------------------------ influence
+    def influence(self, pair_ids=None, progress: ProgressFn | None = None) -> Influence:
+        """Per-pair influence on the evaluation set (all live pairs, or ``pair_ids``).
+
+        ``loo_delta`` is exact: pairs outside every text candidate's top-k change only the images
+        whose top-k holds them, and all those images then swap in their next neighbour, so one extra
+        score per image covers every such pair at once; the remaining pairs (in some candidate's
+        top-k) go through a what-if removal on the incremental path.
+        """
+        t0 = time.perf_counter()
+        k, p = self.k, self.p
+        rows_all = self.bank.alive_rows() if pair_ids is None else self._rows_of(pair_ids, True)
+        cap = self.bank.img.shape[0]
+        Q = self.labels.size
+        correct = self.predictions == self.labels
+        top_rows = self.img_side.rows[:, :k]
+        valid = top_rows >= 0
+        # participation: nonzero product with the predicted class's winning candidate
+        cls = self.cand_classes
+        if self.strategy == "mean" and np.array_equal(cls, np.arange(self.n_classes)):
+            win = self.predictions
+        else:
+            win = np.empty(Q, dtype=np.int64)
+            for c in range(self.n_classes):
+                cols = np.flatnonzero(cls == c)
+                sel = self.predictions == c
+                if sel.any():
+                    win[sel] = cols[self.cand_scores[sel][:, cols].argmax(axis=1)]
+        part = valid & (self.Bd[win[:, None], np.where(valid, top_rows, 0)] != 0)
+        flat_rows = np.where(valid, top_rows, cap)
+        in_topk = np.bincount(flat_rows.ravel(), minlength=cap + 1)[:cap]
+        participated = np.bincount(flat_rows[part], minlength=cap + 1)[:cap]
+        sup_ok = np.bincount(flat_rows[part & correct[:, None]], minlength=cap + 1)[:cap]
+        sup_bad = np.bincount(flat_rows[part & ~correct[:, None]], minlength=cap + 1)[:cap]
+        # leave-one-out, fast path
+        in_text = np.zeros(cap, dtype=bool)
+        tr = self.txt_side.rows[:, :k]
+        in_text[tr[tr >= 0]] = True
+        has_slack = self.img_side.length > k
+        nxt_row = self.img_side.rows[:, k] if self.img_side.K > k else np.full(Q, -1)
+        nxt_w = np.where(has_slack & (nxt_row >= 0),
+                         _raw(self.img_side.sims[:, min(k, self.img_side.K - 1)], p), 0.0)
+        D_alt = self.D + nxt_w[:, None] * self.Bd[:, np.where(nxt_row >= 0, nxt_row, 0)].T
+        with np.errstate(invalid="ignore", divide="ignore"):
+            s_alt = np.where(self.nb[None, :] > 0, D_alt / np.where(self.nb > 0, self.nb, 1.0)[None, :], 0.0)
+        cls_alt = self._class_scores(s_alt)
+        pred_alt = argmax_tolerant(cls_alt)
+        gain = (pred_alt == self.labels).astype(np.int64) - correct.astype(np.int64)
+        flip = (pred_alt != self.predictions).astype(np.int64)
+        loo_gain = np.zeros(cap + 1, dtype=np.int64)
+        loo_flip = np.zeros(cap + 1, dtype=np.int64)
+        rr = flat_rows.ravel()
+        np.add.at(loo_gain, rr, np.repeat(gain, k))
+        np.add.at(loo_flip, rr, np.repeat(flip, k))
+        # queries without slack cannot use the fast path: route their anchors to the slow path
+        slow = in_text.copy()
+        if (~has_slack).any():
+            r_ns = top_rows[~has_slack]
+            slow[r_ns[r_ns >= 0]] = True
+        delta = loo_gain[:cap].astype(np.float64) / Q
+        changed = loo_flip[:cap].copy()
+        slow_rows = rows_all[slow[rows_all]]
+        if self.bank.n_alive - 1 < k:
+            delta[:] = np.nan
+            slow_rows = slow_rows[:0]
+        n_alg = 0
+        for i, r in enumerate(slow_rows):
+            out = self._loo_algebraic(int(r), correct)
+            if out is None:  # a neighbour list without slack: go through the edit path
+                res = self._run("remove", np.asarray([r]), "remove", False)
+                delta[r] = res.accuracy - res.accuracy_before
+                changed[r] = res.n_changed
+            else:
+                n_alg += 1
+                delta[r], changed[r] = out[0] / Q, out[1]
+            if progress and i % 50 == 0:
+                progress(i / max(1, slow_rows.size), "leave-one-out")
+        if progress:
+            progress(1.0, "leave-one-out")
+        sel = rows_all
+        return Influence(pair_ids=self.bank.ids[sel].copy(), in_topk=in_topk[sel],
+                         participated=participated[sel], supported_correct=sup_ok[sel],
+                         supported_wrong=sup_bad[sel], loo_delta=delta[sel],
+                         loo_changed=changed[sel], elapsed_s=time.perf_counter() - t0,
+                         n_fast=int(rows_all.size - slow_rows.size), n_algebraic=n_alg,
+                         n_edit_path=int(slow_rows.size - n_alg))
+
+    def _holders(self, side: _Neighbours, r: int) -> tuple[np.ndarray, np.ndarray]:
+        """(queries whose top-k holds bank row r, position of r in their list)."""
+        qs = side.queries_holding(np.asarray([r]))
+        if qs.size == 0:
+            return qs, qs
+        hit = side.rows[qs, :self.k] == r
+        ok = hit.any(axis=1)
+        return qs[ok], hit[ok].argmax(axis=1)
+
+    def _loo_algebraic(self, r: int, correct: np.ndarray):
+        """Exact effect of removing bank row r alone, without touching state.
+
+        D' = D + ΔA·Bᵀ + A·ΔBᵀ + ΔA·ΔBᵀ where ΔA (ΔB) drops r from the image (text) top-k lists that
+        hold it and brings in each list's next neighbour. Returns (Δ correct count, n changed) or
+        None when some list holding r has no slack left."""
+        k, p = self.k, self.p
+        img, txt = self.img_side, self.txt_side
+        qr, _ = self._holders(img, r)
+        pr, _ = self._holders(txt, r)
+        if qr.size and (img.length[qr] <= k).any():
+            return None
+        if pr.size and (txt.length[pr] <= k).any():
+            return None
+        pos_q = (img.rows[qr, :k] == r).argmax(axis=1)
+        a_r = _raw(img.sims[qr, pos_q], p)
+        e_q = img.rows[qr, k]
+        a_e = _raw(img.sims[qr, k], p)
+        pos_p = (txt.rows[pr, :k] == r).argmax(axis=1)
+        b_r = _raw(txt.sims[pr, pos_p], p)
+        e_p = txt.rows[pr, k]
+        b_e = _raw(txt.sims[pr, k], p)
+        Q = self.labels.size
+        # columns Pr for every query: D[:, Pr] + A·ΔBᵀ
+        Dc = self.D[:, pr].copy()
+        if pr.size:
+            cols_needed = np.unique(np.concatenate([[r], e_p]))
+            colA = {}
+            for x in cols_needed.tolist():
+                hq, hp = self._holders(img, x)
+                colA[x] = (hq, _raw(img.sims[hq, hp], p))
+            hq, av = colA[r]
+            Dc[hq] -= av[:, None] * b_r[None, :]
+            for j in range(pr.size):
+                hq, av = colA[int(e_p[j])]
+                Dc[hq, j] += b_e[j] * av
+        # rows Qr, all columns: D[Qr] + ΔA·Bᵀ, then the Pr columns get A·ΔBᵀ and ΔA·ΔBᵀ
+        Dr = self.D[qr] - a_r[:, None] * self.Bd[:, r][None, :] + a_e[:, None] * self.Bd[:, e_q].T
+        if pr.size and qr.size:
+            Dr[:, pr] += Dc[qr] - self.D[np.ix_(qr, pr)]
+            Dr[:, pr] += a_r[:, None] * b_r[None, :] + (e_q[:, None] == e_p[None, :]) * (a_e[:, None] * b_e[None, :])
+        na_r = np.sqrt(np.maximum(self.na[qr] ** 2 - a_r ** 2 + a_e ** 2, 0.0))
+        nb_p = np.sqrt(np.maximum(self.nb[pr] ** 2 - b_r ** 2 + b_e ** 2, 0.0))
+        # new candidate scores: S with columns Pr replaced (all rows) and rows Qr replaced
+        S = self.cand_scores
+        if pr.size:
+            denom = self.na[:, None] * nb_p[None, :]
+            Sc = np.where(denom > 0, Dc / np.where(denom > 0, denom, 1.0), 0.0)
+            touched = np.unique(self.cand_classes[pr])
+        else:
+            touched = np.empty(0, dtype=np.int64)
+        cls = self.class_scores.copy() if touched.size else self.class_scores
+        if touched.size:
+            S2 = S.copy() if self._class_scores_needs_full() else None
+            if S2 is not None:
+                S2[:, pr] = Sc
+                for c in touched.tolist():
+                    cols = np.flatnonzero(self.cand_classes == c)
+                    cls[:, c] = S2[:, cols].max(axis=1)
+            else:
+                cls[:, pr] = Sc
+        pred = argmax_tolerant(cls) if touched.size else self.predictions.copy()
+        if qr.size:
+            nbv = self.nb.copy()
+            nbv[pr] = nb_p
+            denom = na_r[:, None] * nbv[None, :]
+            Srow = np.where(denom > 0, Dr / np.where(denom > 0, denom, 1.0), 0.0)
+            pred[qr] = argmax_tolerant(self._class_scores(Srow))
+        new_correct = pred == self.labels
+        return int(new_correct.sum() - correct.sum()), int((pred != self.predictions).sum())
+
+    def _class_scores_needs_full(self) -> bool:
+        return not (self.strategy == "mean" and np.array_equal(self.cand_classes, np.arange(self.n_classes)))
+
+    def _class_scores(self, s: np.ndarray) -> np.ndarray:
+        if self.strategy == "mean" and np.array_equal(self.cand_classes, np.arange(self.n_classes)):
+            return s
+        out = np.full((s.shape[0], self.n_classes), -np.inf)
+        for c in range(self.n_classes):
+            cols = np.flatnonzero(self.cand_classes == c)
+            out[:, c] = s[:, cols].max(axis=1)
+        return out
+
+    def most_harmful(self, n: int = 20, influence: Influence | None = None) -> list[dict]:
+        """The ``n`` pairs whose removal helps accuracy most (rows of :meth:`Influence.rows`, with
+        metadata)."""
+        inf = influence or self.influence()
+        return inf.rows(inf.order_most_harmful()[:n], self.metadata_by_id())

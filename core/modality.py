@@ -1,0 +1,257 @@
+"""Experiments of the modality-inversion issue, wired to real data: data -> cached embeddings -> our
+contrastive model -> inversion (``core.inversion``) -> gap and retrieval metrics (``core.gap``).
+
+Used by ``python -m core invert …`` and the Invert page; every function returns plain dicts/arrays.
+The built-in model is LiT-style (``core.contrastive``): frozen EfficientNet-Lite0 + frozen MiniLM with
+trained linear heads. Data come from ``core.data.demo_sources()`` (Flickr8k pairs, CIFAR-10).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from core import gap
+from core.contrastive import (DEFAULT_HEADS, ContrastiveConfig, ContrastiveHeads, MiniLMTextEncoder,
+                              load_heads, load_minilm, save_heads, train_contrastive, zero_shot_classify)
+from core.inversion import ASIFObjective, InversionResult, nearest_vocabulary, oti
+
+ProgressFn = Callable[[int, int], None]
+IMAGE_ENCODER = "efficientnet-lite0"
+TEXT_ENCODER = "minilm"
+
+
+# --------------------------------------------------------------------------------------------------
+# data and embeddings (through the shared cache)
+# --------------------------------------------------------------------------------------------------
+def _sources() -> dict:
+    from core.data import demo_sources
+
+    return demo_sources(required=True)
+
+
+def flickr_pairs(n_images: Optional[int] = None, folder: Optional[str | Path] = None):
+    """The Flickr8k :class:`core.data.PairSet` (first ``n_images`` images, all their captions)."""
+    from core.data import load_pairs_folder
+
+    pairs = load_pairs_folder(folder or _sources()["flickr8k"])
+    if len(pairs) == 0:
+        raise ValueError(f"No image-caption pairs found: {pairs.report.summary()}")
+    return pairs.first_images(n_images) if n_images else pairs
+
+
+def pair_features(pairs, image_encoder: str = IMAGE_ENCODER, text_encoder: str = TEXT_ENCODER,
+                  progress: Optional[ProgressFn] = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(image features per distinct image [I, d_i], caption features [P, d_t], pair_image [P])``."""
+    from core.cache import embed_images, embed_texts
+
+    images = embed_images(image_encoder, pairs.images, keys=pairs.image_keys, progress=progress)
+    texts = embed_texts(text_encoder, pairs.captions, progress=progress)
+    return images, texts, np.asarray(pairs.pair_image, dtype=np.int64)
+
+
+def labeled_features(split: str = "test", per_class: Optional[int] = None,
+                     image_encoder: str = IMAGE_ENCODER, progress: Optional[ProgressFn] = None):
+    """CIFAR-10 ``split`` ("test"/"train"): ``(features [n, d_i], labels [n], class_names, paths)``."""
+    from core.cache import embed_labeled
+    from core.data import load_labeled
+
+    folder = _sources()[f"cifar10_{split}"]
+    if folder is None:
+        raise ValueError(f"CIFAR-10 {split} images are missing from the demo data folder.")
+    labeled = load_labeled(folder)
+    if per_class:
+        labeled = labeled.per_class(per_class)
+    feats = embed_labeled(labeled, image_encoder, progress=progress)
+    return feats, labeled.labels, list(labeled.class_names), list(labeled.paths)
+
+
+def text_features(texts: Sequence[str], text_encoder: str = TEXT_ENCODER) -> np.ndarray:
+    from core.cache import embed_texts
+
+    return embed_texts(text_encoder, list(texts))
+
+
+# --------------------------------------------------------------------------------------------------
+# our model
+# --------------------------------------------------------------------------------------------------
+def train_on_flickr(n_images: Optional[int] = None, config: Optional[ContrastiveConfig] = None,
+                    progress: Optional[ProgressFn] = None, save_to: Optional[str | Path] = None):
+    """Train the LiT heads on the Flickr8k pairs (all, or the first ``n_images`` images)."""
+    pairs = flickr_pairs(n_images)
+    img, txt, pair_image = pair_features(pairs)
+    result = train_contrastive(img[pair_image], txt, pair_image, config, progress=progress)
+    result.info.update({"data": "flickr8k", "n_images": int(len(pairs.images))})
+    if save_to:
+        save_heads(result, save_to)
+    return result
+
+
+_MODEL_CACHE: dict[str, ContrastiveHeads] = {}
+
+
+def get_model(path: str | Path = DEFAULT_HEADS, train_if_missing: bool = True,
+              progress: Optional[ProgressFn] = None) -> tuple[ContrastiveHeads, dict]:
+    """The trained heads (``assets/``); trained on first use (all Flickr8k pairs) if absent."""
+    path = Path(path)
+    if not path.exists():
+        if not train_if_missing:
+            raise ValueError(f"No trained heads at {path}; run `python -m core train-contrastive`.")
+        train_on_flickr(progress=progress, save_to=path)
+    return load_heads(path)
+
+
+def cifar_zero_shot(heads: ContrastiveHeads, templates: Optional[Sequence[str]] = None,
+                    per_class: Optional[int] = None) -> dict:
+    """CIFAR-10 test zero-shot accuracy of our model (class × template prompts averaged per class)."""
+    from core.asif import DEFAULT_TEMPLATES, build_prompts
+
+    feats, labels, names, _ = labeled_features("test", per_class)
+    templates = list(templates or DEFAULT_TEMPLATES)
+    prompts, _ = build_prompts(names, templates)
+    pe = text_features(prompts).reshape(len(names), len(templates), -1)
+    pred = zero_shot_classify(heads, feats, pe)
+    return {"accuracy": float((pred == labels).mean()), "n_test": int(len(labels)), "n_templates": len(templates)}
+
+
+def asif_zero_shot(n_images: Optional[int] = None, per_class: Optional[int] = None, k: Optional[int] = None,
+                   p: Optional[float] = None) -> dict:
+    """ASIF's CIFAR-10 zero-shot accuracy with the same Flickr8k pairs and the same two encoders."""
+    from core.asif import DEFAULT_K, DEFAULT_P, DEFAULT_TEMPLATES, AsifModel, build_prompts
+
+    pairs = flickr_pairs(n_images)
+    img, txt, pair_image = pair_features(pairs)
+    k = min(k or DEFAULT_K, len(txt))
+    model = AsifModel(img[pair_image], txt, k=k, p=p or DEFAULT_P)
+    feats, labels, names, _ = labeled_features("test", per_class)
+    prompts, classes = build_prompts(names, DEFAULT_TEMPLATES)
+    cls = model.classify(feats, text_features(prompts), classes)
+    return {"accuracy": cls.accuracy(labels), "n_anchors": model.n_anchors, "n_test": int(len(labels)),
+            "k": model.k, "p": model.p}
+
+
+# --------------------------------------------------------------------------------------------------
+# inversion experiments
+# --------------------------------------------------------------------------------------------------
+def lit_text_encoder(heads: ContrastiveHeads) -> MiniLMTextEncoder:
+    """MiniLM + our text head: OTI through it lands in our shared space."""
+    return MiniLMTextEncoder(load_minilm(), head=heads.text_proj)
+
+
+def oti_lit(heads: ContrastiveHeads, image_features: np.ndarray, **kwargs) -> InversionResult:
+    """OTI of raw image-encoder features ``[B, d_i]`` into our model's text side; ``features`` are in
+    the shared space (normalised text-head outputs). kwargs go to :func:`core.inversion.oti`."""
+    target = heads.encode_image_features(image_features)
+    return oti(lit_text_encoder(heads), target, **kwargs)
+
+
+def asif_oti(image_features: np.ndarray, anchor_images: np.ndarray, anchor_texts: np.ndarray,
+             k: int, p: float, **kwargs) -> InversionResult:
+    """OTI into the ASIF space: learn a MiniLM pseudo-token whose sentence embedding's relative
+    representation over the anchor captions matches the image's over the anchor images.
+    ``features`` are MiniLM sentence embeddings ``[B, 384]``."""
+    from core.asif import relative_representation
+
+    idx, val = relative_representation(image_features, anchor_images, k, p)
+    objective = ASIFObjective(anchor_texts, idx, val, k, p)
+    return oti(MiniLMTextEncoder(load_minilm()), objective=objective, **kwargs)
+
+
+def nearest_texts(features: np.ndarray, text_bank: np.ndarray, texts: Sequence[str], k: int = 5):
+    """Top-``k`` ``(text, cosine)`` per row of ``features`` against ``text_bank [M, d]``."""
+    s = gap.normalize(features) @ gap.normalize(text_bank).T
+    top = np.argsort(-s, axis=1)[:, :k]
+    return [[(texts[j], float(s[i, j])) for j in row] for i, row in enumerate(top)]
+
+
+def image_retrieval_experiment(heads: ContrastiveHeads, n_queries_per_class: int = 50,
+                               gallery_per_class: Optional[int] = None, steps: int = 150, seed: int = 0,
+                               batch_size: int = 256, progress: Optional[ProgressFn] = None) -> dict:
+    """CIFAR-10 image->image mAP (queries: test images; gallery: train images; relevant: same class)
+    with native image queries vs OTI-inverted queries, both in our shared space."""
+    q_raw, q_lab, _, _ = labeled_features("test", n_queries_per_class)
+    g_raw, g_lab, _, _ = labeled_features("train", gallery_per_class)
+    q = heads.encode_image_features(q_raw)
+    g = heads.encode_image_features(g_raw)
+    rel = gap.label_relevance(q_lab, g_lab)
+    native = gap.mean_average_precision(q, g, rel)
+    inv = oti_lit(heads, q_raw, steps=steps, seed=seed, batch_size=batch_size, progress=progress)
+    inverted = gap.mean_average_precision(inv.features, g, rel)
+    return {"native_mAP": native["mAP"], "oti_mAP": inverted["mAP"], "n_queries": native["n_queries"],
+            "n_gallery": int(len(g)), "oti": inv.to_json()}
+
+
+def text_retrieval_experiment(heads: Optional[ContrastiveHeads], n_images: Optional[int] = None) -> dict:
+    """Flickr8k text->text mAP (first caption queries, the image's other captions relevant) in our
+    space and in MiniLM's own space. OVI is not applicable to our model (no ViT patches)."""
+    pairs = flickr_pairs(n_images)
+    _, txt, pair_image = pair_features(pairs)
+    queries, rel, exc = gap.caption_relevance(pair_image)
+    out = {"minilm_mAP": gap.mean_average_precision(txt[queries], txt, rel, exc)["mAP"],
+           "n_queries": int(len(queries)), "n_gallery": int(len(txt))}
+    if heads is not None:
+        t = heads.encode_text_features(txt)
+        out["lit_mAP"] = gap.mean_average_precision(t[queries], t, rel, exc)["mAP"]
+    return out
+
+
+def gap_report(heads: ContrastiveHeads, n_images: Optional[int] = None) -> dict:
+    """Modality gap of our model on Flickr8k (images vs their captions, in the shared space)."""
+    pairs = flickr_pairs(n_images)
+    img, txt, pair_image = pair_features(pairs)
+    x, t = heads.encode_image_features(img), heads.encode_text_features(txt)
+    return gap.modality_gap(x, t, (pair_image, np.arange(len(t))))
+
+
+def recovery_experiment(heads: ContrastiveHeads, n_images: Optional[int] = None,
+                        ranks: Sequence[Optional[int]] = (None,)) -> list[dict]:
+    """Supplement A on our model: recover image-image similarities from caption-image ones
+    (Flickr8k, all captions × images), compared with the true ones."""
+    pairs = flickr_pairs(n_images)
+    img, txt, _ = pair_features(pairs)
+    x, t = heads.encode_image_features(img), heads.encode_text_features(txt)
+    truth = x @ x.T
+    rows = []
+    for r in ranks:
+        res = gap.recover_intra_from_inter(t @ x.T, rank=r)
+        row = res.to_json()
+        if res.s_intra is not None:
+            iu = np.triu_indices(len(x), 1)
+            row["max_abs_error"] = float(np.abs(res.s_intra - truth).max())
+            row["pearson_r"] = float(np.corrcoef(res.s_intra[iu], truth[iu])[0, 1])
+        rows.append(row)
+    return rows
+
+
+def projection_experiment(heads: ContrastiveHeads, axes: Sequence[int] = (8, 32, 64),
+                          n_queries_per_class: int = 100, templates: Optional[Sequence[str]] = None) -> list[dict]:
+    """Supplement B on our model: CIFAR-10 image->image mAP with image embeddings projected onto the
+    top principal axes of class-name text embeddings (class names × prompt templates)."""
+    from core.asif import DEFAULT_TEMPLATES, build_prompts
+
+    q_raw, q_lab, names, _ = labeled_features("test", n_queries_per_class)
+    g_raw, g_lab, _, _ = labeled_features("train")
+    templates = list(templates or DEFAULT_TEMPLATES)
+    prompts, _ = build_prompts(names, templates)
+    cls = heads.encode_text_features(text_features(prompts))
+    q, g = heads.encode_image_features(q_raw), heads.encode_image_features(g_raw)
+    rel = gap.label_relevance(q_lab, g_lab)
+    rows = [{"axes": "none (native)", "mAP": gap.mean_average_precision(q, g, rel)["mAP"]}]
+    both = np.concatenate([q, g])
+    for n in axes:
+        if n > len(cls) - 1:
+            continue
+        for adjust in (False, True):
+            pr = gap.class_axis_projection(both, cls, n, mean_adjust=adjust)
+            rows.append({"axes": n, "mean_adjust": adjust,
+                         "mAP": gap.mean_average_precision(pr[:len(q)], pr[len(q):], rel)["mAP"]})
+    return rows
+
+
+def timed(fn, *args, **kwargs):
+    t0 = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - t0

@@ -1,0 +1,207 @@
+"""Align (lab): how similarly do the image and text encoders see the world, and can pairs be matched
+without training? Linear/RBF CKA, the shuffle curve, matching/retrieval with baselines, and the
+label-free suspicious pairs. All computation is in ``core.cka`` / ``core.matching``."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from ui import boot
+
+boot.ensure_app()
+
+from core import cka, matching  # noqa: E402
+from ui import state  # noqa: E402
+from ui.widgets import thumbnail_url  # noqa: E402
+
+st.title("Align")
+st.caption(
+    "Two encoders that never saw each other — do they organise the same pictures and captions the "
+    "same way? **CKA** compares the two similarity structures (1 = identical, 0 = unrelated); "
+    "**matching** pairs unpaired images and captions using only a small base set of true pairs; "
+    "**suspicious pairs** are the ones whose image neighbourhood disagrees with their caption's."
+)
+
+SOURCE_WS = "This workspace's anchor pairs"
+SOURCE_DEMO = "Flickr8k demo pairs (pick encoders)"
+
+
+# ------------------------------------------------------------------------------------- data
+@st.cache_data(show_spinner=False, max_entries=4)
+def _demo_pairs(image_encoder: str, text_encoder: str, limit: int):
+    img, txt, pairs = matching.pair_embeddings(None, image_encoder, text_encoder,
+                                               one_caption_per_image=True, limit=limit, seed=0)
+    return {"img": img.astype(np.float32), "txt": txt.astype(np.float32),
+            "paths": pairs.pair_paths, "captions": list(pairs.captions),
+            "ids": list(pairs.pair_ids), "groups": np.asarray(pairs.pair_image)}
+
+
+def _workspace_pairs(ws):
+    model = state.require_model(ws)
+    b = model.bank
+    active = sorted(model.active_ids())
+    pos = np.array([b.pos_of[i] for i in active], dtype=np.int64)
+    return {"img": b.img[b.pair_img[pos]], "txt": b.cap[pos],
+            "paths": [str(ws.resolve(b.pair_refs[i])) for i in pos],
+            "captions": [b.captions[i] for i in pos], "ids": [int(b.pair_ids[i]) for i in pos],
+            "groups": b.pair_img[pos]}, b.settings["image_encoder"], b.settings["text_encoder"]
+
+
+def _builtin(modality: str) -> list[str]:
+    try:
+        from core.encoders import builtin_names
+
+        return list(builtin_names(modality))
+    except Exception:  # noqa: BLE001
+        return ["efficientnet-lite0"] if modality == "image" else ["minilm"]
+
+
+with st.container(border=True):
+    c1, c2 = st.columns([1.3, 2])
+    source = c1.radio("Pairs", [SOURCE_WS, SOURCE_DEMO], key="align_source")
+    if source == SOURCE_WS:
+        ws = state.require_workspace()
+        data, ienc, tenc = _workspace_pairs(ws)
+        c2.markdown(f"**{ws.name}**: {len(data['ids']):,} active pairs · image encoder `{ienc}` · "
+                    f"text encoder `{tenc}` (change them in Settings).")
+    else:
+        i_opts, t_opts = _builtin("image"), _builtin("text")
+        cc = c2.columns(3)
+        ienc = cc[0].selectbox("Image encoder", i_opts, key="align_ienc")
+        tenc = cc[1].selectbox("Text encoder", t_opts, key="align_tenc")
+        limit = cc[2].number_input("Pairs (one caption per image)", 200, 7000, 2000, step=100, key="align_limit")
+        try:
+            with st.spinner("Embedding the pairs (cached after the first time)…"):
+                data = _demo_pairs(ienc, tenc, int(limit))
+        except ValueError as error:
+            st.error(str(error))
+            st.stop()
+
+n = len(data["ids"])
+if n < 20:
+    st.warning(f"Only {n} pairs: the alignment lab needs at least 20 image–caption pairs.")
+    st.stop()
+
+
+# --------------------------------------------------------------------------------------- CKA
+@st.cache_data(show_spinner=False, max_entries=8)
+def _cka_summary(_img, _txt, key: str, max_rbf: int = 3000):
+    rng = np.random.default_rng(0)
+    n = _img.shape[0]
+    sub = np.sort(rng.choice(n, size=min(n, max_rbf), replace=False))
+    t0 = time.perf_counter()
+    out = {"linear": cka.linear_cka(_img, _txt), "rbf": cka.rbf_cka(_img[sub], _txt[sub]), "rbf_n": int(sub.size)}
+    curve_sub = np.sort(rng.choice(n, size=min(n, 2000), replace=False))
+    out["curve_linear"] = cka.shuffle_curve(_img[curve_sub], _txt[curve_sub], kernel="linear", repeats=2)
+    out["curve_rbf"] = cka.shuffle_curve(_img[curve_sub], _txt[curve_sub], kernel="rbf", repeats=2)
+    out["seconds"] = time.perf_counter() - t0
+    return out
+
+
+key = f"{source}|{ienc}|{tenc}|{n}|{data['ids'][0]}|{data['ids'][-1]}"
+st.subheader("Do they see the world alike?")
+with st.spinner("Computing CKA…"):
+    summary = _cka_summary(data["img"], data["txt"], key)
+m1, m2, m3 = st.columns(3)
+m1.metric("Linear CKA", f"{summary['linear']:.3f}", help="Linear-kernel CKA over all pairs.")
+m2.metric("RBF CKA", f"{summary['rbf']:.3f}",
+          help=f"Gaussian kernel, bandwidth = median distance; on {summary['rbf_n']:,} pairs.")
+m3.metric("Pairs", f"{n:,}")
+
+fig = go.Figure()
+for name, curve in (("linear", summary["curve_linear"]), ("RBF", summary["curve_rbf"])):
+    fig.add_trace(go.Scatter(x=[100 * c["fraction"] for c in curve], y=[c["cka"] for c in curve],
+                             mode="lines+markers", name=f"{name} CKA"))
+fig.update_layout(title="CKA falls as pairs are shuffled (the paper's Table 3.1)",
+                  xaxis_title="pairs shuffled (%)", yaxis_title="CKA", height=320,
+                  margin=dict(l=10, r=10, t=50, b=10))
+st.plotly_chart(fig, key="align_shuffle_chart")
+st.dataframe(pd.DataFrame({"shuffled": [f"{c['fraction']:.0%}" for c in summary["curve_linear"]],
+                           "linear CKA": [round(c["cka"], 3) for c in summary["curve_linear"]],
+                           "RBF CKA": [round(c["cka"], 3) for c in summary["curve_rbf"]]}).set_index("shuffled").T,
+             key="align_shuffle_table")
+
+
+# ---------------------------------------------------------------------------------- matching
+st.subheader("Match captions to pictures without training")
+st.caption("A base set of true pairs (k-means on the pictures, one per cluster) anchors both spaces; "
+           "the remaining captions are matched to shuffled pictures. **QAP** maximises the CKA of "
+           "the whole matching; **local CKA** scores each caption–picture pair; the baselines are a "
+           "least-squares **linear map** and **relative representations**. Chance is 1/queries.")
+max_base = max(3, min(320, n // 2))
+cc = st.columns(4)
+n_base = cc[0].number_input("Base pairs", 3, max_base, min(320, max(3, n // 3)), key="align_nbase")
+n_query = cc[1].number_input("Queries", 2, max(2, n - int(n_base)), min(500, max(2, n - int(n_base)) // 2 or 2),
+                             key="align_nquery")
+seeds = cc[2].number_input("Seeds", 1, 5, 1, key="align_seeds")
+methods = cc[3].multiselect("Methods", list(matching.METHODS), default=list(matching.METHODS), key="align_methods")
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _matching(_img, _txt, key: str, n_base: int, n_query: int, seeds: int, methods: tuple):
+    rows = matching.evaluate(_img, _txt, n_base=n_base, n_query=n_query, seeds=tuple(range(seeds)),
+                             methods=methods, qap_restarts=2)
+    return matching.summarize(rows)
+
+
+def _want(flag: str) -> None:
+    st.session_state[flag] = True  # a callback: survives any rerun before the script body runs
+
+
+st.button("Run matching", icon=":material/join:", key="align_run_matching", disabled=not methods,
+          on_click=_want, args=("align_want_matching",))
+if st.session_state.pop("align_want_matching", False):
+    try:
+        with st.spinner("Matching…"):
+            st.session_state["align_match_result"] = (
+                key, _matching(data["img"], data["txt"], key, int(n_base), int(n_query), int(seeds), tuple(methods)))
+    except ValueError as error:
+        st.error(str(error))
+res = st.session_state.get("align_match_result")
+if res and res[0] == key:
+    names = {"qap": "QAP (seeded)", "local_cka": "Local CKA", "linear": "Linear map", "relative": "Relative reps"}
+    f = lambda v: None if v is None else round(100 * v, 1)
+    st.dataframe(pd.DataFrame([{"method": names.get(r["method"], r["method"]),
+                                "matching accuracy %": f(r["matching_acc"]), "top-1 %": f(r["top1"]),
+                                "top-5 %": f(r["top5"]), "top-10 %": f(r["top10"]),
+                                "seconds": round(r["seconds"], 2)} for r in res[1]]),
+                 hide_index=True, key="align_match_table")
+
+
+# ------------------------------------------------------------------------------ suspicious
+st.subheader("Suspicious pairs")
+st.caption("Without any labels: each pair's own caption is ranked among other captions (and its "
+           "picture among other pictures) by local CKA against a base set of other pairs. A pair "
+           "whose partner ranks poorly is suspicious — often a caption that describes something else.")
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _suspicion(_img, _txt, _groups, key: str):
+    return matching.suspicious_pair_scores(_img, _txt, groups=_groups)
+
+
+st.button("Find suspicious pairs", icon=":material/search:", key="align_run_suspicious",
+          on_click=_want, args=("align_want_suspicion",))
+if st.session_state.pop("align_want_suspicion", False):
+    try:
+        with st.spinner("Scoring every pair…"):
+            st.session_state["align_suspicion"] = (key, _suspicion(data["img"], data["txt"], data["groups"], key))
+    except ValueError as error:
+        st.error(str(error))
+sus = st.session_state.get("align_suspicion")
+if sus and sus[0] == key:
+    scores = sus[1]
+    top = np.argsort(-scores, kind="stable")[:25]
+    st.dataframe(pd.DataFrame({
+        "picture": [thumbnail_url(data["paths"][i], 96) for i in top],
+        "caption": [data["captions"][i] for i in top],
+        "suspicion": [round(float(scores[i]), 3) for i in top],
+        "pair": [data["ids"][i] for i in top],
+    }), column_config={"picture": st.column_config.ImageColumn("picture", width="small"),
+                       "suspicion": st.column_config.ProgressColumn("suspicion", min_value=0.0, max_value=1.0,
+                                                                     format="%.3f")},
+        hide_index=True, key="align_suspicious_table")

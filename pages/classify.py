@@ -1,0 +1,248 @@
+"""Classify & explain: pick or upload a picture, see the prediction and the anchor pairs behind it."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from ui import boot
+
+boot.ensure_app()
+
+from ui import state
+from ui.widgets import accuracy_metric, image_path, pct, thumbnail_url
+
+st.title("Classify & explain")
+st.caption("The model has never been trained: it names a picture by finding the anchor pairs "
+           "(a photo and its caption) whose photos look like it, and whose captions read like a class "
+           "prompt. Pick a picture to see which pairs decided.")
+
+ws = state.require_workspace()
+model = state.require_model(ws)
+bank = model.bank
+classes = bank.classes
+
+top = st.columns([1.3, 1, 1, 1])
+accuracy_metric(top[0], model, ws)
+top[1].metric("Anchor pairs", f"{model.n_anchors:,}")
+top[2].metric("Test pictures", f"{len(bank.eval_refs):,}")
+top[3].metric("Classes", len(classes))
+if model.k_clamped:
+    st.warning(f"k = {bank.k} is larger than the {model.n_anchors} anchor pairs; using k = {model.k}.")
+
+
+# ----------------------------------------------------------------------------- choose a picture
+def _set_query(q: dict) -> None:
+    st.session_state["query"] = q
+
+
+preds = model.eval_predictions()
+left, right = st.columns([1, 1.4], gap="large")
+with left:
+    st.subheader("1 · Pick a picture")
+    f1, f2 = st.columns(2)
+    only_class = f1.selectbox("True class", ["any"] + classes, key="gallery_class")
+    only = f2.radio("Show", ["all", "mistakes", "correct"], horizontal=True, key="gallery_filter")
+    pool = np.arange(len(bank.eval_refs))
+    if only_class != "any":
+        pool = pool[bank.eval_labels[pool] == classes.index(only_class)]
+    if only == "mistakes":
+        pool = pool[preds[pool] != bank.eval_labels[pool]]
+    elif only == "correct":
+        pool = pool[preds[pool] == bank.eval_labels[pool]]
+    if len(pool) == 0:
+        st.info("No test picture matches these filters.")
+    else:
+        # a class-balanced sample, stable across reruns; "More pictures" moves on
+        page = st.session_state.get("gallery_page", 0)
+        rng = np.random.default_rng(1234)
+        order = pool[rng.permutation(len(pool))]
+        per_page = 8
+        start = (page * per_page) % len(order)
+        shown = np.roll(order, -start)[:per_page]
+        cols = st.columns(4)
+        for j, i in enumerate(shown.tolist()):
+            with cols[j % 4]:
+                url = thumbnail_url(image_path(ws, bank.eval_refs[i]), 112)
+                if url:
+                    st.image(url, width="stretch")
+                ok = preds[i] == bank.eval_labels[i]
+                st.button(f"{classes[bank.eval_labels[i]]}" + ("" if ok else " ✗"), key=f"pick_{i}",
+                          on_click=_set_query, args=({"kind": "eval", "index": int(i)},),
+                          width="stretch",
+                          help=f"Test picture #{i}: true class {classes[bank.eval_labels[i]]}, "
+                               f"predicted {classes[preds[i]]}")
+        if st.button("More pictures", icon=":material/refresh:"):
+            st.session_state["gallery_page"] = page + 1
+            st.rerun()
+    up = st.file_uploader("…or upload your own picture", type=["jpg", "jpeg", "png", "webp", "bmp", "gif"],
+                          key="query_upload")
+    if up is not None:
+        data = up.getvalue()
+        if st.session_state.get("query", {}).get("upload_id") != up.file_id:
+            _set_query({"kind": "upload", "name": up.name, "bytes": data, "upload_id": up.file_id})
+
+query = st.session_state.get("query")
+if query is None and len(bank.eval_refs):
+    # start with something to look at: the first test picture the model gets wrong (or any)
+    wrong = np.flatnonzero(preds != bank.eval_labels)
+    query = {"kind": "eval", "index": int(wrong[0] if len(wrong) else 0)}
+    st.session_state["query"] = query
+
+
+def _query_vector(q: dict):
+    if q["kind"] == "eval":
+        return bank.eval_vecs[q["index"]], image_path(ws, bank.eval_refs[q["index"]]), \
+            classes[bank.eval_labels[q["index"]]]
+    from core.encoders import load_image
+
+    image = load_image(q["bytes"])  # ValueError with a readable message for a corrupt file
+    return bank.embed_query(image), image, None
+
+
+with right:
+    st.subheader("2 · What the model says")
+    if query is None:
+        st.info("Pick a picture on the left.")
+        st.stop()
+    try:
+        qvec, qimage, truth = _query_vector(query)
+    except ValueError as error:
+        st.error(f"That file could not be used as a picture: {error}")
+        st.stop()
+    explanation = model.explain(qvec)
+    probs = model.probabilities(explanation.scores)
+    order = np.argsort(-explanation.scores, kind="stable")
+    pred = classes[explanation.prediction]
+    a, b = st.columns([1, 1.3])
+    with a:
+        st.image(qimage, width="stretch",
+                 caption=query.get("name") or f"test picture #{query['index']}")
+    with b:
+        verdict = ""
+        if truth is not None:
+            verdict = " ✓ correct" if truth == pred else f" ✗ (it is a **{truth}**)"
+        st.markdown(f"### It's a **{pred}**{verdict}")
+        st.caption(f"{pct(probs[explanation.prediction])} confident · ASIF score "
+                   f"{explanation.scores[explanation.prediction]:.3f}")
+        top5 = order[:5]
+        chart = pd.DataFrame({"class": [classes[i] for i in top5], "probability": probs[top5]})
+        st.bar_chart(chart, x="class", y="probability", horizontal=True, height=200, sort=False)
+
+
+# ----------------------------------------------------------------------------- why?
+st.divider()
+st.subheader(f"3 · Why *{pred}*? The anchor pairs behind the answer")
+st.caption("Each pair scores **image weight × text weight**: how close its photo is to your picture, "
+           "times how close its caption is to the class prompt. The class with the largest total "
+           "wins. A wrong or misleading pair? Remove it and watch the accuracy move.")
+
+
+@st.fragment
+def pairs_panel():
+    live = state.require_model(ws)
+    expl = live.explain(qvec)
+    order = np.argsort(-expl.scores, kind="stable")
+    last = st.session_state.get("last_edit")
+    if last and last.get("where") == "classify":
+        d = 100 * (last["accuracy"] - last["before"])
+        st.success(f"Removed pair #{last['pairs'][0]}. Accuracy {pct(last['before'])} → "
+                   f"**{pct(last['accuracy'])}** ({d:+.1f} pts, {last['changed']} predictions changed, "
+                   f"re-scored in {last['ms']:.0f} ms).", icon=":material/check_circle:")
+    tabs = st.tabs([f"{classes[c]} · {expl.scores[c]:.3f}" for c in order[:3]])
+    for tab, c in zip(tabs, order[:3]):
+        with tab:
+            rows = expl.contributions(int(c), top=8)
+            if not rows:
+                st.info(f"No anchor pair supports *{classes[c]}* for this picture.")
+                continue
+            for r in rows:
+                cols = st.columns([1, 5, 1.3])
+                url = thumbnail_url(image_path(ws, r["image"]), 96)
+                if url:
+                    cols[0].image(url, width=80)
+                cols[1].markdown(f"**“{r['caption']}”**  \n"
+                                 f"<small>pair #{r['pair_id']} · image weight {r['image_weight']:.3f} × "
+                                 f"text weight {r['text_weight']:.3f} = **{r['product']:.4f}** "
+                                 f"({100 * r['share']:.0f}% of the score)</small>",
+                                 unsafe_allow_html=True)
+                if cols[2].button("Remove", key=f"rm_{c}_{r['pair_id']}", icon=":material/delete:",
+                                  help="Take this pair out of the anchors (undo on the Curate page)"):
+                    try:
+                        state.remove_pairs(ws, live, [r["pair_id"]], note="from Classify & explain")
+                        st.session_state["last_edit"]["where"] = "classify"
+                    except ValueError as error:
+                        st.error(str(error))
+                    st.rerun()
+
+
+pairs_panel()
+
+# ----------------------------------------------------------------------------- figures
+st.divider()
+fig7, fig3 = st.tabs(["Pairs map (ASIF Fig. 7)", "Similarity histograms (ASIF Fig. 3)"])
+with fig7:
+    import altair as alt
+
+    rows = [r for r in explanation.scatter_data() if r["class_index"] in set(order[:3].tolist())]
+    if rows:
+        df = pd.DataFrame(rows)
+        df["image"] = [thumbnail_url(image_path(ws, r), 96) for r in df["image"]]
+        chart = alt.Chart(df).mark_circle(opacity=0.65, stroke="white", strokeWidth=0.5).encode(
+            x=alt.X("image_similarity:Q", title="anchor photo ↔ your picture (cosine)",
+                    scale=alt.Scale(zero=False)),
+            y=alt.Y("caption_similarity:Q", title="anchor caption ↔ class prompt (cosine)",
+                    scale=alt.Scale(zero=False)),
+            size=alt.Size("product:Q", title="image × text weight", scale=alt.Scale(range=[15, 900])),
+            color=alt.Color("class_name:N", title="class"),
+            tooltip=["image", "caption", "class_name", "pair_id",
+                     alt.Tooltip("product:Q", format=".4f")],
+        ).properties(height=420)
+        st.altair_chart(chart, width="stretch")
+        st.caption("One dot per anchor pair among the picture's nearest photos, for the top 3 classes; "
+                   "the class with the largest total area wins. Hover a dot for its photo and caption.")
+with fig3:
+    import altair as alt
+
+    def hist(values, flags, label_on, label_off, title):
+        bins = np.linspace(float(values.min()), float(values.max()) + 1e-6, 41)
+        out = []
+        for flag, name in ((True, label_on), (False, label_off)):
+            v = values[flags == flag]
+            if len(v) == 0:
+                continue
+            h, _ = np.histogram(v, bins=bins, density=True)
+            out += [{"similarity": float(x), "density": float(y), "group": name}
+                    for x, y in zip(bins[:-1], h)]
+        return alt.Chart(pd.DataFrame(out)).mark_bar(opacity=0.6, binSpacing=0).encode(
+            x=alt.X("similarity:Q", title=title, bin=alt.Bin(binned=True, step=float(bins[1] - bins[0]))),
+            y=alt.Y("density:Q", stack=None, title="density"),
+            color=alt.Color("group:N", title=None, scale=alt.Scale(range=["#f58518", "#4c78a8"])),
+        ).properties(height=260)
+
+    n = len(explanation.all_image_similarity)
+    topk = np.zeros(n, dtype=bool)
+    topk[explanation.positions] = True
+    c1, c2 = st.columns(2)
+    c1.altair_chart(hist(explanation.all_image_similarity, topk, f"top-{len(explanation.positions)} anchors",
+                         "other anchors", "anchor photo ↔ your picture"), width="stretch")
+    c2.altair_chart(hist(explanation.all_caption_similarity[explanation.prediction], topk,
+                         "captions of those top-k photos", "other captions",
+                         f"anchor caption ↔ prompt for “{pred}”"), width="stretch")
+    st.caption("Left: the picture's similarity to every anchor photo; the nearest k (orange) are the "
+               "ones ASIF uses. Right: their captions are also closer to the predicted class prompt than "
+               "the rest — captions of similar images are similar, which is why ASIF works.")
+
+with st.expander("Classes and prompt templates"):
+    s = ws.settings()
+    with st.form("classes_form"):
+        cls_text = st.text_area("Classes (one per line)", "\n".join(s["classes"]), height=150)
+        tpl_text = st.text_area("Prompt templates ({} is the class name)", "\n".join(s["templates"]),
+                                height=120)
+        if st.form_submit_button("Apply"):
+            try:
+                ws.update_settings(classes=cls_text.splitlines(), templates=tpl_text.splitlines())
+                st.session_state.pop("query", None)
+                st.rerun()
+            except ValueError as error:
+                st.error(str(error))

@@ -1,0 +1,282 @@
+"""Curate: find the anchor pairs that hurt, preview removing them, remove, undo; add pairs."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from ui import boot
+
+boot.ensure_app()
+
+from ui import state
+from ui.widgets import image_path, pct, thumbnail_url
+
+st.title("Curate")
+st.caption("Every anchor pair votes in the predictions. This page ranks them by how much the accuracy "
+           "would change if each one alone were removed — most harmful first. Select pairs, preview "
+           "the effect, remove them; undo any time. Edits are saved as you make them.")
+
+ws = state.require_workspace()
+state.require_model(ws)
+
+
+def _fmt_pts(x: float) -> str:
+    return f"{100 * x:+.1f} pts"
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _suspicion(ws_path: str, key: str, n_pairs: int, _bank) -> dict:
+    """{pair_id: score} from helper C's label-free detector (None when unavailable)."""
+    from core.matching import suspicious_pair_scores
+
+    b = _bank
+    scores = suspicious_pair_scores(b.img[b.pair_img], b.cap, groups=b.pair_img)
+    return {int(i): float(s) for i, s in zip(b.pair_ids, scores)}
+
+
+def suspicion_available() -> bool:
+    try:
+        from core.matching import suspicious_pair_scores  # noqa: F401
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def curate_panel():
+    model = state.require_model(ws)
+    baseline = ws.baseline_accuracy()
+
+    # ---------------------------------------------------------------- headline + undo/redo
+    m1, m2, m3, m4 = st.columns([1.4, 1, 0.8, 0.8])
+    delta = None if baseline is None or not ws.edits() else _fmt_pts(model.accuracy - baseline) + " vs. start"
+    m1.metric("Accuracy on the evaluation set", pct(model.accuracy), delta=delta)
+    m2.metric("Anchor pairs", f"{model.n_anchors:,}")
+    with m3:
+        st.write("")
+        if st.button("Undo", icon=":material/undo:", disabled=ws.peek_undo() is None, width="stretch"):
+            try:
+                state.undo(ws, model)
+            except ValueError as error:
+                st.error(str(error))
+            st.rerun()
+    with m4:
+        st.write("")
+        if st.button("Redo", icon=":material/redo:", disabled=ws.peek_redo() is None, width="stretch"):
+            try:
+                state.redo(ws, model)
+            except ValueError as error:
+                st.error(str(error))
+            st.rerun()
+    last = st.session_state.get("last_edit")
+    if last:
+        st.success(f"{last['kind'].capitalize()} of {len(last['pairs'])} pair(s): accuracy "
+                   f"{pct(last['before'])} → **{pct(last['accuracy'])}** "
+                   f"({_fmt_pts(last['accuracy'] - last['before'])}, {last['changed']} predictions "
+                   f"changed, re-scored in {last['ms']:.0f} ms).", icon=":material/check_circle:")
+
+    # ---------------------------------------------------------------- influence table
+    st.subheader("Anchor pairs, most harmful first")
+    model.start_influence()
+    rows, version, running = model.influence_snapshot()
+    if rows is None:
+        st.info("Measuring each pair's influence (exact leave-one-out on the test pictures)… "
+                "the table appears here in a few seconds.", icon=":material/hourglass_top:")
+        return
+    if version != model.version:
+        st.caption(":material/hourglass_top: Updating the influence numbers after your edit…")
+        alive = model.active_ids()
+        rows = [r for r in rows if r["pair_id"] in alive]
+    df = pd.DataFrame(rows)
+    if df.empty:
+        st.info("No anchor pair takes part in any prediction.")
+        return
+    f1, f2 = st.columns([2, 1])
+    search = f1.text_input("Find pairs whose caption contains", key="curate_search",
+                           placeholder="e.g. dog, skateboard, water")
+    sort = f2.selectbox("Sort by", ["most harmful", "most helpful", "most used"]
+                        + (["most suspicious caption"] if "suspicious" in df else []), key="curate_sort")
+    if suspicion_available():
+        sus = st.session_state.get("suspicion_on")
+        if sus:
+            try:
+                scores = _suspicion(str(ws.path), model.bank.key, len(model.bank.pair_ids), model.bank)
+                df["suspicious"] = df["pair_id"].map(scores)
+            except Exception as error:  # noqa: BLE001 - optional column
+                st.caption(f"Suspicious-pair scores unavailable: {error}")
+    if search:
+        df = df[df["caption"].str.contains(search, case=False, regex=False, na=False)]
+    if sort == "most helpful":
+        df = df.sort_values(["loo_delta", "supported_correct"], ascending=[True, False])
+    elif sort == "most used":
+        df = df.sort_values("participated", ascending=False)
+    elif sort == "most suspicious caption" and "suspicious" in df:
+        df = df.sort_values("suspicious", ascending=False)
+    df = df.head(200).reset_index(drop=True)
+    view = pd.DataFrame({
+        "photo": [thumbnail_url(image_path(ws, r), 64) for r in df["image"]],
+        "caption": df["caption"],
+        "Δ accuracy if removed": 100 * df["loo_delta"],
+        "used in": df["participated"],
+        "correct": df["supported_correct"],
+        "wrong": df["supported_wrong"],
+        "pair": df["pair_id"],
+    })
+    config = {
+        "photo": st.column_config.ImageColumn("photo", width="small"),
+        "caption": st.column_config.TextColumn("caption", width="large"),
+        "Δ accuracy if removed": st.column_config.NumberColumn(
+            format="%+.2f pts", help="Exact change of the evaluation accuracy if this pair alone were "
+                                     "removed (positive: removing it helps)."),
+        "used in": st.column_config.NumberColumn(help="Test predictions it took part in"),
+        "correct": st.column_config.NumberColumn(help="Correct predictions it supported"),
+        "wrong": st.column_config.NumberColumn(help="Wrong predictions it supported"),
+    }
+    if "suspicious" in df:
+        view["suspicious"] = df["suspicious"]
+        config["suspicious"] = st.column_config.ProgressColumn(
+            "suspicious caption", min_value=0.0, max_value=1.0, format="%.2f",
+            help="Label-free: how badly the caption's neighbourhood disagrees with the photo's "
+                 "(Align lab). High = the caption may not describe the photo.")
+    event = st.dataframe(view, column_config=config, hide_index=True, height=420,
+                         on_select="rerun", selection_mode="multi-row", key="influence_table",
+                         row_height=56)
+    picked = [int(df.loc[i, "pair_id"]) for i in event.selection.rows] if event else []
+    extra = st.multiselect("Selected pairs (click rows above, or pick by number)",
+                           options=df["pair_id"].astype(int).tolist(), default=None,
+                           key="curate_ids", format_func=lambda i: f"#{i}")
+    chosen = sorted(set(picked) | set(extra))
+    c1, c2 = st.columns([2, 1])
+    if chosen:
+        try:
+            what = model.what_if_remove(chosen)
+            c1.info(f"**What if** these {len(chosen)} pair(s) were removed: accuracy "
+                    f"{pct(what.accuracy_before)} → **{pct(what.accuracy)}** "
+                    f"({_fmt_pts(what.delta)}, {what.n_changed} predictions would change).")
+        except ValueError as error:
+            c1.warning(str(error))
+        if c2.button(f"Remove {len(chosen)} pair(s)", type="primary", icon=":material/delete:",
+                     width="stretch", key="remove_selected"):
+            try:
+                state.remove_pairs(ws, model, chosen, note="from Curate")
+                st.session_state.pop("curate_ids", None)
+            except ValueError as error:
+                st.error(str(error))
+            st.rerun()
+    else:
+        c1.caption("Select one or more rows to preview the accuracy without them.")
+    if suspicion_available() and not st.session_state.get("suspicion_on"):
+        if st.button("Also score captions that may not match their photo (label-free)",
+                     icon=":material/flag:"):
+            st.session_state["suspicion_on"] = True
+            st.rerun()
+
+    # ---------------------------------------------------------------- per class + timeline
+    g1, g2 = st.columns(2)
+    with g1:
+        st.subheader("Accuracy per class")
+        per = pd.DataFrame({"class": list(model.per_class), "accuracy": list(model.per_class.values())})
+        st.bar_chart(per, x="class", y="accuracy", height=260)
+    with g2:
+        st.subheader("Accuracy over the edit history")
+        hist = pd.DataFrame(ws.history())
+        hist = hist.dropna(subset=["accuracy"])
+        if len(hist) <= 1:
+            st.caption("Each edit adds a point here.")
+        if len(hist):
+            st.line_chart(hist, x="step", y="accuracy", height=260)
+
+
+@st.fragment
+def panel_static():
+    curate_panel()
+
+
+@st.fragment(run_every=1.5)
+def panel_polling():
+    curate_panel()
+    live = state.require_model(ws)
+    if live.influence_snapshot()[1] == live.version:
+        st.rerun()
+
+
+_live = state.require_model(ws)
+_live.start_influence()
+if _live.influence_snapshot()[1] == _live.version:
+    panel_static()
+else:
+    panel_polling()
+
+# -------------------------------------------------------------------- add pairs
+st.divider()
+st.subheader("Add pairs")
+st.caption("ASIF adjusts in seconds: new pairs join the anchors without any training. Add photos "
+           "with a caption, e.g. in-domain examples of a class that is often confused.")
+tab_up, tab_demo = st.tabs(["Upload photos", "In-domain examples (CIFAR-10 train)"])
+model = state.require_model(ws)
+with tab_up:
+    with st.form("add_upload", clear_on_submit=True):
+        files = st.file_uploader("Photos", type=["jpg", "jpeg", "png", "webp", "bmp"],
+                                 accept_multiple_files=True)
+        a, b = st.columns(2)
+        template = a.text_input("Caption template", "a photo of a {}.")
+        cls = b.selectbox("Class name for {}", model.bank.classes)
+        if st.form_submit_button("Add these pairs", icon=":material/add:"):
+            from core.encoders import load_image
+
+            good, bad = [], []
+            for f in files or []:
+                data = f.getvalue()
+                try:
+                    load_image(data)
+                except ValueError as error:
+                    bad.append(f"{f.name}: {error}")
+                    continue
+                suffix = "." + f.name.rsplit(".", 1)[-1] if "." in f.name else ".jpg"
+                good.append((ws.store_file(data, suffix), template.replace("{}", cls)))
+            for msg in bad:
+                st.warning(f"Skipped {msg}")
+            if not good:
+                st.error("No readable photo to add.")
+            else:
+                try:
+                    with st.spinner("Embedding the new photos…"):
+                        r = state.add_pairs(ws, model, good, note="uploaded")
+                    st.success(f"Added {len(good)} pair(s): accuracy {pct(r.accuracy_before)} → "
+                               f"{pct(r.accuracy)}.")
+                except ValueError as error:
+                    st.error(str(error))
+with tab_demo:
+    from core import workspace as W
+
+    try:
+        train = W.demo_root() / "cifar10" / "train"
+    except ValueError:
+        train = None
+    if train is None or not train.is_dir():
+        st.caption("The CIFAR-10 training images are not in the demo data folder.")
+    else:
+        a, b = st.columns(2)
+        per_class = a.number_input("Photos per class", 1, 50, 10, key="indomain_n")
+        which = b.multiselect("Classes", model.bank.classes, default=model.bank.classes, key="indomain_cls")
+        if st.button("Add in-domain pairs", icon=":material/add:"):
+            pairs = []
+            known = {p.image for p in ws.all_pairs()}
+            for c in which:
+                folder = train / c
+                if not folder.is_dir():
+                    continue
+                files = sorted(folder.iterdir())
+                refs = [f"demo:cifar10/train/{c}/{f.name}" for f in files]
+                refs = [r for r in refs if r not in known][: int(per_class)]
+                pairs += [(r, f"a photo of a {c}.") for r in refs]
+            if not pairs:
+                st.warning("Nothing new to add for these classes.")
+            else:
+                try:
+                    with st.spinner(f"Embedding {len(pairs)} photos…"):
+                        r = state.add_pairs(ws, model, pairs, note="in-domain CIFAR-10 train")
+                    st.success(f"Added {len(pairs)} pairs: accuracy {pct(r.accuracy_before)} → "
+                               f"**{pct(r.accuracy)}**.")
+                except ValueError as error:
+                    st.error(str(error))

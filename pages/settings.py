@@ -1,0 +1,79 @@
+"""Settings: encoders, k, p, prompt templates and classes of the current workspace."""
+from __future__ import annotations
+
+import streamlit as st
+
+from ui import boot
+
+boot.ensure_app()
+
+from core import encoders
+from ui import state
+
+st.title("Settings")
+st.caption("How the model is built from the pairs. Changing a setting recomputes the model; "
+           "embeddings already computed are read from the cache, never recomputed.")
+
+ws = state.require_workspace()
+s = ws.settings()
+n_pairs = ws.counts()["pairs"]
+
+
+def _options(modality: str, current: str) -> list[str]:
+    names = [e["name"] for e in encoders.list_encoders(modality) if e["available"]]
+    if current not in names:
+        names.append(current)
+    return names
+
+
+with st.form("settings"):
+    a, b = st.columns(2)
+    img_opts = _options("image", s["image_encoder"])
+    txt_opts = _options("text", s["text_encoder"])
+    image_encoder = a.selectbox("Image encoder", img_opts, index=img_opts.index(s["image_encoder"]))
+    text_encoder = b.selectbox("Text encoder", txt_opts, index=txt_opts.index(s["text_encoder"]))
+    custom = st.text_input("…or another encoder name (e.g. open_clip:ViT-B-32:<checkpoint>:image, "
+                           "st:<sentence-transformers model>)", "",
+                           help="Needs the weights on this machine or internet access.")
+    c, d = st.columns(2)
+    k = c.number_input("k — nearest anchors kept per item", min_value=1, value=int(s["k"]), step=10,
+                       help=f"At most the number of anchor pairs ({n_pairs:,}).")
+    p = d.number_input("p — sharpening exponent", min_value=1.0, value=float(s["p"]), step=1.0)
+    templates = st.text_area("Prompt templates, one per line ({} is the class name)",
+                             "\n".join(s["templates"]), height=140)
+    classes = st.text_area("Classes, one per line", "\n".join(s["classes"]), height=160)
+    if st.form_submit_button("Apply and recompute", type="primary"):
+        changes = {"image_encoder": image_encoder, "text_encoder": text_encoder, "k": int(k), "p": p,
+                   "templates": templates.splitlines(), "classes": classes.splitlines()}
+        error = None
+        if custom.strip():
+            try:
+                enc = encoders.get_encoder(custom.strip())
+                changes["image_encoder" if enc.modality == "image" else "text_encoder"] = custom.strip()
+            except Exception as exc:  # noqa: BLE001 - shown as a message
+                error = f"Encoder {custom.strip()!r} is not usable here: {exc}"
+        if error is None and int(k) > n_pairs:
+            error = (f"k = {int(k):,} is larger than the {n_pairs:,} anchor pairs of this workspace; "
+                     f"use at most {n_pairs:,}.")
+        if error:
+            st.error(error)
+        else:
+            try:
+                ws.update_settings(**changes)
+                st.session_state.pop("query", None)
+                st.session_state.pop("last_edit", None)
+                st.success("Saved. The model is being recomputed (cached embeddings are reused).")
+            except ValueError as exc:
+                st.error(str(exc))
+
+job = state.model_job(ws)
+if not job.done:
+    st.progress(min(max(job.fraction, 0.0), 1.0), text=f"Recomputing: {job.message}")
+elif job.error:
+    st.error(f"The model could not be built with these settings: {job.error}")
+else:
+    st.success(f"Model ready: accuracy {100 * job.model.accuracy:.1f}% with "
+               f"{job.model.n_anchors:,} anchor pairs (k = {job.model.k}).")
+
+with st.expander("Encoders on this machine"):
+    st.dataframe(encoders.list_encoders(), hide_index=True, width="stretch")

@@ -1,0 +1,103 @@
+"""Workspaces: create (demo, uploads, folder), switch, duplicate, delete, export."""
+from __future__ import annotations
+
+import io
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from ui import boot
+
+boot.ensure_app()
+
+from core import workspace as W
+from ui import state
+
+st.title("Workspaces")
+st.caption("A workspace is a set of anchor pairs, a labeled test set, the encoders, k and p, and the "
+           f"full history of your edits — saved on disk under `{W.workspaces_root()}`.")
+
+current = state.current_workspace()
+spaces = W.list_workspaces()
+
+if spaces:
+    rows = []
+    for w in spaces:
+        c = w.counts()
+        s = w.settings()
+        rows.append({"": "▶" if current is not None and w.id == current.id else "", "name": w.name,
+                     "anchor pairs": c["pairs"], "test pictures": c["eval"], "edits": c["edits"],
+                     "encoders": f"{s['image_encoder']} + {s['text_encoder']}",
+                     "source": w.meta().get("source", {}).get("kind", "")})
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+else:
+    st.info("No workspace yet.")
+
+if current is not None:
+    st.subheader(f"Current: {current.name}")
+    a, b, c = st.columns(3)
+    with a.form("duplicate"):
+        new_name = st.text_input("Duplicate as", f"{current.name} copy")
+        if st.form_submit_button("Duplicate", icon=":material/content_copy:"):
+            try:
+                dup = W.duplicate_workspace(current, new_name)
+                state.set_workspace(dup.id)
+                st.rerun()
+            except ValueError as error:
+                st.error(str(error))
+    with b.form("delete"):
+        sure = st.checkbox(f"Yes, delete “{current.name}” and its edit history")
+        if st.form_submit_button("Delete", icon=":material/delete:"):
+            if not sure:
+                st.warning("Tick the box to confirm.")
+            else:
+                state.forget(current.path)
+                W.delete_workspace(current)
+                st.session_state.pop("ws_id", None)
+                st.rerun()
+    with c:
+        st.markdown("**Export**")
+        st.download_button("Curated pairs (CSV)", current.export_pairs_csv(),
+                           file_name=f"{current.id}-pairs.csv", mime="text/csv",
+                           icon=":material/download:", width="stretch")
+        job = state.model_job(current)
+        if job.done and job.model is not None:
+            def model_bytes(model=job.model) -> bytes:
+                with tempfile.TemporaryDirectory() as d:
+                    path = model.current_model().save(Path(d) / "model.npz")
+                    return Path(path).read_bytes()
+
+            st.download_button("Model file (.npz)", model_bytes, file_name=f"{current.id}-asif.npz",
+                               mime="application/octet-stream", icon=":material/download:",
+                               width="stretch",
+                               help="Anchor embeddings, pair ids, captions, k and p; load with "
+                                    "core.asif.AsifModel.load (no pickles).")
+        else:
+            st.caption("The model file can be downloaded once the model is ready.")
+
+st.subheader("New workspace")
+t1, t2 = st.tabs(["From the demo data", "From your own pairs"])
+with t1:
+    try:
+        root = W.demo_root()
+        st.caption(f"Flickr8k photos with captions as anchors, CIFAR-10 test pictures to measure "
+                   f"accuracy (from `{root}`).")
+        with st.form("demo"):
+            name = st.text_input("Name", "demo small" if any(w.id == "demo" for w in spaces) else "demo")
+            x, y = st.columns(2)
+            n_images = x.number_input("Flickr8k photos (5 captions each)", 10, 7000, 7000, step=100)
+            per_class = y.number_input("CIFAR-10 test pictures per class", 1, 1000, 1000, step=50)
+            if st.form_submit_button("Create", type="primary"):
+                try:
+                    ws = W.create_demo_workspace(name, int(n_images), int(per_class))
+                    state.set_workspace(ws.id)
+                    st.rerun()
+                except ValueError as error:
+                    st.error(str(error))
+    except ValueError as error:
+        st.warning(str(error))
+with t2:
+    st.caption("Upload photos with captions, or point to a folder on this computer, on the Data page.")
+    st.page_link("pages/data.py", label="Bring your own pairs", icon=":material/photo_library:")

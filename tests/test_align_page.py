@@ -1,0 +1,73 @@
+"""AppTest: the Align page inside the app — CKA, shuffle curve, matching table, suspicious pairs."""
+from __future__ import annotations
+
+import time
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from app_helpers import APP, run_ready, small_env, texts
+from core import workspace as W
+
+
+@pytest.fixture
+def demo_root(tmp_path, monkeypatch):
+    try:
+        W.demo_root()
+    except ValueError:
+        pytest.skip("demo data not present")
+    small_env(monkeypatch, tmp_path)
+    return tmp_path
+
+
+def _open_align(at, timeout=240.0):
+    at.switch_page("pages/align.py")
+    at.run()
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert not at.exception, [e.value for e in at.exception]
+        if any(m.label == "Linear CKA" for m in at.metric):
+            return at
+        time.sleep(0.5)
+        at.run()
+    raise AssertionError("the Align page did not show CKA in time")
+
+
+def _frame(at, column):
+    """The first dataframe shown with ``column`` (AppTest does not expose dataframe keys)."""
+    for df in at.dataframe:
+        v = df.value
+        if column in v.columns or column in v.index:
+            return v
+    raise AssertionError(f"no table with {column!r}")
+
+
+def test_align_page_flow(demo_root):
+    at = run_ready(AppTest.from_file(APP, default_timeout=180))
+    at = _open_align(at)
+    metrics = {m.label: m.value for m in at.metric}
+    lin, rbf = float(metrics["Linear CKA"]), float(metrics["RBF CKA"])
+    assert 0.0 < lin < 1.0 and 0.0 < rbf < 1.0
+    assert int(metrics["Pairs"].replace(",", "")) >= 100
+    assert len(at.get("plotly_chart")) == 1
+    # the shuffle table: CKA at 0% shuffled is the headline value and it falls with shuffling
+    table = _frame(at, "linear CKA")
+    row = table.loc["linear CKA"].tolist()
+    assert row[0] == pytest.approx(lin, abs=0.05) and row[-1] < row[0]
+
+    at.button(key="align_run_matching").click()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    mt = _frame(at, "matching accuracy %")
+    assert set(mt["method"]) == {"QAP (seeded)", "Local CKA", "Linear map", "Relative reps"}
+    n_query = at.number_input(key="align_nquery").value
+    local = mt.set_index("method").loc["Local CKA"]
+    assert local["top-5 %"] > 100 * 5 / n_query  # better than chance
+
+    at.button(key="align_run_suspicious").click()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    sus = _frame(at, "suspicion")
+    assert len(sus) == 25 and sus["suspicion"].is_monotonic_decreasing
+    assert sus["picture"].str.startswith("data:image/jpeg").all()
+    assert "Suspicious pairs" in texts(at)

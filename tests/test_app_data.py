@@ -1,0 +1,100 @@
+"""AppTest: Data page — upload -> validation report + preview -> new workspace; bad inputs."""
+from __future__ import annotations
+
+import io
+import zipfile
+
+import pytest
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from app_helpers import APP, run_ready, small_env, texts
+from core import workspace as W
+
+
+@pytest.fixture
+def demo_root(tmp_path, monkeypatch):
+    try:
+        W.demo_root()
+    except ValueError:
+        pytest.skip("demo data not present")
+    small_env(monkeypatch, tmp_path)
+    return tmp_path
+
+
+def _jpeg(color, size=(48, 40)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def _open_data(at):
+    at.switch_page("pages/data.py").run()
+    assert not at.exception
+    return at
+
+
+def _upload(at, files):
+    at.file_uploader(key="byo_files").set_value(files)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return texts(at)
+
+
+def test_upload_preview_report_and_create(demo_root):
+    at = _open_data(run_ready(AppTest.from_file(APP, default_timeout=120)))
+    csv = b"image,caption\nred.jpg,a red square\nblue.jpg,a blue square\nbroken.jpg,a broken file\n"
+    shown = _upload(at, [("red.jpg", _jpeg((220, 20, 20)), "image/jpeg"),
+                         ("blue.jpg", _jpeg((20, 20, 220)), "image/jpeg"),
+                         ("broken.jpg", b"\xff\xd8\xffnot really", "image/jpeg"),
+                         ("captions.csv", csv, "text/csv")])
+    assert "Preview" in shown and "a red square" in shown and "a blue square" in shown
+    assert any("problem" in w.value for w in at.warning)  # the report names the broken file
+    report = [d for d in at.dataframe if "broken.jpg" in d.value.to_string()]
+    assert report, "the validation report does not list the corrupt file"
+    # create a workspace from the upload
+    name_box = [t for t in at.text_input if t.label == "Name"][0]
+    name_box.set_value("my squares")
+    [b for b in at.button if b.label == "Create workspace"][0].click()
+    at.run()
+    assert not at.exception
+    ws = W.open_workspace("my-squares", root=demo_root)
+    pairs = ws.pairs()
+    assert sorted(p.caption for p in pairs) == ["a blue square", "a red square"]
+    assert all(p.image.startswith("ws:") and ws.resolve(p.image).is_file() for p in pairs)
+    assert len(ws.eval_items()) > 0
+
+
+def test_bad_uploads_give_messages_not_tracebacks(demo_root):
+    at = _open_data(run_ready(AppTest.from_file(APP, default_timeout=120)))
+    # wrong CSV: no caption column
+    shown = _upload(at, [("red.jpg", _jpeg((200, 0, 0)), "image/jpeg"),
+                         ("captions.csv", b"file,text\nred.jpg,hello\n", "text/csv")])
+    assert "Nothing could be loaded" in shown and "Create workspace" not in [b.label for b in at.button]
+    # photos without any CSV
+    shown = _upload(at, [("red.jpg", _jpeg((200, 0, 0)), "image/jpeg")])
+    assert "Add a CSV" in shown
+    # a zip with odd paths: absolute, '..', and one good entry
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("../evil.jpg", _jpeg((0, 0, 0)))
+        z.writestr("/abs.jpg", _jpeg((0, 0, 0)))
+        z.writestr("good.jpg", _jpeg((0, 200, 0)))
+        z.writestr("captions.csv", "image,caption\ngood.jpg,a green square\n../evil.jpg,evil\n")
+    shown = _upload(at, [("odd.zip", buf.getvalue(), "application/zip")])
+    assert "a green square" in shown
+    listed = " ".join(d.value.to_string() for d in at.dataframe)
+    assert "evil.jpg" in listed and "abs.jpg" in listed
+    # a decompression bomb: an image over the pixel limit
+    big = io.BytesIO()
+    Image.new("L", (12000, 6000), 0).save(big, format="PNG")
+    shown = _upload(at, [("huge.png", big.getvalue(), "image/png"),
+                         ("captions.csv", b"image,caption\nhuge.png,too big\n", "text/csv")])
+    assert "Nothing could be loaded" in shown
+    assert "pixel" in " ".join(d.value.to_string() for d in at.dataframe).lower()
+    # a non-zip file named .zip
+    shown = _upload(at, [("fake.zip", b"this is not a zip", "application/zip")])
+    assert "Nothing could be loaded" in shown or "zip" in shown.lower()
+    # nothing of the current workspace was lost
+    assert [w.id for w in W.list_workspaces(demo_root)] == ["demo"]
+    assert W.list_workspaces(demo_root)[0].counts()["pairs"] > 0

@@ -1,0 +1,74 @@
+"""End to end in a real headless browser (Debian chromium + Playwright): load the demo, classify a
+picture, remove a pair, see the accuracy change; saves the README screenshot to assets/."""
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+
+from app_helpers import (CHROMIUM, CHROMIUM_ARGS, ROOT, free_port, metric_value, start_server,
+                         stop_server)
+from core import workspace as W
+
+SCREENSHOT = ROOT / "assets" / "dashboard.jpg"
+
+
+@pytest.fixture
+def server(tmp_path):
+    try:
+        W.demo_root()
+    except ValueError:
+        pytest.skip("demo data not present")
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("chromium not installed (apt-get install -y chromium)")
+    port = free_port()
+    proc = start_server(port, tmp_path / "ws", tmp_path / "server.log")
+    yield f"http://127.0.0.1:{port}", tmp_path
+    stop_server(proc)
+
+
+def test_demo_classify_remove_accuracy_changes(server):
+    from playwright.sync_api import expect, sync_playwright
+
+    url, tmp = server
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1440, "height": 1700})
+        page.set_default_timeout(60_000)
+        page.goto(url)
+        # the demo is created and embedded on first start (small demo: seconds on a warm cache)
+        expect(page.get_by_text("It's a", exact=False).first).to_be_visible(timeout=240_000)
+        before = metric_value(page, "Accuracy on the evaluation set")
+        assert re.fullmatch(r"\d+\.\d%", before)
+
+        # classify another picture from the gallery
+        page.get_by_role("button", name=re.compile(r"^(airplane|automobile|bird|cat|deer|dog|frog|"
+                                                   r"horse|ship|truck)")).nth(2).click()
+        expect(page.get_by_text("test picture #", exact=False).first).to_be_visible()
+        expect(page.get_by_text("image weight", exact=False).first).to_be_visible()
+
+        # Curate: select the most harmful pair, preview, remove
+        page.get_by_role("link", name="Curate").click()
+        expect(page.get_by_text("Anchor pairs, most harmful first")).to_be_visible()
+        expect(page.get_by_text("Selected pairs", exact=False)).to_be_visible(timeout=120_000)
+        page.get_by_text("Choose options").click()
+        page.get_by_role("option").first.click()
+        page.keyboard.press("Escape")
+        expect(page.get_by_text("What if", exact=False)).to_be_visible()
+        page.get_by_role("button", name=re.compile(r"Remove 1 pair")).click()
+        expect(page.get_by_text("re-scored in", exact=False)).to_be_visible()
+        after = metric_value(page, "Accuracy on the evaluation set")
+        assert after != before, "removing the most harmful pair did not change the accuracy"
+
+        # back to the explanation, with the new accuracy: the README screenshot
+        page.get_by_role("link", name="Classify & explain").click()
+        expect(page.get_by_text("image weight", exact=False).first).to_be_visible()
+        assert metric_value(page, "Accuracy on the evaluation set") == after
+        page.wait_for_timeout(1500)  # let images and charts settle
+        SCREENSHOT.parent.mkdir(exist_ok=True)
+        page.screenshot(path=str(SCREENSHOT), type="jpeg", quality=80)
+        browser.close()
+    assert SCREENSHOT.stat().st_size < 500_000
+    ws = W.list_workspaces(tmp / "ws")[0]
+    assert [e.kind for e in ws.edits()] == ["remove"]

@@ -1,0 +1,163 @@
+"""core.edits: the incremental path equals a full recompute on long random edit sequences
+(removals, additions, duplicates/ties, undo/redo, slack exhaustion), what-if, influence (exact
+leave-one-out), most-harmful ranking, and the same on real embeddings."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from core.asif import AsifModel
+from core.edits import EditSession
+
+
+def _random_problem(seed, n=450, q=160, c=4, t=3, d1=12, d2=10):
+    rng = np.random.default_rng(seed)
+    base = rng.normal(size=(n // 3, d1))
+    img = np.repeat(base, 3, axis=0)  # every image has 3 captions: exact ties, like Flickr8k
+    txt = rng.normal(size=(n, d2))
+    return rng, dict(img=img, txt=txt, q=rng.normal(size=(q, d1)), y=rng.integers(0, c, q),
+                     prompts=rng.normal(size=(c * t, d2)), pc=np.repeat(np.arange(c), t))
+
+
+def _check_against_full(s: EditSession):
+    full_model = s.current_model()
+    res = full_model.classify(s.eval_images, s.cand, s.cand_classes, strategy="per-template",
+                              n_classes=s.n_classes)
+    np.testing.assert_array_equal(s.predictions, res.predictions)
+    np.testing.assert_allclose(s.class_scores, res.scores, atol=2e-6)
+    fresh = EditSession(full_model, s.eval_images, s.labels, s.cand, s.cand_classes,
+                        strategy="per-template", slack=s.slack)
+    np.testing.assert_allclose(s.D, fresh.D, rtol=1e-9, atol=1e-15)
+
+
+@pytest.mark.parametrize("strategy,seed", [("mean", 0), ("per-template", 1), ("mean", 2)])
+def test_random_edit_sequence_equals_full_recompute(strategy, seed):
+    rng, P = _random_problem(seed)
+    model = AsifModel(P["img"], P["txt"], k=15, p=3)
+    s = EditSession(model, P["q"], P["y"], P["prompts"], P["pc"], strategy=strategy, slack=3)
+    np.testing.assert_array_equal(s.predictions, s.full_recompute())
+    kinds = set()
+    for step in range(160):
+        r = rng.random()
+        if r < 0.4:
+            ids = rng.choice(s.pair_ids, size=int(rng.integers(1, 8)), replace=False)
+            res = s.remove(ids)
+            kinds.add("remove")
+        elif r < 0.65:
+            m = int(rng.integers(1, 5))
+            # half the time re-use existing image embeddings (more exact ties)
+            im = P["img"][rng.integers(0, len(P["img"]), m)] if rng.random() < 0.5 else rng.normal(size=(m, 12))
+            res = s.add(im, rng.normal(size=(m, 10)))
+            kinds.add("add")
+        elif r < 0.9 and s.can_undo:
+            res = s.undo()
+            kinds.add("undo")
+        elif s.can_redo:
+            res = s.redo()
+            kinds.add("redo")
+        else:
+            continue
+        assert res.n_anchors == s.n_anchors
+        np.testing.assert_array_equal(s.predictions, s.full_recompute(), err_msg=f"step {step}")
+        if step % 40 == 0:
+            _check_against_full(s) if strategy == "per-template" else None
+    assert kinds == {"remove", "add", "undo", "redo"}
+    assert s.img_side.recomputed > 0  # slack ran out and was handled
+    acc_log = s.accuracy_log
+    assert len(acc_log) > 100
+
+
+def test_scores_match_fresh_session_after_edits():
+    rng, P = _random_problem(3)
+    s = EditSession(AsifModel(P["img"], P["txt"], k=12, p=5), P["q"], P["y"], P["prompts"], P["pc"],
+                    strategy="per-template", slack=2)
+    for _ in range(30):
+        s.remove(rng.choice(s.pair_ids, 3, replace=False))
+        s.add(rng.normal(size=(2, 12)), rng.normal(size=(2, 10)))
+    _check_against_full(s)
+
+
+def test_undo_restores_exactly_and_what_if_commits_nothing():
+    rng, P = _random_problem(4)
+    s = EditSession(AsifModel(P["img"], P["txt"], k=15, p=3), P["q"], P["y"], P["prompts"], P["pc"])
+    pred0, acc0, ids0 = s.predictions.copy(), s.accuracy, s.pair_ids.copy()
+    w = s.what_if_remove(ids0[:20])
+    assert not w.committed
+    np.testing.assert_array_equal(s.predictions, pred0)
+    np.testing.assert_array_equal(s.pair_ids, ids0)
+    r = s.remove(ids0[:20])
+    assert r.accuracy == w.accuracy and r.accuracy_before == acc0
+    assert r.elapsed_ms >= 0 and r.per_class_accuracy.shape == (4,)
+    u = s.undo()
+    assert u.accuracy == acc0
+    np.testing.assert_array_equal(s.predictions, pred0)
+    np.testing.assert_array_equal(s.pair_ids, ids0)
+    s.redo()
+    assert s.n_anchors == len(ids0) - 20
+    wa = s.what_if_add(rng.normal(size=(5, 12)), rng.normal(size=(5, 10)))
+    assert s.n_anchors == len(ids0) - 20 and not wa.committed
+    with pytest.raises(ValueError):
+        s.remove([ids0[0]])  # already removed
+    with pytest.raises(ValueError):
+        s.remove([10 ** 9])  # unknown
+    with pytest.raises(ValueError):
+        s.remove(s.pair_ids[: s.n_anchors - 10])  # would leave fewer than k
+    with pytest.raises(ValueError):
+        s.add(rng.normal(size=(1, 12)), rng.normal(size=(1, 10)), pair_ids=[int(ids0[1])])
+
+
+@pytest.mark.parametrize("strategy", ["mean", "per-template"])
+def test_influence_leave_one_out_is_exact(strategy):
+    rng, P = _random_problem(5, n=240, q=120)
+    s = EditSession(AsifModel(P["img"], P["txt"], k=10, p=4), P["q"], P["y"], P["prompts"], P["pc"],
+                    strategy=strategy, slack=3)
+    s.remove(s.pair_ids[:5])  # some history first
+    inf = s.influence()
+    assert len(inf.pair_ids) == s.n_anchors
+    assert inf.n_fast > 0 and inf.n_algebraic > 0  # both exact shortcuts are exercised
+    for i in range(len(inf.pair_ids)):
+        model = s.current_model().with_pairs_removed([inf.pair_ids[i]])
+        res = model.classify(s.eval_images, s.cand, s.cand_classes, strategy="per-template",
+                             n_classes=s.n_classes)
+        assert inf.loo_delta[i] == pytest.approx(res.accuracy(s.labels) - s.accuracy, abs=1e-12)
+        assert inf.loo_changed[i] == (res.predictions != s.predictions).sum()
+    assert (inf.supported_correct + inf.supported_wrong == inf.participated).all()
+    assert (inf.participated <= inf.in_topk).all() and inf.in_topk.sum() == 120 * 10
+    top = s.most_harmful(5, inf)
+    assert top[0]["loo_delta"] == inf.loo_delta.max()
+    # removing the most harmful pair gives exactly the promised gain
+    before = s.accuracy
+    s.remove([top[0]["pair_id"]])
+    assert s.accuracy - before == pytest.approx(top[0]["loo_delta"], abs=1e-12)
+
+
+# ------------------------------------------------------------------ real embeddings
+
+def test_real_session_curation(flickr_embeddings, cifar_small, cifar_small_embeddings):
+    from core.asif import build_prompts
+    from core.cache import embed_texts
+
+    img, txt = flickr_embeddings
+    prompts, pc = build_prompts(cifar_small.class_names, ["a photo of a {}.", "a picture of a {}."])
+    s = EditSession(AsifModel(img, txt, k=50, p=8), cifar_small_embeddings, cifar_small.labels,
+                    embed_texts("minilm", prompts), pc, class_names=cifar_small.class_names)
+    inf = s.influence()
+    worst = inf.rows()[:3]
+    assert worst[0]["loo_delta"] >= worst[-1]["loo_delta"]
+    before = s.accuracy
+    r = s.remove([worst[0]["pair_id"]])
+    assert r.accuracy - before == pytest.approx(worst[0]["loo_delta"], abs=1e-12)
+    # Flickr8k has 5 captions per image: exact image ties; a random sequence still equals a recompute
+    rng = np.random.default_rng(0)
+    for _ in range(12):
+        if rng.random() < 0.6:
+            s.remove(rng.choice(s.pair_ids, 4, replace=False))
+        else:
+            s.undo() if s.can_undo else None
+        np.testing.assert_array_equal(s.predictions, s.full_recompute())
+    # "adjust in seconds": add in-domain pairs captioned with the class name -> accuracy rises
+    from core.cache import embed_texts as et
+    caps = [f"a photo of a {cifar_small.class_names[c]}" for c in cifar_small.labels[::10]]
+    add = s.add(cifar_small_embeddings[::10], et("minilm", caps))
+    assert add.accuracy > add.accuracy_before
+    np.testing.assert_array_equal(s.predictions, s.full_recompute())

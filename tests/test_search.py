@@ -1,0 +1,119 @@
+"""core.search: exact chunked top-k (canonical ties, bounded memory), FAISS backends, recall."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from core.search import (build_faiss_index, exact_topk, faiss_search, l2_normalize, recall_at_k,
+                         similarity_block, topk)
+
+
+def _unit(rng, n, d):
+    return l2_normalize(rng.normal(size=(n, d)).astype(np.float32))
+
+
+def _naive(q, b, k):
+    s = q @ b.T
+    out_i = np.empty((len(q), k), dtype=np.int64)
+    for r in range(len(q)):
+        o = np.lexsort((np.arange(b.shape[0]), -s[r]))[:k]
+        out_i[r] = o
+    return out_i
+
+
+@pytest.mark.parametrize("memory_bytes", [4096 * 4, 10 ** 9])
+def test_exact_topk_matches_naive_and_is_chunk_independent(memory_bytes):
+    rng = np.random.default_rng(0)
+    q, b = _unit(rng, 150, 24), _unit(rng, 700, 24)
+    idx, val = exact_topk(q, b, 37, memory_bytes=memory_bytes)
+    assert idx.shape == (150, 37) and val.dtype == np.float32
+    np.testing.assert_array_equal(idx, _naive(q, b, 37))
+    np.testing.assert_allclose(val, np.take_along_axis(q @ b.T, idx, 1), atol=1e-5)
+    assert (np.diff(val, axis=1) <= 0).all()
+
+
+def test_ties_break_by_lower_index_even_past_the_extra_candidates():
+    rng = np.random.default_rng(1)
+    base = _unit(rng, 50, 8)
+    dup = np.repeat(base[:1], 40, axis=0)  # 40 identical rows: a tie group larger than TIE_EXTRA
+    b = np.concatenate([base[1:10], dup, base[10:]])
+    q = base[:1] + 0.0  # most similar to the duplicated row
+    idx, val = exact_topk(q, b, 25)
+    np.testing.assert_array_equal(idx[0], np.arange(9, 34))
+    assert np.all(val[0] == val[0, 0])
+
+
+def test_similarity_block_is_bit_identical_to_a_large_product():
+    rng = np.random.default_rng(2)
+    q, b = _unit(rng, 300, 96), _unit(rng, 500, 96)
+    full = similarity_block(q, b)
+    for rows, cols in [(slice(3, 4), slice(7, 8)), (slice(0, 300), slice(10, 12)), (slice(5, 70), slice(0, 500))]:
+        np.testing.assert_array_equal(similarity_block(q[rows], b[cols]), full[rows, cols])
+
+
+@pytest.mark.parametrize("bad", ["k0", "kbig", "nan", "dim", "empty"])
+def test_exact_topk_rejects_bad_input(bad):
+    rng = np.random.default_rng(3)
+    q, b = _unit(rng, 5, 4), _unit(rng, 10, 4)
+    args = {"k0": (q, b, 0), "kbig": (q, b, 11), "dim": (q, _unit(rng, 10, 5), 2),
+            "empty": (q[:0], b, 2)}
+    if bad == "nan":
+        q2 = q.copy()
+        q2[1, 2] = np.nan
+        args["nan"] = (q2, b, 2)
+    with pytest.raises(ValueError):
+        exact_topk(*args[bad])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+def test_exact_topk_cuda_matches_cpu():
+    rng = np.random.default_rng(4)
+    q, b = _unit(rng, 200, 32), _unit(rng, 3000, 32)
+    ci, cv = exact_topk(q, b, 50, device="cpu")
+    gi, gv = exact_topk(q, b, 50, device="cuda", memory_bytes=64 * 1024)
+    assert recall_at_k(gi, ci) > 0.999
+    np.testing.assert_allclose(gv, cv, atol=1e-5)
+
+
+def test_faiss_backends_and_recall():
+    rng = np.random.default_rng(5)
+    b = _unit(rng, 2000, 32)
+    q = _unit(rng, 100, 32)
+    ei, ev = exact_topk(q, b, 10)
+    fi, fv = topk(q, b, 10, backend="faiss-flat")
+    assert recall_at_k(fi, ei) == 1.0
+    np.testing.assert_allclose(fv, ev, atol=1e-5)
+    for backend, params in [("faiss-ivf", {"nlist": 32, "nprobe": 32}),
+                            ("faiss-hnsw", {"ef_search": 200}),
+                            ("faiss-ivfpq", {"nlist": 16, "nprobe": 16, "pq_m": 8, "pq_bits": 4})]:
+        ai, _ = topk(q, b, 10, backend=backend, **params)
+        r = recall_at_k(ai, ei)
+        floor = 0.2 if backend == "faiss-ivfpq" else 0.9
+        assert r >= floor, (backend, r)
+    index = build_faiss_index(b, "ivf", nlist=32)
+    lo = recall_at_k(faiss_search(index, q, 10, nprobe=1)[0], ei)
+    hi = recall_at_k(faiss_search(index, q, 10, nprobe=32)[0], ei)
+    assert hi >= lo and hi == 1.0
+    with pytest.raises(ValueError):
+        topk(q, b, 10, backend="annoy")
+
+
+def test_block_topk_path_and_dedup_index_equal_plain_search():
+    from core.search import DedupIndex
+
+    rng = np.random.default_rng(6)
+    u = _unit(rng, 3000, 16)
+    base = np.repeat(u, 5, axis=0)[rng.permutation(15000)]
+    base[7:9] = u[11]  # a row with 7 copies
+    q = _unit(rng, 120, 16)
+    q[3] = u[11]
+    sims = similarity_block(q, base)
+    naive = np.lexsort((np.broadcast_to(np.arange(15000), sims.shape), -sims), axis=-1)[:, :100]
+    plain_i, plain_v = exact_topk(q, base, 100)  # 15000 >= 64 * 116: the block-max top-k path
+    np.testing.assert_array_equal(plain_i, naive)
+    index = DedupIndex(base)
+    assert index.useful and index.unique.shape[0] == 3000
+    di, dv = index.topk(q, 100)
+    np.testing.assert_array_equal(di, plain_i)
+    np.testing.assert_array_equal(dv, plain_v)

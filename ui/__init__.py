@@ -1,0 +1,1 @@
+"""Thin Streamlit drawing helpers shared by the pages (no computation)."""
