@@ -36,7 +36,7 @@ def _cached(encoder: str, items, keys):
 
 
 def real_inputs(image_encoder: str = "efficientnet-lite0", text_encoder: str = "minilm",
-                n_anchors: int | None = None, split: str = "test"):
+                n_anchors: int | None = None, split: str = "test", partial_queries: bool = False):
     """Flickr8k pairs (all or first n) + CIFAR-10 ``split`` images, all from the cache.
 
     Returns dict(anchor_img, anchor_txt, meta, q, y, class_names, prompts_emb, prompt_classes)."""
@@ -53,6 +53,11 @@ def real_inputs(image_encoder: str = "efficientnet-lite0", text_encoder: str = "
     img = img_u[np.asarray(pairs.pair_image)]
     txt = _cached(text_encoder, pairs.captions, [text_key(c) for c in pairs.captions])
     lab = load_labeled(root / "cifar10" / split)
+    if partial_queries:  # only the CIFAR-10 images already cached
+        from core.cache import default_cache
+        from core.encoders import cache_id_of
+        found = default_cache().contains(cache_id_of(image_encoder), [bytes(k) for k in lab.keys])
+        lab = lab.subset(np.flatnonzero(found))
     q = _cached(image_encoder, lab.paths, [bytes(k) for k in lab.keys])
     prompts, pc = build_prompts(lab.class_names, CIFAR_TEMPLATES)
     from core.cache import embed_texts
@@ -65,8 +70,9 @@ def real_inputs(image_encoder: str = "efficientnet-lite0", text_encoder: str = "
 
 
 def synthetic_inputs(n: int, q: int, d_img: int, d_txt: int, n_classes: int = 10,
-                     n_templates: int = 8, seed: int = 0):
-    """Random unit vectors with a weak shared structure (so predictions are not all ties)."""
+                     n_templates: int = 8, seed: int = 0, captions_per_image: int = 1):
+    """Random unit vectors. ``captions_per_image`` > 1 repeats each anchor image that many times
+    (Flickr8k has 5 captions per image, so its 35,000 pairs hold 7,000 distinct images)."""
     rng = np.random.default_rng(seed)
     t0 = time.perf_counter()
 
@@ -75,7 +81,8 @@ def synthetic_inputs(n: int, q: int, d_img: int, d_txt: int, n_classes: int = 10
         x /= np.linalg.norm(x, axis=1, keepdims=True)
         return x
 
-    img = unit(rng.standard_normal((n, d_img), dtype=np.float32))
+    n_img = -(-n // captions_per_image)
+    img = np.repeat(unit(rng.standard_normal((n_img, d_img), dtype=np.float32)), captions_per_image, axis=0)[:n]
     txt = unit(rng.standard_normal((n, d_txt), dtype=np.float32))
     qq = unit(rng.standard_normal((q, d_img), dtype=np.float32))
     y = rng.integers(0, n_classes, q)

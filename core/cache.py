@@ -42,6 +42,8 @@ Progress = Callable[[int, int], None]
 KEY_BYTES = 32
 #: Shards written while embedding are flushed at least every this many vectors …
 FLUSH_EVERY = 4096
+#: … or every this many seconds, whichever comes first …
+FLUSH_SECONDS = 30.0
 #: … and the directory is compacted automatically once it holds more shards than this.
 AUTO_COMPACT_SHARDS = 64
 
@@ -433,8 +435,11 @@ def embed(encoder: Any, items: Sequence[Any], keys: Sequence[bytes] | None = Non
     if progress is not None:
         progress(0, total)
     done = 0
-    for start in range(0, total, max(1, flush_every)):
-        chunk = todo[start:start + flush_every]
+    step = max(1, min(flush_every, int(batch_size or getattr(encoder, "batch_size", 32)) * 4))
+    pending: list[int] = []
+    last_flush = time.monotonic()
+    for start in range(0, total, step):
+        chunk = todo[start:start + step]
         offset = done
 
         def chunk_progress(d: int, _n: int, offset: int = offset) -> None:
@@ -443,9 +448,15 @@ def embed(encoder: Any, items: Sequence[Any], keys: Sequence[bytes] | None = Non
 
         vecs = encoder.encode([items[i] for i in chunk], batch_size=batch_size,
                               progress=chunk_progress)
-        cache.put(model_id, [keys[i] for i in chunk], vecs)
         vectors[chunk] = vecs
+        pending.extend(chunk)
         done += len(chunk)
+        # flush every `flush_every` vectors or FLUSH_SECONDS, so an interruption loses little
+        if len(pending) >= flush_every or time.monotonic() - last_flush >= FLUSH_SECONDS \
+                or done == total:
+            cache.put(model_id, [keys[i] for i in pending], vectors[pending])
+            pending = []
+            last_flush = time.monotonic()
     if total:
         # fill duplicates of computed keys
         computed = {keys[i]: vectors[i] for i in todo}

@@ -39,16 +39,16 @@ from typing import Callable, Sequence
 import numpy as np
 import scipy.sparse as sp
 
-from core.asif import (AsifModel, argmax_tolerant, class_candidates, per_class_accuracy)
+from core.asif import (AsifModel, argmax_tolerant, class_candidates, per_class_accuracy,
+                       signed_power64)
 from core.search import DedupIndex, _as_float32_2d, exact_topk, l2_normalize, similarity_block
 
 ProgressFn = Callable[[float, str], None]
 
 
 def _raw(sims: np.ndarray, p: float) -> np.ndarray:
-    """Sign-safe power in float64 (the un-normalised sparse weights)."""
-    s = sims.astype(np.float64)
-    return np.sign(s) * np.abs(s) ** p
+    """The un-normalised sparse weights: sign-safe power in float64."""
+    return signed_power64(sims, p)
 
 
 @dataclass
@@ -294,14 +294,36 @@ class _Neighbours:
         if qs.size == 0:
             return qs, np.empty((0, self.k), np.int64), np.empty((0, self.k), np.float32)
         ent = enter[qs]
-        add_rows = np.where(ent, new_rows[None, :], -1)
-        add_sims = np.where(ent, s[qs], -np.inf).astype(np.float32)
-        all_rows = np.concatenate([self.rows[qs], add_rows], 1)
-        all_sims = np.concatenate([self.sims[qs], add_sims], 1)
-        key_rows = np.where(all_rows < 0, np.iinfo(np.int64).max, all_rows)
-        order = np.lexsort((key_rows, -all_sims), axis=-1)[:, :self.K]
-        nr = np.take_along_axis(all_rows, order, 1)
-        ns = np.take_along_axis(all_sims, order, 1)
+        if new_rows.size <= 8:
+            # insert one new row at a time at its canonical position (lists stay sorted)
+            nr, ns = self.rows[qs], self.sims[qs]
+            ar = np.arange(self.K)[None, :]
+            for j in range(new_rows.size):
+                e_j = ent[:, j]
+                if not e_j.any():
+                    continue
+                sj = s[qs, j][:, None]
+                rj = int(new_rows[j])
+                before = (ns > sj) | ((ns == sj) & (nr >= 0) & (nr < rj))
+                pos = before.sum(axis=1)
+                pos = np.where(e_j, pos, self.K)  # not entering: insert past the end (no-op)
+                src = np.where(ar < pos[:, None], ar, ar - 1)
+                src = np.clip(src, 0, self.K - 1)
+                nr2 = np.take_along_axis(nr, src, 1)
+                ns2 = np.take_along_axis(ns, src, 1)
+                at = ar == pos[:, None]
+                nr2[at] = rj
+                ns2[at] = np.broadcast_to(sj, ns2.shape)[at]
+                nr, ns = nr2, ns2
+        else:
+            add_rows = np.where(ent, new_rows[None, :], -1)
+            add_sims = np.where(ent, s[qs], -np.inf).astype(np.float32)
+            all_rows = np.concatenate([self.rows[qs], add_rows], 1)
+            all_sims = np.concatenate([self.sims[qs], add_sims], 1)
+            key_rows = np.where(all_rows < 0, np.iinfo(np.int64).max, all_rows)
+            order = np.lexsort((key_rows, -all_sims), axis=-1)[:, :self.K]
+            nr = np.take_along_axis(all_rows, order, 1)
+            ns = np.take_along_axis(all_sims, order, 1)
         old_rows, old_sims = self.topk_of(qs)
         changed = (nr[:, :self.k] != old_rows).any(axis=1)
         self.rows[qs], self.sims[qs] = nr, ns
@@ -494,21 +516,30 @@ class EditSession:
         return int(qi.size), int(rec)
 
     def _diff(self, qs, old_r, old_s, new_r, new_s):
-        """Flattened (query, anchor row, signed raw weight) of the symmetric difference of top-k sets."""
+        """Flattened (query, anchor row, signed raw weight) of the symmetric difference of the old
+        and new top-k sets of queries ``qs`` (vectorised with a reusable boolean scratch table)."""
+        cap = self.bank.img.shape[0] + 1
+        step = max(1, min(len(qs), (8 * 1024 ** 2) // cap))
+        if getattr(self, "_scratch", None) is None or self._scratch.size < step * cap:
+            self._scratch = np.zeros(step * cap, dtype=bool)
+        table = self._scratch
         out_q, out_x, out_w = [], [], []
-        for j, q in enumerate(qs):
-            o, n = old_r[j], new_r[j]
-            o_ok, n_ok = o >= 0, n >= 0
-            gone = o_ok & ~np.isin(o, n[n_ok])
-            came = n_ok & ~np.isin(n, o[o_ok])
-            if gone.any():
-                out_q.append(np.full(gone.sum(), q))
-                out_x.append(o[gone])
-                out_w.append(-_raw(old_s[j][gone], self.p))
-            if came.any():
-                out_q.append(np.full(came.sum(), q))
-                out_x.append(n[came])
-                out_w.append(_raw(new_s[j][came], self.p))
+        for s0 in range(0, len(qs), step):
+            o, n = old_r[s0:s0 + step], new_r[s0:s0 + step]
+            base = (np.arange(o.shape[0]) * cap)[:, None]
+            lo = base + np.where(o >= 0, o, cap - 1)
+            ln = base + np.where(n >= 0, n, cap - 1)
+            table[lo] = True
+            came = (n >= 0) & ~table[ln]
+            table[lo] = False
+            table[ln] = True
+            gone = (o >= 0) & ~table[lo]
+            table[ln] = False
+            gq, gj = np.nonzero(gone)
+            cq, cj = np.nonzero(came)
+            out_q += [qs[s0 + gq], qs[s0 + cq]]
+            out_x += [o[gq, gj], n[cq, cj]]
+            out_w += [-_raw(old_s[s0 + gq, gj], self.p), _raw(new_s[s0 + cq, cj], self.p)]
         if not out_q:
             e = np.empty(0, dtype=np.int64)
             return e, e, np.empty(0)

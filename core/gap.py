@@ -195,6 +195,7 @@ class RecoveryResult:
     determined: bool  # N >= d(d+1)/2 and the system has full column rank
     column_rank: int
     residual: float  # max |diag(V Q Vᵀ) − 1|
+    numerical_rank: int  # rank of S_inter (singular values above tol × the largest)
     message: str
 
     def to_json(self) -> dict:
@@ -202,7 +203,7 @@ class RecoveryResult:
 
 
 def recover_intra_from_inter(s_inter: np.ndarray, rank: Optional[int] = None, tol: float = 1e-6,
-                             max_matrix_entries: int = 120_000_000) -> RecoveryResult:
+                             max_matrix_entries: int = 20_000_000) -> RecoveryResult:
     """Recover image-image similarities ``X_I X_Iᵀ`` ``[N, N]`` from text-image ones
     ``S_inter = X_T X_Iᵀ`` ``[M, N]`` (M texts × N images; unit-norm rows of dimension d).
 
@@ -228,9 +229,11 @@ def recover_intra_from_inter(s_inter: np.ndarray, rank: Optional[int] = None, to
         raise ValueError(f"rank must be between 1 and {len(sv)} (got {d}).")
     unknowns = d * (d + 1) // 2
     if n * unknowns > max_matrix_entries:
-        return RecoveryResult(None, d, n, unknowns, n >= unknowns, 0, float("nan"),
-                              f"Not solved: the system is {n:,} × {unknowns:,} ({n * unknowns:,} entries), over "
-                              f"the limit of {max_matrix_entries:,}; lower the rank.")
+        short = (f"N is too small for d: {n:,} images give {n:,} equations for {unknowns:,} unknowns "
+                 f"(d = {d}); recovery would not be unique. " if n < unknowns else "")
+        return RecoveryResult(None, d, n, unknowns, False, 0, float("nan"), numerical_rank,
+                              f"{short}Not solved: the system is {n:,} × {unknowns:,} ({n * unknowns:,} "
+                              f"entries), over the limit of {max_matrix_entries:,}; lower the rank.")
     v = vt[:d].T  # [N, d]
     ju, ku = np.triu_indices(d)
     a = v[:, ju] * v[:, ku] * np.where(ju == ku, 1.0, 2.0)[None]
@@ -248,10 +251,15 @@ def recover_intra_from_inter(s_inter: np.ndarray, rank: Optional[int] = None, to
     elif not determined:
         msg = (f"The system has {n:,} equations but only column rank {col_rank} < {unknowns:,} unknowns "
                "(degenerate embeddings); the recovery is not unique.")
+    elif d < numerical_rank:
+        msg = (f"Approximate: S_inter has numerical rank {numerical_rank}, truncated to d = {d}; the "
+               f"{n:,} × {unknowns:,} system is determined but the unit norms can only be met up to "
+               f"max |diag − 1| = {residual:.2e}.")
     else:
         msg = (f"Determined: {n:,} equations ≥ {unknowns:,} unknowns (d = {d}) at full column rank; "
                f"max |diag − 1| = {residual:.2e}.")
-    return RecoveryResult(s_intra.astype(np.float32), d, n, unknowns, determined, int(col_rank), residual, msg)
+    return RecoveryResult(s_intra.astype(np.float32), d, n, unknowns, determined, int(col_rank), residual,
+                          numerical_rank, msg)
 
 
 def class_axis_projection(image_emb: np.ndarray, class_text_emb: np.ndarray, n_axes: int,

@@ -167,21 +167,36 @@ def nearest_texts(features: np.ndarray, text_bank: np.ndarray, texts: Sequence[s
     return [[(texts[j], float(s[i, j])) for j in row] for i, row in enumerate(top)]
 
 
-def image_retrieval_experiment(heads: ContrastiveHeads, n_queries_per_class: int = 50,
-                               gallery_per_class: Optional[int] = None, steps: int = 150, seed: int = 0,
-                               batch_size: int = 256, progress: Optional[ProgressFn] = None) -> dict:
-    """CIFAR-10 image->image mAP (queries: test images; gallery: train images; relevant: same class)
-    with native image queries vs OTI-inverted queries, both in our shared space."""
-    q_raw, q_lab, _, _ = labeled_features("test", n_queries_per_class)
-    g_raw, g_lab, _, _ = labeled_features("train", gallery_per_class)
+def cifar_query_gallery(per_class: int = 50, queries_per_class: int = 10):
+    """CIFAR-10 test images, first ``per_class`` of each class: the first ``queries_per_class`` of each
+    class are queries, the rest the gallery (disjoint). Returns raw features and labels of both, and
+    the class names."""
+    if not 0 < queries_per_class < per_class:
+        raise ValueError("queries_per_class must be between 1 and per_class - 1.")
+    feats, labels, names, _ = labeled_features("test", per_class)
+    rank = np.zeros(len(labels), dtype=np.int64)
+    for c in np.unique(labels):
+        rank[labels == c] = np.arange((labels == c).sum())
+    q = rank < queries_per_class
+    return feats[q], labels[q], feats[~q], labels[~q], names
+
+
+def image_retrieval_experiment(heads: ContrastiveHeads, per_class: int = 50, queries_per_class: int = 10,
+                               steps: int = 150, seed: int = 0, batch_size: int = 256,
+                               progress: Optional[ProgressFn] = None) -> dict:
+    """CIFAR-10 image->image mAP (relevant: same class; queries and gallery disjoint, see
+    :func:`cifar_query_gallery`) with native image queries vs OTI-inverted queries, in our space."""
+    q_raw, q_lab, g_raw, g_lab, _ = cifar_query_gallery(per_class, queries_per_class)
     q = heads.encode_image_features(q_raw)
     g = heads.encode_image_features(g_raw)
     rel = gap.label_relevance(q_lab, g_lab)
     native = gap.mean_average_precision(q, g, rel)
     inv = oti_lit(heads, q_raw, steps=steps, seed=seed, batch_size=batch_size, progress=progress)
     inverted = gap.mean_average_precision(inv.features, g, rel)
-    return {"native_mAP": native["mAP"], "oti_mAP": inverted["mAP"], "n_queries": native["n_queries"],
-            "n_gallery": int(len(g)), "oti": inv.to_json()}
+    mixed = gap.mean_average_precision(gap.normalize(q + inv.features), g, rel)
+    return {"native_mAP": native["mAP"], "oti_mAP": inverted["mAP"], "native_plus_oti_mAP": mixed["mAP"],
+            "n_queries": native["n_queries"], "n_gallery": int(len(g)), "oti": inv.to_json(),
+            "oti_features": inv.features}
 
 
 def text_retrieval_experiment(heads: Optional[ContrastiveHeads], n_images: Optional[int] = None) -> dict:
@@ -206,13 +221,15 @@ def gap_report(heads: ContrastiveHeads, n_images: Optional[int] = None) -> dict:
     return gap.modality_gap(x, t, (pair_image, np.arange(len(t))))
 
 
-def recovery_experiment(heads: ContrastiveHeads, n_images: Optional[int] = None,
+def recovery_experiment(heads: ContrastiveHeads, n_images: Optional[int] = 3000,
                         ranks: Sequence[Optional[int]] = (None,)) -> list[dict]:
     """Supplement A on our model: recover image-image similarities from caption-image ones
-    (Flickr8k, all captions × images), compared with the true ones."""
+    (Flickr8k, the first caption of each of the first ``n_images`` images × those images), compared
+    with the true ones. ``None`` in ``ranks`` = the numerical rank of S_inter (the model's dimension)."""
     pairs = flickr_pairs(n_images)
-    img, txt, _ = pair_features(pairs)
-    x, t = heads.encode_image_features(img), heads.encode_text_features(txt)
+    img, txt, pair_image = pair_features(pairs)
+    first = np.unique(pair_image, return_index=True)[1]
+    x, t = heads.encode_image_features(img), heads.encode_text_features(txt[first])
     truth = x @ x.T
     rows = []
     for r in ranks:
@@ -226,20 +243,21 @@ def recovery_experiment(heads: ContrastiveHeads, n_images: Optional[int] = None,
     return rows
 
 
-def projection_experiment(heads: ContrastiveHeads, axes: Sequence[int] = (8, 32, 64),
-                          n_queries_per_class: int = 100, templates: Optional[Sequence[str]] = None) -> list[dict]:
+def projection_experiment(heads: ContrastiveHeads, axes: Sequence[int] = (4, 8, 16, 32, 64),
+                          per_class: int = 50, queries_per_class: int = 10,
+                          templates: Optional[Sequence[str]] = None) -> list[dict]:
     """Supplement B on our model: CIFAR-10 image->image mAP with image embeddings projected onto the
-    top principal axes of class-name text embeddings (class names × prompt templates)."""
+    top principal axes of class-name text embeddings (class names × prompt templates: at most
+    C·T − 1 axes), with and without mean adjustment."""
     from core.asif import DEFAULT_TEMPLATES, build_prompts
 
-    q_raw, q_lab, names, _ = labeled_features("test", n_queries_per_class)
-    g_raw, g_lab, _, _ = labeled_features("train")
+    q_raw, q_lab, g_raw, g_lab, names = cifar_query_gallery(per_class, queries_per_class)
     templates = list(templates or DEFAULT_TEMPLATES)
     prompts, _ = build_prompts(names, templates)
     cls = heads.encode_text_features(text_features(prompts))
     q, g = heads.encode_image_features(q_raw), heads.encode_image_features(g_raw)
     rel = gap.label_relevance(q_lab, g_lab)
-    rows = [{"axes": "none (native)", "mAP": gap.mean_average_precision(q, g, rel)["mAP"]}]
+    rows = [{"axes": "none (native)", "mean_adjust": None, "mAP": gap.mean_average_precision(q, g, rel)["mAP"]}]
     both = np.concatenate([q, g])
     for n in axes:
         if n > len(cls) - 1:
@@ -255,3 +273,73 @@ def timed(fn, *args, **kwargs):
     t0 = time.perf_counter()
     out = fn(*args, **kwargs)
     return out, time.perf_counter() - t0
+
+
+def asif_space_gap(image_features: np.ndarray, text_features: np.ndarray, k: int, p: float,
+                   n_queries: int = 500, seed: int = 0, max_values: int = 20000) -> dict:
+    """The modality gap *in the ASIF space* of any two encoders: paired per-pair features
+    ``image [P, d_i]`` / ``text [P, d_t]``; ``n_queries`` pairs (seeded) are held out as queries, the
+    rest are anchors; images are represented over the anchor images and captions over the anchor
+    captions (``core.asif.relative_representation``), densified ``[n_queries, N]``; returns
+    ``{"gap": modality_gap(...), "distributions": similarity_distributions(...)}``."""
+    from core.asif import relative_representation
+
+    img, txt = np.asarray(image_features, np.float32), np.asarray(text_features, np.float32)
+    if len(img) != len(txt):
+        raise ValueError("Image and text features must be paired (one row per pair).")
+    n_queries = min(n_queries, len(img) // 2)
+    if n_queries < 2:
+        raise ValueError("Need at least 4 pairs for the ASIF-space gap.")
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(len(img))
+    q, a = perm[:n_queries], perm[n_queries:]
+    k = min(k, len(a))
+
+    def dense(x, anchors):
+        idx, val = relative_representation(x, anchors, k, p)
+        out = np.zeros((len(x), len(anchors)), np.float32)
+        np.put_along_axis(out, idx, val, axis=1)
+        return out
+
+    xi, xt = dense(img[q], img[a]), dense(txt[q], txt[a])
+    return {"gap": gap.modality_gap(xi, xt, (np.arange(len(q)), np.arange(len(q)))),
+            "distributions": gap.similarity_distributions(xi, xt, max_values=max_values, seed=seed),
+            "k": int(k), "p": float(p), "n_anchors": int(len(a)), "n_queries": int(len(q))}
+
+
+def lit_space_gap(heads: ContrastiveHeads, image_features: np.ndarray, text_features: np.ndarray,
+                  inverted: Optional[np.ndarray] = None, seed: int = 0) -> dict:
+    """Gap and similarity distributions of paired raw features in our model's shared space;
+    ``inverted`` (OTI features of the same images, already in the shared space) adds OTI-image."""
+    x, t = heads.encode_image_features(image_features), heads.encode_text_features(text_features)
+    n = np.arange(len(x))
+    return {"gap": gap.modality_gap(x, t, (n, n)),
+            "distributions": gap.similarity_distributions(x, t, inverted=inverted, seed=seed)}
+
+
+def asif_oti_experiment(n_images: Optional[int] = None, per_class: int = 5, k: Optional[int] = None,
+                        p: Optional[float] = None, steps: int = 150, seed: int = 0, batch_size: int = 256,
+                        n_words: int = 5, progress: Optional[ProgressFn] = None) -> dict:
+    """OTI into the ASIF space for CIFAR-10 test images (first ``per_class`` of each class), Flickr8k
+    pairs as anchors: each image becomes a MiniLM pseudo-token. Reports the loss, the nearest words of
+    each learned token, and how often the pseudo-sentence "a photo of <token>" is closest (MiniLM
+    cosine, text-text) to the right class prompt, next to ASIF's own accuracy on the same images."""
+    from core.asif import DEFAULT_K, DEFAULT_P, DEFAULT_TEMPLATES, AsifModel, build_prompts
+
+    pairs = flickr_pairs(n_images)
+    img, txt, pair_image = pair_features(pairs)
+    k = min(k or DEFAULT_K, len(txt))
+    p = float(p or DEFAULT_P)
+    feats, labels, names, _ = labeled_features("test", per_class)
+    result = asif_oti(feats, img[pair_image], txt, k, p, steps=steps, seed=seed, batch_size=batch_size,
+                      progress=progress)
+    prompts, classes = build_prompts(names, DEFAULT_TEMPLATES)
+    pe = text_features(prompts).reshape(len(names), len(DEFAULT_TEMPLATES), -1).mean(1)
+    pred = (result.features @ gap.normalize(pe).T).argmax(1)
+    asif = AsifModel(img[pair_image], txt, k=k, p=p).classify(feats, text_features(prompts), classes)
+    words = nearest_vocabulary(MiniLMTextEncoder(load_minilm()), result.pseudo.reshape(len(feats), -1), n_words)
+    return {"n_images": int(len(feats)), "k": k, "p": p, "n_anchors": int(len(txt)),
+            "oti": result.to_json(), "pseudo_sentence_accuracy": float((pred == labels).mean()),
+            "asif_accuracy": asif.accuracy(labels),
+            "examples": [{"class": names[labels[i]], "words": [w for w, _ in words[i]],
+                          "final_loss": float(result.final_losses[i])} for i in range(len(feats))]}

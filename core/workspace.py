@@ -157,6 +157,9 @@ class _Tx:
         return False
 
 
+_BASE_IDS: dict[tuple, frozenset] = {}
+
+
 class Workspace:
     """One workspace on disk. Cheap to construct; every call reads/writes SQLite directly.
 
@@ -342,13 +345,22 @@ class Workspace:
                 undo_stack.append(e.ref_seq)
         return active, undo_stack, redo_stack, by_seq
 
-    def _state(self):
+    def _base_ids(self) -> frozenset:
+        """The initial anchor set (immutable after creation, so cached per workspace)."""
         con = _connect(self.db_path)
         try:
-            base = [r[0] for r in con.execute("SELECT pair_id FROM pairs WHERE base=1")]
+            row = con.execute("SELECT value FROM meta WHERE key='created_at'").fetchone()
+            key = (str(self.db_path), row[0] if row else None)
+            base = _BASE_IDS.get(key)
+            if base is None:
+                base = frozenset(r[0] for r in con.execute("SELECT pair_id FROM pairs WHERE base=1"))
+                _BASE_IDS[key] = base
         finally:
             con.close()
-        return self._replay(base, self.edits())
+        return base
+
+    def _state(self):
+        return self._replay(self._base_ids(), self.edits())
 
     def active_pair_ids(self) -> set[int]:
         return self._state()[0]
@@ -682,8 +694,9 @@ def duplicate_workspace(ws: Workspace, new_name: str) -> Workspace:
     finally:
         src.close()
         dst.close()
-    if ws.files_dir.is_dir():
-        shutil.copytree(ws.files_dir, tmp / "files")
+    for folder in ("files", "state"):  # uploaded images; the engine snapshot (opens instantly)
+        if (ws.path / folder).is_dir():
+            shutil.copytree(ws.path / folder, tmp / folder)
     con = _connect(tmp / DB_NAME)
     try:
         con.execute("INSERT OR REPLACE INTO meta VALUES ('name', ?)", (json.dumps(new_name),))
@@ -727,11 +740,18 @@ def start_thread(target, name: str, *args) -> threading.Thread:
     return t
 
 
-@atexit.register
 def _join_workers() -> None:
-    deadline = time.time() + 120
+    deadline = time.time() + 30
     for t in list(_THREADS):
         t.join(timeout=max(0.0, deadline - time.time()))
+
+
+# Join before the interpreter starts tearing down (a worker may still import modules then);
+# threading's own exit hook runs before atexit handlers.
+try:
+    threading._register_atexit(_join_workers)  # type: ignore[attr-defined]
+except (AttributeError, RuntimeError):  # pragma: no cover - other Pythons
+    atexit.register(_join_workers)
 
 
 class _LazyEncoder:
@@ -902,6 +922,74 @@ class Bank:
         return out
 
 
+# ---------------------------------------------------------------------- engine snapshots
+# Building the engine means finding every evaluation image's and class prompt's nearest anchors
+# (seconds at 35k anchors x 10k images). The result only depends on the vectors, the live pairs and
+# k, so it is kept next to the workspace as plain arrays (``state/neighbours-<fingerprint>.npz``, no
+# pickles) and a later start loads it instead of recomputing.
+
+_SNAPSHOT_LOCK = threading.Lock()
+
+
+def _fingerprint(*arrays) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(str((a.shape, a.dtype.str)).encode())
+        step = max(1, len(a) // 512) if a.ndim else 1
+        h.update(np.ascontiguousarray(a[::step] if a.ndim else a).tobytes())
+    return h.hexdigest()[:24]
+
+
+def _snapshot_path(bank: "Bank", pos: np.ndarray, k: int) -> Path:
+    key = _fingerprint(bank.img, bank.pair_img[pos], bank.cap[pos], bank.eval_vecs, bank.prompts,
+                       bank.prompt_classes, bank.pair_ids[pos], np.array([k, bank.p]))
+    return Path(bank.ws_path) / "state" / f"neighbours-{key}.npz"
+
+
+def _session_with_snapshot(path: Path, build):
+    """``build()`` an EditSession, reusing saved neighbour lists when ``path`` holds them."""
+    from core import edits
+
+    original = edits._Neighbours
+    saved = {}
+    if path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                saved = {k: f[k] for k in f.files}
+        except (OSError, ValueError):
+            saved = {}
+
+    class _Restored(original):  # type: ignore[misc, valid-type]
+        def _full_init(self):
+            rows, sims, length = (saved.get(f"{self.side}_{n}") for n in ("rows", "sims", "length"))
+            if getattr(self, "_restored", False) or rows is None or rows.shape != (self.q.shape[0], self.K):
+                return super()._full_init()  # only the very first init may come from the snapshot
+            self._restored = True
+            self.rows, self.sims, self.length = rows.copy(), sims.copy(), length.copy()
+            self._build_postings()
+
+    with _SNAPSHOT_LOCK:
+        edits._Neighbours = _Restored if saved else original
+        try:
+            session = build()
+        finally:
+            edits._Neighbours = original
+    if not saved:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            for old in path.parent.glob("neighbours-*.npz"):
+                old.unlink(missing_ok=True)  # one snapshot per workspace is enough
+            tmp = path.with_name(path.name + f".{os.getpid()}.tmp.npz")
+            np.savez(tmp, **{f"{side.side}_{n}": getattr(side, n)
+                             for side in (session.img_side, session.txt_side)
+                             for n in ("rows", "sims", "length")})
+            os.replace(tmp, path)
+        except (OSError, AttributeError):
+            pass  # the snapshot is an optimisation only
+    return session
+
+
 class LiveModel:
     """The workspace's current anchor set as an incremental :class:`core.edits.EditSession`.
 
@@ -928,8 +1016,11 @@ class LiveModel:
                           bank.metadata(pos), k=self.k, p=bank.p,
                           info={"image_encoder": bank.settings["image_encoder"],
                                 "text_encoder": bank.settings["text_encoder"]})
-        self.session = EditSession(model, bank.eval_vecs, bank.eval_labels, bank.prompts,
-                                   bank.prompt_classes, class_names=bank.classes, progress=progress)
+        snap_path = _snapshot_path(bank, pos, self.k)
+        self.session = _session_with_snapshot(
+            snap_path, lambda: EditSession(model, bank.eval_vecs, bank.eval_labels, bank.prompts,
+                                           bank.prompt_classes, class_names=bank.classes,
+                                           progress=progress))
         self.version = 0
         self._model = None
         self.lock = threading.RLock()  # serialises edits (the app's sessions share this model)

@@ -132,19 +132,27 @@ st.caption("A base set of true pairs (k-means on the pictures, one per cluster) 
            "the remaining captions are matched to shuffled pictures. **QAP** maximises the CKA of "
            "the whole matching; **local CKA** scores each caption–picture pair; the baselines are a "
            "least-squares **linear map** and **relative representations**. Chance is 1/queries.")
-max_base = max(3, min(320, n // 2))
+n_pictures = int(np.unique(np.asarray(data["groups"])).size)
+max_base = max(3, min(320, n_pictures // 2))
 cc = st.columns(4)
-n_base = cc[0].number_input("Base pairs", 3, max_base, min(320, max(3, n // 3)), key="align_nbase")
-n_query = cc[1].number_input("Queries", 2, max(2, n - int(n_base)), min(500, max(2, n - int(n_base)) // 2 or 2),
-                             key="align_nquery")
+n_base = cc[0].number_input("Base pairs", 3, max_base, min(320, max(3, n_pictures // 3)), key="align_nbase")
+room = max(2, n_pictures - int(n_base))
+n_query = cc[1].number_input("Queries", 2, room, max(2, min(500, room // 2)), key="align_nquery")
 seeds = cc[2].number_input("Seeds", 1, 5, 1, key="align_seeds")
 methods = cc[3].multiselect("Methods", list(matching.METHODS), default=list(matching.METHODS), key="align_methods")
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def _matching(_img, _txt, key: str, n_base: int, n_query: int, seeds: int, methods: tuple):
-    rows = matching.evaluate(_img, _txt, n_base=n_base, n_query=n_query, seeds=tuple(range(seeds)),
-                             methods=methods, qap_restarts=2)
+def _matching(_img, _txt, _groups, key: str, n_base: int, n_query: int, seeds: int, methods: tuple):
+    # one pair per picture, as in the paper's protocol: several captions of one picture would be
+    # indistinguishable targets
+    _, first = np.unique(np.asarray(_groups), return_index=True)
+    first = np.sort(first)
+    if n_base + n_query > first.size:
+        raise ValueError(f"{n_base} base + {n_query} queries need more than the {first.size} distinct "
+                         "pictures available; lower them.")
+    rows = matching.evaluate(_img[first], _txt[first], n_base=n_base, n_query=n_query,
+                             seeds=tuple(range(seeds)), methods=methods, qap_restarts=2)
     return matching.summarize(rows)
 
 
@@ -158,7 +166,7 @@ if st.session_state.pop("align_want_matching", False):
     try:
         with st.spinner("Matching…"):
             st.session_state["align_match_result"] = (
-                key, _matching(data["img"], data["txt"], key, int(n_base), int(n_query), int(seeds), tuple(methods)))
+                key, _matching(data["img"], data["txt"], data["groups"], key, int(n_base), int(n_query), int(seeds), tuple(methods)))
     except ValueError as error:
         st.error(str(error))
 res = st.session_state.get("align_match_result")
@@ -179,9 +187,17 @@ st.caption("Without any labels: each pair's own caption is ranked among other ca
            "whose partner ranks poorly is suspicious — often a caption that describes something else.")
 
 
+SUS_METHODS = {"Rank of the own partner by local CKA (best; ~1 min per 10,000 pairs)": "rank",
+               "Leave-one-out CKA gain (seconds)": "loo_cka"}
+sus_label = st.radio("Score", list(SUS_METHODS), key="align_sus_method", horizontal=True)
+
+
 @st.cache_data(show_spinner=False, max_entries=8)
-def _suspicion(_img, _txt, _groups, key: str):
-    return matching.suspicious_pair_scores(_img, _txt, groups=_groups)
+def _suspicion(_img, _txt, _groups, key: str, method: str):
+    s = matching.suspicious_pair_scores(_img, _txt, groups=_groups, method=method)
+    if method == "loo_cka":  # show as a 0..1 percentile like the rank score
+        s = (np.argsort(np.argsort(s)) + 1) / s.size
+    return s
 
 
 st.button("Find suspicious pairs", icon=":material/search:", key="align_run_suspicious",
@@ -189,7 +205,8 @@ st.button("Find suspicious pairs", icon=":material/search:", key="align_run_susp
 if st.session_state.pop("align_want_suspicion", False):
     try:
         with st.spinner("Scoring every pair…"):
-            st.session_state["align_suspicion"] = (key, _suspicion(data["img"], data["txt"], data["groups"], key))
+            st.session_state["align_suspicion"] = (
+                key, _suspicion(data["img"], data["txt"], data["groups"], key, SUS_METHODS[sus_label]))
     except ValueError as error:
         st.error(str(error))
 sus = st.session_state.get("align_suspicion")

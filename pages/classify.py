@@ -90,6 +90,16 @@ if query is None and len(bank.eval_refs):
     st.session_state["query"] = query
 
 
+def _explain(live, qvec):
+    """The explanation of ``qvec`` under the live pairs, kept until the next edit."""
+    key = (id(live), live.version, qvec.tobytes().__hash__())
+    cached = st.session_state.get("explain_cache")
+    if cached is None or cached[0] != key:
+        cached = (key, live.explain(qvec))
+        st.session_state["explain_cache"] = cached
+    return cached[1]
+
+
 def _query_vector(q: dict):
     if q["kind"] == "eval":
         return bank.eval_vecs[q["index"]], image_path(ws, bank.eval_refs[q["index"]]), \
@@ -110,7 +120,7 @@ with right:
     except ValueError as error:
         st.error(f"That file could not be used as a picture: {error}")
         st.stop()
-    explanation = model.explain(qvec)
+    explanation = _explain(model, qvec)
     probs = model.probabilities(explanation.scores)
     order = np.argsort(-explanation.scores, kind="stable")
     pred = classes[explanation.prediction]
@@ -121,7 +131,7 @@ with right:
     with b:
         verdict = ""
         if truth is not None:
-            verdict = " ✓ correct" if truth == pred else f" ✗ (it is a **{truth}**)"
+            verdict = " ✓ correct" if truth == pred else f" ✗ (true class: **{truth}**)"
         st.markdown(f"### It's a **{pred}**{verdict}")
         st.caption(f"{pct(probs[explanation.prediction])} confident · ASIF score "
                    f"{explanation.scores[explanation.prediction]:.3f}")
@@ -141,7 +151,7 @@ st.caption("Each pair scores **image weight × text weight**: how close its phot
 @st.fragment
 def pairs_panel():
     live = state.require_model(ws)
-    expl = live.explain(qvec)
+    expl = _explain(live, qvec)
     order = np.argsort(-expl.scores, kind="stable")
     last = st.session_state.get("last_edit")
     if last and last.get("where") == "classify":
@@ -184,23 +194,40 @@ fig7, fig3 = st.tabs(["Pairs map (ASIF Fig. 7)", "Similarity histograms (ASIF Fi
 with fig7:
     import altair as alt
 
-    rows = [r for r in explanation.scatter_data() if r["class_index"] in set(order[:3].tolist())]
+    # for each of the top 3 classes: the picture's k nearest anchor pairs and the class prompt's k
+    # nearest captions (the union of the two sparse supports); size = their product (0 off the overlap)
+    meta = model.current_model().metadata or []
+    rows = []
+    e = explanation
+    for c in order[:3].tolist():
+        prod = dict(zip(e.positions.tolist(), e.product[c].tolist()))
+        for pos in sorted(set(e.positions.tolist()) | set(e.caption_topk[c].tolist())):
+            m = meta[pos] if pos < len(meta) else {}
+            rows.append({"class_name": classes[c], "pair_id": int(model.current_model().pair_ids[pos]),
+                         "image_similarity": float(e.all_image_similarity[pos]),
+                         "caption_similarity": float(e.all_caption_similarity[c, pos]),
+                         "product": float(prod.get(pos, 0.0)), "image": m.get("image", ""),
+                         "caption": m.get("caption", ""),
+                         "support": "both" if prod.get(pos, 0.0) != 0 else
+                                    ("near the picture" if pos in prod else "near the prompt")})
     if rows:
         df = pd.DataFrame(rows)
-        df["image"] = [thumbnail_url(image_path(ws, r), 96) for r in df["image"]]
+        df["image"] = [thumbnail_url(image_path(ws, r), 96) if r else "" for r in df["image"]]
         chart = alt.Chart(df).mark_circle(opacity=0.65, stroke="white", strokeWidth=0.5).encode(
             x=alt.X("image_similarity:Q", title="anchor photo ↔ your picture (cosine)",
                     scale=alt.Scale(zero=False)),
             y=alt.Y("caption_similarity:Q", title="anchor caption ↔ class prompt (cosine)",
                     scale=alt.Scale(zero=False)),
-            size=alt.Size("product:Q", title="image × text weight", scale=alt.Scale(range=[15, 900])),
+            size=alt.Size("product:Q", title="image × text weight", scale=alt.Scale(range=[12, 900])),
             color=alt.Color("class_name:N", title="class"),
             tooltip=["image", "caption", "class_name", "pair_id",
                      alt.Tooltip("product:Q", format=".4f")],
         ).properties(height=420)
         st.altair_chart(chart, width="stretch")
-        st.caption("One dot per anchor pair among the picture's nearest photos, for the top 3 classes; "
-                   "the class with the largest total area wins. Hover a dot for its photo and caption.")
+        st.caption("For each of the top 3 classes: the anchor pairs whose photo is among the picture's "
+                   "nearest (right) or whose caption is among the class prompt's nearest (top). Only "
+                   "pairs near both count (large dots: image × text weight); the class with the "
+                   "largest total area wins. Hover a dot for its photo and caption.")
 with fig3:
     import altair as alt
 
@@ -217,7 +244,8 @@ with fig3:
         return alt.Chart(pd.DataFrame(out)).mark_bar(opacity=0.6, binSpacing=0).encode(
             x=alt.X("similarity:Q", title=title, bin=alt.Bin(binned=True, step=float(bins[1] - bins[0]))),
             y=alt.Y("density:Q", stack=None, title="density"),
-            color=alt.Color("group:N", title=None, scale=alt.Scale(range=["#f58518", "#4c78a8"])),
+            color=alt.Color("group:N", title=None, scale=alt.Scale(domain=[label_on, label_off],
+                                                                    range=["#f58518", "#4c78a8"])),
         ).properties(height=260)
 
     n = len(explanation.all_image_similarity)
@@ -227,7 +255,7 @@ with fig3:
     c1.altair_chart(hist(explanation.all_image_similarity, topk, f"top-{len(explanation.positions)} anchors",
                          "other anchors", "anchor photo ↔ your picture"), width="stretch")
     c2.altair_chart(hist(explanation.all_caption_similarity[explanation.prediction], topk,
-                         "captions of those top-k photos", "other captions",
+                         "captions of top-k photos", "other captions",
                          f"anchor caption ↔ prompt for “{pred}”"), width="stretch")
     st.caption("Left: the picture's similarity to every anchor photo; the nearest k (orange) are the "
                "ones ASIF uses. Right: their captions are also closer to the predicted class prompt than "

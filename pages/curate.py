@@ -182,8 +182,8 @@ def curate_panel():
         hist = pd.DataFrame(ws.history())
         hist = hist.dropna(subset=["accuracy"])
         if len(hist) <= 1:
-            st.caption("Each edit adds a point here.")
-        if len(hist):
+            st.caption("Each edit you make adds a point here.")
+        else:
             st.line_chart(hist, x="step", y="accuracy", height=260)
 
 

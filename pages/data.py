@@ -26,11 +26,7 @@ ws = state.current_workspace()
 
 # ------------------------------------------------------------------ embedding progress
 if ws is not None:
-    job = state.model_job(ws)
-    if not job.done:
-        st.progress(min(max(job.fraction, 0.0), 1.0), text=f"Embedding **{ws.name}**: {job.message}")
-    elif job.error:
-        st.error(f"The model of this workspace could not be built: {job.error}")
+    state.progress_if_building(ws)
 
 
 def _grid(refs, captions, n_cols=5, size=160):
@@ -56,12 +52,17 @@ with tab_pairs:
         q = c1.text_input("Search captions", key="data_search", placeholder="e.g. a dog in the snow")
         if q:
             pairs = [p for p in pairs if q.lower() in p.caption.lower()]
-        per_page = 20
-        n_pages = max(1, (len(pairs) + per_page - 1) // per_page)
+        by_image: dict[str, list] = {}
+        for p in pairs:
+            by_image.setdefault(p.image, []).append(p)
+        images = list(by_image)
+        per_page = 15
+        n_pages = max(1, (len(images) + per_page - 1) // per_page)
         page = c2.number_input(f"Page (of {n_pages:,})", 1, n_pages, 1, key="data_page")
-        st.caption(f"{len(pairs):,} pair(s)")
-        chunk = pairs[(page - 1) * per_page: page * per_page]
-        _grid([str(ws.resolve(p.image)) for p in chunk], [f"#{p.pair_id} · {p.caption}" for p in chunk])
+        st.caption(f"{len(pairs):,} pair(s) from {len(images):,} photo(s)")
+        chunk = images[(page - 1) * per_page: page * per_page]
+        _grid([str(ws.resolve(r)) for r in chunk],
+              ["  \n".join(f"#{p.pair_id} · {p.caption}" for p in by_image[r]) for r in chunk])
         st.download_button("Download the curated pairs (CSV)", ws.export_pairs_csv(),
                            file_name=f"{ws.id}-pairs.csv", mime="text/csv", icon=":material/download:")
 

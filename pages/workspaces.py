@@ -17,7 +17,8 @@ from ui import state
 
 st.title("Workspaces")
 st.caption("A workspace is a set of anchor pairs, a labeled test set, the encoders, k and p, and the "
-           f"full history of your edits — saved on disk under `{W.workspaces_root()}`.")
+           f"full history of your edits — saved on disk under `{W.workspaces_root()}`. Switch "
+           "between workspaces in the sidebar.")
 
 current = state.current_workspace()
 spaces = W.list_workspaces()

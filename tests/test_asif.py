@@ -234,3 +234,19 @@ def test_real_explanation_names_captions(real):
     # captions on average (the paper's "captions of similar images are similar")
     c = e.prediction
     assert e.caption_similarity[c].mean() > e.all_caption_similarity[c].mean()
+
+
+def test_cli_asif_eval_json(data_root, flickr_embeddings, cifar_small_embeddings, capsys):
+    from core.__main__ import main
+
+    rc = main(["asif", "eval", "--anchors", str(data_root / "flickr8k"), "--test",
+               str(data_root / "cifar10" / "test"), "--limit-anchors", "200", "--per-class", "5",
+               "--k", "40", "--p", "8", "--template", "a photo of a {}.", "--json"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["n_anchors"] == 200 and out["n_test"] == 50 and 0.0 <= out["accuracy"] <= 1.0
+    assert out["k"] == 40 and len(out["per_class_accuracy"]) == 10
+    assert main(["asif", "eval", "--anchors", str(data_root / "flickr8k"), "--test",
+                 str(data_root / "cifar10" / "test"), "--limit-anchors", "20", "--per-class", "1",
+                 "--k", "50", "--json"]) == 2  # k > anchors: a clear error, exit code 2
+    assert "larger than the number of anchors" in capsys.readouterr().err

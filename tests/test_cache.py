@@ -199,3 +199,32 @@ def test_default_location_follows_the_environment(tmp_path, monkeypatch):
     monkeypatch.delenv("ROSETTA_CACHE_DIR")
     assert C.default_cache().root != tmp_path / "elsewhere"
     assert not str(C.default_cache().root).startswith(str(ROOT))  # outside the repository
+
+
+class FlakyEncoder:
+    """A text 'encoder' (hash-based vectors) that fails after a number of calls."""
+
+    name, modality, dim, cache_id, batch_size = "flaky", "text", 4, "flaky|v1", 2
+
+    def __init__(self, fail_after: int | None = None):
+        self.calls, self.fail_after, self.encoded = 0, fail_after, []
+
+    def encode(self, items, batch_size=None, progress=None):
+        self.calls += 1
+        if self.fail_after is not None and self.calls > self.fail_after:
+            raise KeyboardInterrupt
+        self.encoded += list(items)
+        out = np.array([[len(t), t.count("a"), 1, 0] for t in items], dtype=np.float32)
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+def test_interrupted_embedding_keeps_what_was_flushed(tmp_path):
+    cache = C.EmbeddingCache(tmp_path)
+    texts = [f"text {'a' * i}" for i in range(40)]
+    with pytest.raises(KeyboardInterrupt):
+        C.embed(FlakyEncoder(fail_after=3), texts, cache=cache, flush_every=8)
+    # 3 chunks of 8 (batch 2 x 4) were computed and flushed before the interruption
+    assert cache.count("flaky|v1") == 24
+    resumed = FlakyEncoder()
+    out = C.embed(resumed, texts, cache=cache, flush_every=8)
+    assert resumed.encoded == texts[24:] and out.hits == 24 and out.computed == 16

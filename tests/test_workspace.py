@@ -143,3 +143,32 @@ def test_kill_mid_edit_loses_no_committed_edit(tmp_path):
     removed = set(range(5000)) - again.active_pair_ids()
     assert set(committed) <= removed
     assert removed == set(range(len(removed)))  # a prefix: no torn or out-of-order edit
+
+
+def test_live_model_mirrors_the_log_and_restores_from_snapshot(tmp_path):
+    import numpy as np
+
+    if not (W.demo_root() / "flickr8k" / "captions.csv").is_file():
+        pytest.skip("demo data not present")
+    ws = W.create_demo_workspace("demo", n_images=30, per_class=3, root=tmp_path)
+    bank = W.Bank(ws)
+    first = W.LiveModel(bank, ws.active_pair_ids())
+    assert list((ws.path / "state").glob("neighbours-*.npz")), "no engine snapshot written"
+    again = W.LiveModel(bank, ws.active_pair_ids())  # restored from the snapshot
+    assert np.array_equal(first.eval_predictions(), again.eval_predictions())
+    pid = sorted(ws.active_pair_ids())[3]
+    r = again.remove([pid])
+    ws.remove_pairs([pid], accuracy=r.accuracy)
+    assert W.sync_live_model(ws, again)
+    fresh = W.LiveModel(W.Bank(ws), ws.active_pair_ids())
+    assert np.array_equal(fresh.eval_predictions(), again.eval_predictions())
+    assert fresh.accuracy == again.accuracy
+    # adding pairs: only the new ones are embedded, and the engine follows
+    seq, new = ws.add_pairs([(ws.pairs()[0].image, "a photo of a cat.")])
+    bigger = again.bank.extended(ws)
+    again.add(bigger, new)
+    assert W.sync_live_model(ws, again)
+    # an explanation decomposes the score into pairs
+    e = again.explain(bank.eval_vecs[0])
+    rows = e.contributions(top=None)
+    assert rows and abs(sum(r["product"] for r in rows) - e.scores[e.prediction]) < 1e-5

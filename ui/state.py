@@ -152,6 +152,15 @@ def require_model(ws: W.Workspace, wait_s: float = 1.5):
     st.stop()
 
 
+def progress_if_building(ws: W.Workspace) -> None:
+    """A live progress bar while ``ws``'s model is being built (nothing once it is ready)."""
+    job = model_job(ws)
+    if not job.done:
+        _progress_panel(ws)
+    elif job.error:
+        st.error(f"The model of this workspace could not be built: {job.error}")
+
+
 @st.fragment(run_every=1.0)
 def _progress_panel(ws: W.Workspace) -> None:
     job = model_job(ws)

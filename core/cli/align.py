@@ -24,6 +24,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--all-captions", action="store_true",
                    help="keep every caption (default: the first caption of each image)")
     p.add_argument("--limit", type=int, default=None, help="use a random subset of this many pairs")
+    p.add_argument("--first-images", type=int, default=None, help="use only the pairs of the first N images")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -69,6 +70,7 @@ def _load(args):
     img, txt, pairs = pair_embeddings(
         args.pairs, args.image_encoder, args.text_encoder,
         one_caption_per_image=not args.all_captions, limit=args.limit, seed=args.seed,
+        first_images=args.first_images,
         progress=None if args.json else _progress_printer(),
     )
     return img, txt, pairs, time.perf_counter() - t0

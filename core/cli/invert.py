@@ -79,8 +79,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     e = sub.add_parser("experiments", help="gap, retrieval, recovery and projection numbers for our model")
     e.add_argument("--which", default="gap,text,recovery,projection,image",
-                   help="comma list of gap,text,recovery,projection,image,zeroshot")
-    e.add_argument("--queries-per-class", type=int, default=50, help="CIFAR-10 test queries per class (image)")
+                   help="comma list of gap,text,recovery,projection,image,zeroshot,asif")
+    e.add_argument("--asif-per-class", type=int, default=5, help="CIFAR-10 images per class for asif")
+    e.add_argument("--per-class", type=int, default=50, help="CIFAR-10 test images per class (image, projection)")
+    e.add_argument("--queries-per-class", type=int, default=10,
+                   help="of those, queries per class; the rest is the gallery")
+    e.add_argument("--heads", default=None, help="trained heads file (default: assets/…safetensors)")
+    e.add_argument("--n-images", type=int, default=None,
+                   help="Flickr8k: the first N images (gap, text: default all; recovery: default 3000)")
     e.add_argument("--steps", type=int, default=150)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--batch-size", type=int, default=256)
@@ -98,6 +104,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--seed", type=int, default=None)
     t.add_argument("--out", default=None, help="where to save the heads (default assets/…safetensors)")
     t.add_argument("--no-eval", action="store_true", help="skip CIFAR-10 zero-shot (ours and ASIF's)")
+    t.add_argument("--eval-per-class", type=int, default=None,
+                   help="CIFAR-10 zero-shot on the first N test images per class (default: all 10,000)")
     t.add_argument("--json", action="store_true")
     t.set_defaults(run=run_train)
 
@@ -245,7 +253,9 @@ def run_ovi(args) -> int:
 def run_experiments(args) -> int:
     from core import modality as M
 
-    heads, meta = M.get_model(progress=_Bar("training heads", not args.json))
+    from core.contrastive import DEFAULT_HEADS
+
+    heads, meta = M.get_model(args.heads or DEFAULT_HEADS, progress=_Bar("training heads", not args.json))
     which = [w.strip() for w in args.which.split(",") if w.strip()]
     out: dict = {"model": meta.get("training", {})}
     lines = []
@@ -253,33 +263,46 @@ def run_experiments(args) -> int:
     for w in which:
         t0 = time.perf_counter()
         if w == "gap":
-            out["gap"] = M.gap_report(heads)
+            out["gap"] = M.gap_report(heads, args.n_images)
             lines.append(f"gap {out['gap']['gap']:.3f} (centroid cosine {out['gap']['centroid_cosine']:.3f}, "
                          f"matched cosine {out['gap']['matched_cosine']:.3f})")
         elif w == "text":
-            out["text_retrieval"] = M.text_retrieval_experiment(heads)
+            out["text_retrieval"] = M.text_retrieval_experiment(heads, args.n_images)
             lines.append(f"text->text mAP: ours {out['text_retrieval']['lit_mAP']:.2f}, MiniLM "
                          f"{out['text_retrieval']['minilm_mAP']:.2f}")
         elif w == "recovery":
-            out["recovery"] = M.recovery_experiment(heads, ranks=(None, 64, 32))
+            out["recovery"] = M.recovery_experiment(heads, args.n_images or 3000, ranks=(None, 64, 32))
             lines += [f"recovery rank {r['rank']}: {r['message']}" for r in out["recovery"]]
         elif w == "projection":
-            out["projection"] = M.projection_experiment(heads, n_queries_per_class=args.queries_per_class)
+            out["projection"] = M.projection_experiment(heads, per_class=args.per_class,
+                                                        queries_per_class=args.queries_per_class)
             lines += [f"projection {r}" for r in out["projection"]]
         elif w == "image":
             bar = _Bar("OTI queries", not args.json)
-            out["image_retrieval"] = M.image_retrieval_experiment(
-                heads, args.queries_per_class, steps=args.steps, seed=args.seed, batch_size=args.batch_size,
-                progress=bar)
+            r = M.image_retrieval_experiment(heads, args.per_class, args.queries_per_class, steps=args.steps,
+                                             seed=args.seed, batch_size=args.batch_size, progress=bar)
             bar.close()
-            r = out["image_retrieval"]
-            lines.append(f"image->image mAP: native {r['native_mAP']:.2f}, OTI {r['oti_mAP']:.2f}")
+            r.pop("oti_features")
+            out["image_retrieval"] = r
+            lines.append(f"image->image mAP: native {r['native_mAP']:.2f}, OTI {r['oti_mAP']:.2f}, "
+                         f"native+OTI {r['native_plus_oti_mAP']:.2f}")
+        elif w == "asif":
+            bar = _Bar("ASIF-space OTI", not args.json)
+            out["asif_oti"] = M.asif_oti_experiment(args.n_images, per_class=args.asif_per_class, steps=args.steps,
+                                                    seed=args.seed, batch_size=args.batch_size, progress=bar)
+            bar.close()
+            r = out["asif_oti"]
+            lines.append(f"ASIF-space OTI on {r['n_images']} CIFAR images: pseudo-sentence accuracy "
+                         f"{r['pseudo_sentence_accuracy']:.3f} (ASIF {r['asif_accuracy']:.3f})")
+            lines += [f"  {e['class']}: {', '.join(e['words'])}" for e in r["examples"][:10]]
         elif w == "zeroshot":
-            out["zeroshot"] = {"ours": M.cifar_zero_shot(heads), "asif": M.asif_zero_shot()}
+            n_img = meta.get("training", {}).get("n_images")
+            out["zeroshot"] = {"ours": M.cifar_zero_shot(heads, per_class=args.per_class),
+                               "asif": M.asif_zero_shot(n_img, per_class=args.per_class)}
             lines.append(f"CIFAR-10 zero-shot: ours {out['zeroshot']['ours']['accuracy']:.4f}, "
                          f"ASIF {out['zeroshot']['asif']['accuracy']:.4f}")
         else:
-            raise ValueError(f"unknown experiment {w!r}; choose from gap,text,recovery,projection,image,zeroshot")
+            raise ValueError(f"unknown experiment {w!r}; choose from gap,text,recovery,projection,image,zeroshot,asif")
         timings[w] = round(time.perf_counter() - t0, 2)
     out["seconds"] = timings
     return _print(args, out, lines)
@@ -303,8 +326,8 @@ def run_train(args) -> int:
     out_path = Path(args.out) if args.out else DEFAULT_HEADS
     meta = {}
     if not args.no_eval:
-        ours = M.cifar_zero_shot(result.heads)
-        asif = M.asif_zero_shot(args.n_images)
+        ours = M.cifar_zero_shot(result.heads, per_class=args.eval_per_class)
+        asif = M.asif_zero_shot(args.n_images, per_class=args.eval_per_class)
         meta["cifar10_zero_shot"] = {"ours": ours, "asif_same_pairs_and_encoders": asif}
     save_heads(result, out_path, meta)
     _, saved = load_heads(out_path)

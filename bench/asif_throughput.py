@@ -1,0 +1,120 @@
+"""Benchmark (a): ASIF zero-shot classification throughput vs the reference algorithm and vs a
+bare GEMM of the same shape (the hardware floor), same inputs, one run.
+
+    python bench/asif_throughput.py --source real                       # cached Flickr8k x CIFAR-10 test
+    python bench/asif_throughput.py --source synthetic --n 35000 --q 10000 --d-img 1280 --d-txt 384
+    python bench/asif_throughput.py --source synthetic --n 1000000 --q 10000 --d-img 384 --d-txt 384 \
+        --ref-mem-gb 2
+
+Methods (all CPU unless --device cuda; all end at predicted classes):
+  gemm       the [Q, d] x [d, N] image-side product, chunked under the same memory bound, nothing else
+  rosetta    core.asif.AsifModel.classify (per-template candidates, like the reference)
+  rosetta-nodedup  the same with the duplicate-anchor-image shortcut disabled
+  reference  bench/asif_reference.py (relreps.py's algorithm: chunked dense einsum + topk + v**p +
+             sparse COO + dense einsum / sparse.mm)
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench.asif_common import machine, real_inputs, synthetic_inputs  # noqa: E402
+from bench.asif_reference import zero_shot_classify  # noqa: E402
+from core.asif import AsifModel  # noqa: E402
+from core.search import DEFAULT_MEMORY_BYTES  # noqa: E402
+
+
+def bare_gemm(q: np.ndarray, a: np.ndarray, memory_bytes: int = DEFAULT_MEMORY_BYTES) -> float:
+    """The same tiles as core.search.exact_topk: [qb, N] when 256 rows fit, else [256, nb]."""
+    qt, at = torch.from_numpy(q), torch.from_numpy(a)
+    n = a.shape[0]
+    max_floats = memory_bytes // 4
+    if n * 256 <= max_floats:
+        qb, nb = max(1, min(q.shape[0], max_floats // n)), n
+    else:
+        qb, nb = 256, max_floats // 256
+    acc = 0.0
+    with torch.no_grad():
+        for s in range(0, q.shape[0], qb):
+            for a0 in range(0, n, nb):
+                block = qt[s:s + qb] @ at[a0:a0 + nb].T
+                acc += float(block[0, 0])
+                del block
+    return acc
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--source", choices=["real", "synthetic"], default="real")
+    ap.add_argument("--n", type=int, default=35000)
+    ap.add_argument("--q", type=int, default=10000)
+    ap.add_argument("--d-img", type=int, default=1280)
+    ap.add_argument("--d-txt", type=int, default=384)
+    ap.add_argument("--k", type=int, default=800)
+    ap.add_argument("--p", type=float, default=8.0)
+    ap.add_argument("--captions-per-image", type=int, default=1,
+                    help="synthetic: repeat each anchor image (5 = the Flickr8k structure)")
+    ap.add_argument("--ref-mem-gb", type=float, default=8.0,
+                    help="the reference's max_gpu_mem_gb (its default is 8)")
+    ap.add_argument("--methods", nargs="+", default=["gemm", "rosetta", "rosetta-nodedup", "reference"])
+    ap.add_argument("--partial-queries", action="store_true",
+                    help="real: use only the CIFAR-10 test images already in the cache")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    out = {"machine": machine(), "source": args.source, "k": args.k, "p": args.p}
+    if args.source == "real":
+        data = real_inputs(partial_queries=args.partial_queries)
+    else:
+        data = synthetic_inputs(args.n, args.q, args.d_img, args.d_txt,
+                                captions_per_image=args.captions_per_image)
+        out["captions_per_image"] = args.captions_per_image
+    ai, at, q = data["anchor_img"], data["anchor_txt"], data["q"]
+    pe, pc = data["prompts_emb"], data["prompt_classes"]
+    n_t = int(np.bincount(pc).max())
+    out.update(n_anchors=ai.shape[0], n_queries=q.shape[0], d_img=ai.shape[1], d_txt=at.shape[1],
+               n_prompts=pe.shape[0])
+    times, preds = {}, {}
+    for method in args.methods:
+        gc.collect()
+        t = time.perf_counter()
+        if method == "gemm":
+            bare_gemm(q, ai)
+        elif method.startswith("rosetta"):
+            model = AsifModel(ai, at, k=args.k, p=args.p)
+            if method == "rosetta-nodedup":
+                model._dedup = None
+            res = model.classify(q, pe, pc, strategy="per-template")
+            preds[method] = res.predictions
+        elif method == "reference":
+            preds[method] = zero_shot_classify(torch.from_numpy(q), torch.from_numpy(pe), torch.from_numpy(ai),
+                                               torch.from_numpy(at), args.k, args.p, n_t,
+                                               max_mem_gb=args.ref_mem_gb).numpy()
+        else:
+            raise SystemExit(f"unknown method {method}")
+        times[method] = round(time.perf_counter() - t, 2)
+        print(f"{method}: {times[method]} s", file=sys.stderr, flush=True)
+    out["seconds"] = times
+    if "gemm" in times:
+        out["ratio_to_gemm"] = {m: round(t / times["gemm"], 2) for m, t in times.items() if m != "gemm"}
+    if "reference" in times:
+        out["speedup_vs_reference"] = {m: round(times["reference"] / t, 2) for m, t in times.items()
+                                       if m.startswith("rosetta")}
+    if "reference" in preds and "rosetta" in preds:
+        out["agreement_with_reference"] = float(np.mean(preds["reference"] == preds["rosetta"]))
+    if args.source == "real":
+        out["accuracy"] = {m: float(np.mean(p == data["y"])) for m, p in preds.items()}
+    print(json.dumps(out) if args.json else json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,259 @@
+"""Invert (lab): turn a picture into words with OTI — through our small contrastive model or into the
+ASIF space — watch the loss fall, see the nearest words and captions, and look at the modality gap.
+All computation is in ``core.inversion`` / ``core.gap`` / ``core.modality``."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from ui import boot
+
+boot.ensure_app()
+
+from core import modality as M  # noqa: E402
+
+st.title("Invert")
+st.caption(
+    "**Modality inversion** learns one made-up word (a *pseudo-token*) so that the text encoder reads "
+    "“a photo of ⟨word⟩” the way the image encoder sees a picture — both encoders frozen, only the word "
+    "is optimised (OTI, *Cross the Gap*, ICLR 2025). Its nearest real words and captions show what the "
+    "text side understood. The **modality gap** view shows how far apart pictures and captions live.")
+
+METHOD_LIT = "Our contrastive model (LiT: EfficientNet-Lite0 + MiniLM, trained heads)"
+METHOD_ASIF = "Into the ASIF space (MiniLM tokens, Flickr8k anchors, no training)"
+# Flickr8k pictures (with all their captions) used as picker, caption bank and anchors
+N_DEMO_IMAGES = int(os.environ.get("ROSETTA_INVERT_IMAGES", 2000))
+
+
+def _settings() -> dict:
+    """k, p and encoders of the current workspace, falling back to the defaults of core.asif."""
+    from core.asif import DEFAULT_K, DEFAULT_P
+
+    out = {"image_encoder": M.IMAGE_ENCODER, "text_encoder": M.TEXT_ENCODER, "k": DEFAULT_K, "p": DEFAULT_P,
+           "workspace": None}
+    try:
+        from ui import state
+
+        ws = state.current_workspace()
+        if ws is not None:
+            s = ws.settings()
+            out.update({k: s[k] for k in ("image_encoder", "text_encoder", "k", "p") if k in s})
+            out["workspace"] = ws.name
+    except Exception:  # noqa: BLE001 - the lab also works without a workspace (demo data)
+        pass
+    return out
+
+
+@st.cache_resource(show_spinner=False)
+def _model():
+    heads, meta = M.get_model(train_if_missing=False)
+    return heads, meta
+
+
+@st.cache_resource(show_spinner=False)
+def _flickr(image_encoder: str, text_encoder: str, n_images: int | None):
+    pairs = M.flickr_pairs(n_images)
+    img, txt, pair_image = M.pair_features(pairs, image_encoder, text_encoder)
+    return {"pairs": pairs, "img": img, "txt": txt, "pair_image": pair_image}
+
+
+def _train_model():
+    bar = st.progress(0.0, text="Training the heads on the Flickr8k pairs…")
+    M.train_on_flickr(progress=lambda d, t: bar.progress(d / max(t, 1), text=f"Training step {d}/{t}"),
+                      save_to=M.DEFAULT_HEADS)
+    _model.clear()
+    bar.empty()
+
+
+# ------------------------------------------------------------------------------------- the model
+settings = _settings()
+try:
+    heads, meta = _model()
+except ValueError:
+    heads, meta = None, {}
+
+with st.container(border=True):
+    left, right = st.columns([2, 1])
+    if heads is None:
+        left.warning("Our contrastive model is not trained yet (it trains in a few CPU minutes on the "
+                     "Flickr8k pairs from the shared cache).")
+        if right.button("Train it now", type="primary", key="invert_train"):
+            try:
+                _train_model()
+                st.rerun()
+            except ValueError as error:
+                st.error(str(error))
+    else:
+        tr = meta.get("training", {})
+        zs = meta.get("cifar10_zero_shot", {})
+        left.markdown(
+            f"**Our model**: frozen EfficientNet-Lite0 and MiniLM, two linear heads + temperature trained "
+            f"contrastively on {tr.get('n_pairs', '?'):,} Flickr8k pairs ({tr.get('steps', '?')} steps, "
+            f"final loss {tr.get('final_loss', float('nan')):.3f}).")
+        if zs:
+            c1, c2 = right.columns(2)
+            c1.metric("CIFAR-10 zero-shot", f"{100 * zs['ours']['accuracy']:.1f}%", help="our trained heads")
+            c2.metric("ASIF, same data", f"{100 * zs['asif_same_pairs_and_encoders']['accuracy']:.1f}%",
+                      help="no training: the same pairs and encoders as anchors")
+
+# ----------------------------------------------------------------------------------- invert one
+st.subheader("1 · Pick a picture and invert it")
+try:
+    demo = _flickr(M.IMAGE_ENCODER, M.TEXT_ENCODER, N_DEMO_IMAGES)
+except ValueError as error:
+    st.error(f"The demo pairs are not available: {error}")
+    st.stop()
+pairs = demo["pairs"]
+
+c1, c2 = st.columns([1, 1.6], gap="large")
+with c1:
+    methods = ([METHOD_LIT] if heads is not None else []) + [METHOD_ASIF]
+    method = st.radio("Invert through", methods, key="invert_method")
+    source = st.radio("Picture", ["Flickr8k picture", "Upload"], horizontal=True, key="invert_source")
+    upload = None
+    if source == "Upload":
+        upload = st.file_uploader("An image", type=["jpg", "jpeg", "png", "webp", "bmp"], key="invert_upload")
+        image_index = None
+    else:
+        image_index = int(st.number_input("Picture number", 0, len(pairs.images) - 1, 0, key="invert_index"))
+        st.image(pairs.images[image_index], width=224)
+        st.caption(" · ".join(pairs.captions[i] for i in pairs.captions_of(image_index)[:2]))
+    if upload is not None:
+        st.image(upload, width=224)
+    s1, s2 = st.columns(2)
+    steps = int(s1.number_input("Steps", 10, 1000, 150, step=10, key="invert_steps"))
+    seed = int(s2.number_input("Seed", 0, 10_000, 0, key="invert_seed"))
+    go_button = st.button("Invert", type="primary", key="invert_go",
+                          disabled=source == "Upload" and upload is None)
+
+with c2:
+    chart = st.empty()
+    status = st.empty()
+
+
+def _curve_figure(values: list[float], total: int) -> go.Figure:
+    fig = go.Figure(go.Scatter(x=list(range(1, len(values) + 1)), y=values, mode="lines", name="loss"))
+    fig.update_layout(title="OTI loss (1 − cosine to the target)", xaxis_title="step", yaxis_title="loss",
+                      xaxis_range=[0, total], height=300, margin=dict(l=10, r=10, t=50, b=10))
+    return fig
+
+
+if go_button:
+    from core.cache import embed_images
+    from core.encoders import load_image
+
+    try:
+        if upload is not None:
+            feats = embed_images(M.IMAGE_ENCODER, [load_image(upload.getvalue())])
+        else:
+            feats = demo["img"][[image_index]]
+    except ValueError as error:
+        st.error(str(error))
+        st.stop()
+    losses: list[float] = []
+
+    def on_loss(step: int, value: float) -> None:
+        losses.append(value)
+        if step % 5 == 0 or step == steps - 1:
+            chart.plotly_chart(_curve_figure(losses, steps), key=f"invert_live_{step}")
+            status.caption(f"step {step + 1}/{steps} · loss {value:.4f}")
+
+    try:
+        if method == METHOD_LIT:
+            result = M.oti_lit(heads, feats, steps=steps, seed=seed, on_loss=on_loss)
+            encoder = M.lit_text_encoder(heads)
+            bank = heads.encode_text_features(demo["txt"])
+            native = M.nearest_texts(heads.encode_image_features(feats), bank, pairs.captions, 8)[0]
+        else:
+            k = min(int(settings["k"]), len(demo["txt"]) - 1)
+            anchors = np.arange(len(demo["txt"]))
+            if image_index is not None:  # the picture's own pairs are not anchors
+                anchors = anchors[demo["pair_image"] != image_index]
+            result = M.asif_oti(feats, demo["img"][demo["pair_image"][anchors]], demo["txt"][anchors], k,
+                                float(settings["p"]), steps=steps, seed=seed, on_loss=on_loss)
+            from core.contrastive import MiniLMTextEncoder
+
+            encoder = MiniLMTextEncoder()
+            bank = demo["txt"]
+            native = None
+        from core.inversion import nearest_vocabulary
+
+        st.session_state["invert_result"] = {
+            "method": method, "losses": result.losses.tolist(), "seconds": result.seconds,
+            "words": nearest_vocabulary(encoder, result.pseudo[0], 12)[0],
+            "captions": M.nearest_texts(result.features, bank, pairs.captions, 8)[0],
+            "native": native, "steps": steps}
+    except ValueError as error:
+        st.error(str(error))
+
+res = st.session_state.get("invert_result")
+if res:
+    chart.plotly_chart(_curve_figure(res["losses"], res["steps"]), key="invert_final_curve")
+    status.caption(f"{res['method'].split(' (')[0]} · {res['steps']} steps in {res['seconds']:.1f} s · "
+                   f"final loss {res['losses'][-1]:.4f}")
+    w1, w2 = st.columns([1, 2], gap="large")
+    with w1:
+        st.markdown("**Nearest words** to the learned token")
+        st.dataframe(pd.DataFrame(res["words"], columns=["word", "cosine"]).round(3), hide_index=True,
+                     key="invert_words")
+    with w2:
+        st.markdown("**Nearest Flickr8k captions** to “a photo of ⟨word⟩”")
+        st.dataframe(pd.DataFrame(res["captions"], columns=["caption", "cosine"]).round(3), hide_index=True,
+                     key="invert_captions")
+        if res["native"]:
+            st.markdown("…and to the picture itself (image → text, no inversion)")
+            st.dataframe(pd.DataFrame(res["native"], columns=["caption", "cosine"]).round(3), hide_index=True,
+                         key="invert_native")
+
+# ------------------------------------------------------------------------------------ the gap
+st.subheader("2 · The modality gap")
+st.caption("Pictures and captions embedded by a contrastive model sit in two separate cones: the "
+           "distance between their centroids is the **gap**. Matched picture–caption pairs are more "
+           "similar than unmatched ones, yet picture–picture similarities sit on a different scale. "
+           "In the ASIF space the two sides are compared through their similarities to anchor pairs.")
+space = st.radio("Space", (["Our model's shared space"] if heads is not None else [])
+                 + [f"ASIF space of the current encoders ({settings['image_encoder']} + {settings['text_encoder']})"],
+                 horizontal=True, key="invert_gap_space")
+n_gap = int(st.number_input("Pairs (one caption per image)", 100, 2000, 500, step=100, key="invert_gap_n"))
+
+
+@st.cache_data(show_spinner=False, max_entries=6)
+def _gap(space: str, image_encoder: str, text_encoder: str, k: int, p: float, n: int):
+    data = _flickr(image_encoder, text_encoder, N_DEMO_IMAGES)
+    first = np.unique(data["pair_image"], return_index=True)[1]  # one caption per image
+    rng = np.random.default_rng(0)
+    if space.startswith("Our"):
+        pick = np.sort(rng.choice(first, size=min(n, len(first)), replace=False))
+        heads, _ = _model()
+        return M.lit_space_gap(heads, data["img"][data["pair_image"][pick]], data["txt"][pick])
+    return M.asif_space_gap(data["img"][data["pair_image"][first]], data["txt"][first], k, p, n_queries=n)
+
+
+if st.button("Show the gap", key="invert_gap_go") or st.session_state.get("invert_gap_shown"):
+    st.session_state["invert_gap_shown"] = True
+    with st.spinner("Embedding and comparing…"):
+        try:
+            out = _gap(space, settings["image_encoder"] if not space.startswith("Our") else M.IMAGE_ENCODER,
+                       settings["text_encoder"] if not space.startswith("Our") else M.TEXT_ENCODER,
+                       int(settings["k"]), float(settings["p"]), n_gap)
+        except ValueError as error:
+            st.error(str(error))
+            st.stop()
+    g = out["gap"]
+    m1, m2, m3 = st.columns(3)
+    m1.metric("Gap ‖μ_image − μ_text‖", f"{g['gap']:.3f}")
+    m2.metric("Centroid cosine", f"{g['centroid_cosine']:.3f}")
+    m3.metric("Matched pair cosine", f"{g.get('matched_cosine', float('nan')):.3f}")
+    from core.gap import histograms
+
+    h = histograms(out["distributions"], bins=60)
+    fig = go.Figure()
+    for name, dens in h["density"].items():
+        fig.add_trace(go.Scatter(x=h["centers"], y=dens, mode="lines", name=name, fill="tozeroy", opacity=0.5))
+    fig.update_layout(title="Cosine similarity distributions", xaxis_title="cosine similarity",
+                      yaxis_title="density", height=340, margin=dict(l=10, r=10, t=50, b=10))
+    st.plotly_chart(fig, key="invert_gap_hist")
