@@ -35,30 +35,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
+from core import asif
+
 SCHEMA_VERSION = 1
 WORKSPACES_ENV = "ROSETTA_WORKSPACES"
 DB_NAME = "workspace.sqlite"
 
-DEFAULT_TEMPLATES = ["a photo of a {}."]
+#: A new workspace starts from the engine's measured defaults (docs/RESULTS.md, "## ASIF engine").
 DEFAULT_SETTINGS = {
     "image_encoder": "efficientnet-lite0",
     "text_encoder": "minilm",
-    "k": 30,
-    "p": 8,
-    "templates": list(DEFAULT_TEMPLATES),
+    "k": asif.DEFAULT_K,
+    "p": asif.DEFAULT_P,
+    "templates": list(asif.DEFAULT_TEMPLATES),
 }
 
 
 def demo_root() -> Path:
-    """The demo data folder (``core.data``'s setting; ``ROSETTA_DATA`` overrides)."""
-    import core.data as data
+    """The demo data folder (:func:`core.data.demo_data_root`; ``ROSETTA_DATA`` overrides)."""
+    from core.data import demo_data_root
 
-    if hasattr(data, "demo_data_root"):
-        return Path(data.demo_data_root())
-    found = data.data_dir(required=False)
-    if found is None:
-        data.data_dir(required=True)  # raises a ValueError that explains the expected layout
-    return Path(found)
+    return demo_data_root()
 
 
 def workspaces_root() -> Path:
@@ -557,41 +554,44 @@ def create_workspace(name: str, pairs: Sequence[tuple[str, str]], eval_items: Se
     return _create(root, name, pairs, eval_items, settings, source or {"kind": "custom"})
 
 
+#: The demo evaluates on the first 100 CIFAR-10 test images of each class by default, so that a cold
+#: start embeds 8,000 images rather than 17,000; ``ROSETTA_DEMO_PER_CLASS=1000`` takes all of them.
+DEMO_PER_CLASS = 100
+
+
 def demo_sizes() -> tuple[int | None, int | None]:
-    """Demo size from ``ROSETTA_DEMO_IMAGES`` / ``ROSETTA_DEMO_PER_CLASS`` (None = all)."""
-    def read(var):
+    """Demo size: ``ROSETTA_DEMO_IMAGES`` Flickr8k images (default all) and
+    ``ROSETTA_DEMO_PER_CLASS`` CIFAR-10 test images per class (default :data:`DEMO_PER_CLASS`)."""
+    def read(var, default):
         v = os.environ.get(var, "").strip()
-        return int(v) if v else None
-    return read("ROSETTA_DEMO_IMAGES"), read("ROSETTA_DEMO_PER_CLASS")
+        return int(v) if v else default
+    return read("ROSETTA_DEMO_IMAGES", None), read("ROSETTA_DEMO_PER_CLASS", DEMO_PER_CLASS)
 
 
 def demo_pairs_and_eval(n_images: int | None = None, per_class: int | None = None,
                         data_root: str | Path | None = None):
     """Flickr8k pairs of the first ``n_images`` images (caption-file order) and the first
-    ``per_class`` CIFAR-10 test images of each class (sorted by file name). None = all."""
+    ``per_class`` CIFAR-10 test images of each class (sorted by file name). None = all.
+
+    Read through :mod:`core.data`'s validating loaders; returns workspace refs
+    ``("demo:flickr8k/images/<name>", caption)`` and ``("demo:cifar10/test/<class>/<name>", class)``.
+    """
+    from core.data import load_labeled, load_pairs_folder
+
     data_root = Path(data_root) if data_root is not None else demo_root()
-    captions = data_root / "flickr8k" / "captions.csv"
-    test_dir = data_root / "cifar10" / "test"
-    if not captions.is_file() or not test_dir.is_dir():
+    flickr, test_dir = data_root / "flickr8k", data_root / "cifar10" / "test"
+    if not (flickr / "captions.csv").is_file() or not test_dir.is_dir():
         raise ValueError(
             f"Demo data not found under {data_root}: expected flickr8k/captions.csv, flickr8k/images/ "
             "and cifar10/test/<class>/*.jpg. Set ROSETTA_DATA to the folder that holds them.")
-    pairs: list[tuple[str, str]] = []
-    seen: dict[str, None] = {}
-    with open(captions, newline="", encoding="utf-8") as f:
-        for row in csv.DictReader(f):
-            img = row["image"]
-            if img not in seen:
-                if n_images is not None and len(seen) >= n_images:
-                    continue
-                seen[img] = None
-            pairs.append((f"demo:flickr8k/images/{img}", row["caption"]))
-    eval_items: list[tuple[str, str]] = []
-    for cls_dir in sorted(p for p in test_dir.iterdir() if p.is_dir()):
-        files = sorted(f.name for f in cls_dir.iterdir() if f.suffix.lower() in (".jpg", ".jpeg", ".png"))
-        if per_class is not None:
-            files = files[:per_class]
-        eval_items += [(f"demo:cifar10/test/{cls_dir.name}/{f}", cls_dir.name) for f in files]
+    pair_set = load_pairs_folder(flickr)
+    if n_images is not None:
+        pair_set = pair_set.first_images(n_images)
+    pairs = [(f"demo:{Path(pair_set.images[i]).relative_to(data_root).as_posix()}", caption)
+             for i, caption in zip(pair_set.pair_image.tolist(), pair_set.captions)]
+    labeled = load_labeled(test_dir, limit_per_class=per_class)
+    eval_items = [(f"demo:{Path(path).relative_to(data_root).as_posix()}", labeled.class_names[label])
+                  for path, label in zip(labeled.paths, labeled.labels.tolist())]
     return pairs, eval_items
 
 
@@ -994,8 +994,9 @@ class LiveModel:
     """The workspace's current anchor set as an incremental :class:`core.edits.EditSession`.
 
     ``accuracy``/``per_class`` describe the evaluation set now; :meth:`remove`, :meth:`add` and
-    :meth:`apply` (for undo/redo operations) re-score it in milliseconds. ``k`` is clamped to the
-    number of active pairs (``k_clamped`` tells when).
+    :meth:`apply` (for undo/redo operations) re-score it in milliseconds. ``k`` is clamped to half
+    the active pairs, so that pairs can still be removed from a small workspace (``k_clamped``
+    tells when).
     """
 
     def __init__(self, bank: Bank, active_ids: Iterable[int], progress=None):
@@ -1010,7 +1011,7 @@ class LiveModel:
             raise ValueError("This workspace has no labeled evaluation images for its classes; add "
                              "some on the Data page or change the class list in Settings.")
         pos = np.array([bank.pos_of[i] for i in active], dtype=np.int64)
-        self.k = min(bank.k, len(active))
+        self.k = min(bank.k, max(1, len(active) // 2))
         self.k_clamped = self.k < bank.k
         model = AsifModel(bank.img[bank.pair_img[pos]], bank.cap[pos], bank.pair_ids[pos],
                           bank.metadata(pos), k=self.k, p=bank.p,

@@ -28,7 +28,8 @@ top[1].metric("Anchor pairs", f"{model.n_anchors:,}")
 top[2].metric("Test pictures", f"{len(bank.eval_refs):,}")
 top[3].metric("Classes", len(classes))
 if model.k_clamped:
-    st.warning(f"k = {bank.k} is larger than the {model.n_anchors} anchor pairs; using k = {model.k}.")
+    st.info(f"k = {bank.k} is too large for {model.n_anchors} anchor pairs; using k = {model.k} "
+            "(half of them, so that pairs can still be removed). Change k in Settings.")
 
 
 # ----------------------------------------------------------------------------- choose a picture

@@ -11,6 +11,16 @@ from core.inversion import (ASIFObjective, CosineObjective, OpenClipTextEncoder,
 ARCH = "ViT-S-32"  # the smallest ViT CLIP config open_clip ships (384 wide)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The per-step work is tiny (a few tokens); on a busy 2-core box OpenMP spinning across 2 threads
+    made these steps 10-20x slower than 1 thread."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
 @pytest.fixture(scope="module")
 def clip():
     open_clip = pytest.importorskip("open_clip")
