@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.asif_common import CIFAR_TEMPLATES, machine  # noqa: E402
 from core.asif import (AsifModel, argmax_tolerant, build_prompts, class_candidates,  # noqa: E402
                        class_scores_from_candidates, signed_power64, sparse_matrix)
-from core.search import DedupIndex, exact_topk, l2_normalize  # noqa: E402
+from core.search import DedupIndex, exact_topk  # noqa: E402
 
 KS = [25, 50, 100, 200, 400, 800, 1600, 3200]
 PS = [1, 2, 4, 6, 8, 12, 16]

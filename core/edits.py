@@ -33,8 +33,8 @@ and :meth:`EditSession.current_model` lists live pairs in bank-row order, so a f
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -180,13 +180,24 @@ class _Neighbours:
     order (similarity desc, row asc); ``k ≤ length[q] ≤ K`` unless fewer than k anchors live.
     """
 
-    def __init__(self, queries: np.ndarray, side: str, bank: _Bank, k: int, K: int):
+    STATE_FIELDS = ("rows", "sims", "length")
+
+    def __init__(self, queries: np.ndarray, side: str, bank: _Bank, k: int, K: int,
+                 state: Mapping[str, np.ndarray] | None = None):
         self.q = queries
         self.side = side
         self.bank = bank
         self.k, self.K = k, K
         self.recomputed = 0
-        self._full_init()
+        if state is not None and state["rows"].shape == (queries.shape[0], K):
+            self.rows, self.sims, self.length = (np.array(state[f]) for f in self.STATE_FIELDS)
+            self._build_postings()
+        else:
+            self._full_init()
+
+    def state(self) -> dict[str, np.ndarray]:
+        """The lists as plain arrays (``rows``, ``sims``, ``length``), to restore with ``state=``."""
+        return {f: getattr(self, f) for f in self.STATE_FIELDS}
 
     def emb(self) -> np.ndarray:
         return self.bank.img if self.side == "img" else self.bank.txt
@@ -333,6 +344,16 @@ class _Neighbours:
         return qs[changed], old_rows[changed], old_sims[changed]
 
 
+def _split_state(neighbours: Mapping[str, np.ndarray] | None) -> dict[str, dict[str, np.ndarray]]:
+    """``{"img_rows": a, ...}`` -> ``{"img": {"rows": a, ...}}``, keeping only complete sides."""
+    sides: dict[str, dict[str, np.ndarray]] = {}
+    for key, array in (neighbours or {}).items():
+        side, _, name = key.partition("_")
+        sides.setdefault(side, {})[name] = array
+    return {side: fields for side, fields in sides.items()
+            if all(f in fields for f in _Neighbours.STATE_FIELDS)}
+
+
 class EditSession:
     """An ASIF model under curation, re-scoring a labeled evaluation set after every edit.
 
@@ -346,6 +367,8 @@ class EditSession:
     class_names : optional names ``[C]``.
     strategy : "mean" | "per-template" (default ``model.template_strategy``).
     slack : m, extra neighbours kept per query (default ``max(16, k // 4)``).
+    neighbours : the :meth:`neighbour_state` of a session built from the very same inputs, to skip
+        the initial top-(k+m) searches (the caller guarantees the inputs are the same).
 
     Everything is exact: after any edit, ``predictions`` equal those of
     ``current_model().classify(...)`` (up to ties closer than 1e-9, broken to the lowest class).
@@ -354,6 +377,7 @@ class EditSession:
     def __init__(self, model: AsifModel, eval_image_embeddings, eval_labels, prompt_embeddings,
                  prompt_classes=None, *, class_names: Sequence[str] | None = None,
                  strategy: str | None = None, slack: int | None = None,
+                 neighbours: Mapping[str, np.ndarray] | None = None,
                  progress: ProgressFn | None = None):
         self.k, self.p = model.k, model.p
         self.strategy = strategy or model.template_strategy
@@ -381,16 +405,23 @@ class EditSession:
         K = self.k + self.slack
         if progress:
             progress(0.0, "neighbours of the evaluation images")
-        self.img_side = _Neighbours(q, "img", self.bank, self.k, K)
+        saved = _split_state(neighbours)
+        self.img_side = _Neighbours(q, "img", self.bank, self.k, K, saved.get("img"))
         if progress:
             progress(0.8, "neighbours of the class prompts")
-        self.txt_side = _Neighbours(self.cand, "txt", self.bank, self.k, K)
+        self.txt_side = _Neighbours(self.cand, "txt", self.bank, self.k, K, saved.get("txt"))
         self._full_scores()
         self.history: list[tuple[str, np.ndarray]] = []   # committed edits: (kind, bank rows)
         self._redo: list[tuple[str, np.ndarray]] = []
         self.accuracy_log: list[float] = [self.accuracy]
         if progress:
             progress(1.0, "ready")
+
+    def neighbour_state(self) -> dict[str, np.ndarray]:
+        """The neighbour lists of both sides as ``{"img_rows": ..., "txt_sims": ...}`` plain arrays
+        (``np.savez`` them; pass them back as ``neighbours=`` to rebuild this session quickly)."""
+        return {f"{side.side}_{name}": array for side in (self.img_side, self.txt_side)
+                for name, array in side.state().items()}
 
     # ------------------------------------------------------------------ scoring
     def _full_scores(self):
@@ -807,7 +838,6 @@ class EditSession:
         b_r = _raw(txt.sims[pr, pos_p], p)
         e_p = txt.rows[pr, k]
         b_e = _raw(txt.sims[pr, k], p)
-        Q = self.labels.size
         # columns Pr for every query: D[:, Pr] + A·ΔBᵀ
         Dc = self.D[:, pr].copy()
         if pr.size:

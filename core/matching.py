@@ -274,7 +274,6 @@ class _Side:
             W = np.ones((N, 1))
             node_rowsum = a_row[None, :]  # [1, M]
             node_sq = np.array([float(np.vdot(self.A, self.A))])
-            node_upper = None
             return dict(k=kq, kappa=kappa, W=W, rowsum=node_rowsum, sq=node_sq, linear=True)
         Dq = _sq_dists_to(Q, self.base, self.b_sq)  # [N, M]
         if self.fixed_sigma is not None:

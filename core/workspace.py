@@ -31,7 +31,7 @@ import shutil
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -928,9 +928,6 @@ class Bank:
 # k, so it is kept next to the workspace as plain arrays (``state/neighbours-<fingerprint>.npz``, no
 # pickles) and a later start loads it instead of recomputing.
 
-_SNAPSHOT_LOCK = threading.Lock()
-
-
 def _fingerprint(*arrays) -> str:
     h = hashlib.sha256()
     for a in arrays:
@@ -948,44 +945,25 @@ def _snapshot_path(bank: "Bank", pos: np.ndarray, k: int) -> Path:
 
 
 def _session_with_snapshot(path: Path, build):
-    """``build()`` an EditSession, reusing saved neighbour lists when ``path`` holds them."""
-    from core import edits
-
-    original = edits._Neighbours
-    saved = {}
+    """``build(neighbours)`` an EditSession, reusing the neighbour lists saved at ``path`` (keyed by
+    a fingerprint of the inputs) and saving them there after a fresh build."""
+    saved = None
     if path.is_file():
         try:
             with np.load(path, allow_pickle=False) as f:
                 saved = {k: f[k] for k in f.files}
         except (OSError, ValueError):
-            saved = {}
-
-    class _Restored(original):  # type: ignore[misc, valid-type]
-        def _full_init(self):
-            rows, sims, length = (saved.get(f"{self.side}_{n}") for n in ("rows", "sims", "length"))
-            if getattr(self, "_restored", False) or rows is None or rows.shape != (self.q.shape[0], self.K):
-                return super()._full_init()  # only the very first init may come from the snapshot
-            self._restored = True
-            self.rows, self.sims, self.length = rows.copy(), sims.copy(), length.copy()
-            self._build_postings()
-
-    with _SNAPSHOT_LOCK:
-        edits._Neighbours = _Restored if saved else original
-        try:
-            session = build()
-        finally:
-            edits._Neighbours = original
-    if not saved:
+            saved = None
+    session = build(saved)
+    if saved is None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             for old in path.parent.glob("neighbours-*.npz"):
                 old.unlink(missing_ok=True)  # one snapshot per workspace is enough
             tmp = path.with_name(path.name + f".{os.getpid()}.tmp.npz")
-            np.savez(tmp, **{f"{side.side}_{n}": getattr(side, n)
-                             for side in (session.img_side, session.txt_side)
-                             for n in ("rows", "sims", "length")})
+            np.savez(tmp, **session.neighbour_state())
             os.replace(tmp, path)
-        except (OSError, AttributeError):
+        except OSError:
             pass  # the snapshot is an optimisation only
     return session
 
@@ -1019,9 +997,9 @@ class LiveModel:
                                 "text_encoder": bank.settings["text_encoder"]})
         snap_path = _snapshot_path(bank, pos, self.k)
         self.session = _session_with_snapshot(
-            snap_path, lambda: EditSession(model, bank.eval_vecs, bank.eval_labels, bank.prompts,
-                                           bank.prompt_classes, class_names=bank.classes,
-                                           progress=progress))
+            snap_path, lambda saved: EditSession(model, bank.eval_vecs, bank.eval_labels, bank.prompts,
+                                                 bank.prompt_classes, class_names=bank.classes,
+                                                 neighbours=saved, progress=progress))
         self.version = 0
         self._model = None
         self.lock = threading.RLock()  # serialises edits (the app's sessions share this model)

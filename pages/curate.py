@@ -1,7 +1,6 @@
 """Curate: find the anchor pairs that hurt, preview removing them, remove, undo; add pairs."""
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -25,22 +24,15 @@ def _fmt_pts(x: float) -> str:
     return f"{100 * x:+.1f} pts"
 
 
-@st.cache_resource(show_spinner=False, max_entries=8)
+@st.cache_resource(show_spinner="Comparing each pair's photo neighbourhood with its caption's "
+                   "(about a minute for 35,000 pairs)…", max_entries=8)
 def _suspicion(ws_path: str, key: str, n_pairs: int, _bank) -> dict:
-    """{pair_id: score} from helper C's label-free detector (None when unavailable)."""
+    """{pair_id: score} from the label-free detector :func:`core.matching.suspicious_pair_scores`."""
     from core.matching import suspicious_pair_scores
 
     b = _bank
     scores = suspicious_pair_scores(b.img[b.pair_img], b.cap, groups=b.pair_img)
     return {int(i): float(s) for i, s in zip(b.pair_ids, scores)}
-
-
-def suspicion_available() -> bool:
-    try:
-        from core.matching import suspicious_pair_scores  # noqa: F401
-        return True
-    except Exception:  # noqa: BLE001
-        return False
 
 
 def curate_panel():
@@ -91,19 +83,17 @@ def curate_panel():
     if df.empty:
         st.info("No anchor pair takes part in any prediction.")
         return
+    if st.session_state.get("suspicion_on"):
+        try:
+            scores = _suspicion(str(ws.path), model.bank.key, len(model.bank.pair_ids), model.bank)
+            df["suspicious"] = df["pair_id"].map(scores)
+        except ValueError as error:  # e.g. too few pairs to compare neighbourhoods
+            st.caption(f"Suspicious-pair scores unavailable: {error}")
     f1, f2 = st.columns([2, 1])
     search = f1.text_input("Find pairs whose caption contains", key="curate_search",
                            placeholder="e.g. dog, skateboard, water")
     sort = f2.selectbox("Sort by", ["most harmful", "most helpful", "most used"]
                         + (["most suspicious caption"] if "suspicious" in df else []), key="curate_sort")
-    if suspicion_available():
-        sus = st.session_state.get("suspicion_on")
-        if sus:
-            try:
-                scores = _suspicion(str(ws.path), model.bank.key, len(model.bank.pair_ids), model.bank)
-                df["suspicious"] = df["pair_id"].map(scores)
-            except Exception as error:  # noqa: BLE001 - optional column
-                st.caption(f"Suspicious-pair scores unavailable: {error}")
     if search:
         df = df[df["caption"].str.contains(search, case=False, regex=False, na=False)]
     if sort == "most helpful":
@@ -165,7 +155,7 @@ def curate_panel():
             st.rerun()
     else:
         c1.caption("Select one or more rows to preview the accuracy without them.")
-    if suspicion_available() and not st.session_state.get("suspicion_on"):
+    if not st.session_state.get("suspicion_on"):
         if st.button("Also score captions that may not match their photo (label-free)",
                      icon=":material/flag:"):
             st.session_state["suspicion_on"] = True

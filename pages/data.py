@@ -3,10 +3,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import streamlit as st
 

@@ -1,7 +1,6 @@
 """Workspaces: create (demo, uploads, folder), switch, duplicate, delete, export."""
 from __future__ import annotations
 
-import io
 import tempfile
 from pathlib import Path
 

@@ -9,6 +9,7 @@ user cache dir), so embeddings are computed once per machine and re-used across 
 * ``cifar_small``                 LabeledSet: the first 20 CIFAR-10 test images of each class (200)
 * ``cifar_small_embeddings``      [200, 1280] efficientnet-lite0 embeddings of ``cifar_small``
 * ``image_encoder`` / ``text_encoder``   the loaded efficientnet-lite0 / minilm encoders
+* ``demo_root``                   (function scope) a fresh workspaces folder with the app set to a small demo
 """
 from __future__ import annotations
 
@@ -88,3 +89,12 @@ def cifar_small_embeddings(cifar_small):
     from core.cache import embed_labeled
 
     return embed_labeled(cifar_small, IMAGE_ENCODER)
+
+
+@pytest.fixture
+def demo_root(data_root, tmp_path, monkeypatch) -> Path:
+    """An empty workspaces folder; the app (AppTest or a served one) will build a small demo in it."""
+    from app_helpers import small_env
+
+    small_env(monkeypatch, tmp_path)
+    return tmp_path

@@ -6,18 +6,7 @@ import time
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from app_helpers import APP, run_ready, small_env, texts
-from core import workspace as W
-
-
-@pytest.fixture
-def demo_root(tmp_path, monkeypatch):
-    try:
-        W.demo_root()
-    except ValueError:
-        pytest.skip("demo data not present")
-    small_env(monkeypatch, tmp_path)
-    return tmp_path
+from app_helpers import APP, run_ready, texts
 
 
 def _open_align(at, timeout=240.0):

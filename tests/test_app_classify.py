@@ -3,21 +3,10 @@ from __future__ import annotations
 
 import io
 
-import pytest
 from streamlit.testing.v1 import AppTest
 
-from app_helpers import APP, run_ready, small_env, texts
+from app_helpers import APP, run_ready, texts
 from core import workspace as W
-
-
-@pytest.fixture
-def demo_root(tmp_path, monkeypatch):
-    try:
-        W.demo_root()
-    except ValueError:
-        pytest.skip("demo data not present")
-    small_env(monkeypatch, tmp_path)
-    return tmp_path
 
 
 def test_first_start_creates_demo_and_explains(demo_root):

@@ -4,22 +4,11 @@ from __future__ import annotations
 import io
 import zipfile
 
-import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from app_helpers import APP, run_ready, small_env, texts
+from app_helpers import APP, run_ready, texts
 from core import workspace as W
-
-
-@pytest.fixture
-def demo_root(tmp_path, monkeypatch):
-    try:
-        W.demo_root()
-    except ValueError:
-        pytest.skip("demo data not present")
-    small_env(monkeypatch, tmp_path)
-    return tmp_path
 
 
 def _jpeg(color, size=(48, 40)) -> bytes:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from core.asif import (AsifModel, build_prompts, class_candidates, fit_temperature,
-                       relative_representation, softmax, sparse_scores)
+                       relative_representation, softmax)
 
 
 def _naive_rel(x, a, k, p):

@@ -77,6 +77,21 @@ def test_scores_match_fresh_session_after_edits():
     _check_against_full(s)
 
 
+def test_session_rebuilt_from_neighbour_state_edits_identically():
+    rng, P = _random_problem(4)
+    model = AsifModel(P["img"], P["txt"], k=12, p=5)
+    built = EditSession(model, P["q"], P["y"], P["prompts"], P["pc"], slack=4)
+    restored = EditSession(model, P["q"], P["y"], P["prompts"], P["pc"], slack=4,
+                           neighbours=built.neighbour_state())
+    np.testing.assert_array_equal(restored.predictions, built.predictions)
+    for _ in range(20):
+        ids = rng.choice(built.pair_ids, 3, replace=False)
+        built.remove(ids)
+        restored.remove(ids)
+        np.testing.assert_array_equal(restored.predictions, built.predictions)
+    _check_against_full(restored)
+
+
 def test_undo_restores_exactly_and_what_if_commits_nothing():
     rng, P = _random_problem(4)
     s = EditSession(AsifModel(P["img"], P["txt"], k=15, p=3), P["q"], P["y"], P["prompts"], P["pc"])

@@ -10,7 +10,6 @@ through the embedding cache. ``--json`` prints one object with at least ``accura
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
