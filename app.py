@@ -19,8 +19,6 @@ boot.mark()
 
 st.set_page_config(page_title="Rosetta", page_icon=":material/translate:", layout="wide")
 
-PAGES = ROOT / "pages"
-
 
 def page(file: str, title: str, icon: str, **kw):
     return st.Page(f"pages/{file}", title=title, icon=icon, **kw)
@@ -36,15 +34,11 @@ sections = {
         page("settings.py", "Settings", ":material/settings:"),
         page("workspaces.py", "Workspaces", ":material/folder_open:"),
     ],
+    "Labs": [
+        page("align.py", "Align", ":material/join:"),
+        page("invert.py", "Invert", ":material/swap_horiz:"),
+    ],
 }
-labs = []
-if (PAGES / "align.py").is_file():
-    labs.append(page("align.py", "Align", ":material/join:"))
-if (PAGES / "invert.py").is_file():
-    labs.append(page("invert.py", "Invert", ":material/swap_horiz:"))
-if labs:
-    sections["Labs"] = labs
-
 nav = st.navigation(sections)
 
 with st.sidebar:
