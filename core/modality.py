@@ -8,7 +8,6 @@ trained linear heads. Data come from ``core.data.demo_sources()`` (Flickr8k pair
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 

@@ -53,6 +53,19 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
+def open_page(playwright, width: int = 1400, height: int = 1400):
+    """``(browser, page)``: Debian's chromium, headless, driven by Playwright. Actions and ``expect``
+    wait up to 60 s (``expect``'s own default, 5 s, is too short on a busy 2-core CI machine)."""
+    from playwright.sync_api import expect
+
+    assert os.path.exists(CHROMIUM), "chromium is missing: apt-get install -y chromium (make test does)"
+    expect.set_options(timeout=60_000)
+    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    page = browser.new_page(viewport={"width": width, "height": height})
+    page.set_default_timeout(60_000)
+    return browser, page
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -2,26 +2,18 @@
 picture, remove a pair, see the accuracy change; saves the README screenshot to assets/."""
 from __future__ import annotations
 
-import os
 import re
 
 import pytest
 
-from app_helpers import (CHROMIUM, CHROMIUM_ARGS, ROOT, free_port, metric_value, start_server,
-                         stop_server)
+from app_helpers import ROOT, free_port, metric_value, open_page, start_server, stop_server
 from core import workspace as W
 
 SCREENSHOT = ROOT / "assets" / "dashboard.jpg"
 
 
 @pytest.fixture
-def server(tmp_path):
-    try:
-        W.demo_root()
-    except ValueError:
-        pytest.skip("demo data not present")
-    if not os.path.exists(CHROMIUM):
-        pytest.skip("chromium not installed (apt-get install -y chromium)")
+def server(data_root, tmp_path):
     port = free_port()
     proc = start_server(port, tmp_path / "ws", tmp_path / "server.log")
     yield f"http://127.0.0.1:{port}", tmp_path
@@ -33,9 +25,7 @@ def test_demo_classify_remove_accuracy_changes(server):
 
     url, tmp = server
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1440, "height": 1700})
-        page.set_default_timeout(60_000)
+        browser, page = open_page(p, 1440, 1700)
         page.goto(url)
         # the demo is created and embedded on first start (small demo: seconds on a warm cache)
         expect(page.get_by_text("It's a", exact=False).first).to_be_visible(timeout=240_000)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 
 PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "invert.py")
 

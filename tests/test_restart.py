@@ -1,23 +1,13 @@
 """Kill the server (SIGKILL) right after an edit, start it again: the edit is there."""
 from __future__ import annotations
 
-import os
 import re
 
-import pytest
-
-from app_helpers import (CHROMIUM, CHROMIUM_ARGS, free_port, metric_value, start_server,
-                         stop_server)
+from app_helpers import free_port, metric_value, open_page, start_server, stop_server
 from core import workspace as W
 
 
-def test_edit_survives_a_killed_server(tmp_path):
-    try:
-        W.demo_root()
-    except ValueError:
-        pytest.skip("demo data not present")
-    if not os.path.exists(CHROMIUM):
-        pytest.skip("chromium not installed (apt-get install -y chromium)")
+def test_edit_survives_a_killed_server(data_root, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
     spaces = tmp_path / "ws"
@@ -25,9 +15,7 @@ def test_edit_survives_a_killed_server(tmp_path):
     proc = start_server(port, spaces, tmp_path / "server.log")
     try:
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1400, "height": 1400})
-            page.set_default_timeout(60_000)
+            browser, page = open_page(p)
             page.goto(f"http://127.0.0.1:{port}")
             expect(page.get_by_text("image weight", exact=False).first).to_be_visible(timeout=240_000)
             n_before = int(metric_value(page, "Anchor pairs").replace(",", ""))
@@ -42,9 +30,7 @@ def test_edit_survives_a_killed_server(tmp_path):
     proc = start_server(port, spaces, tmp_path / "server.log")
     try:
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1400, "height": 1400})
-            page.set_default_timeout(60_000)
+            browser, page = open_page(p)
             page.goto(f"http://127.0.0.1:{port}/curate")  # a page URL first, on a fresh server
             expect(page.get_by_text("Anchor pairs, most harmful first")).to_be_visible(timeout=240_000)
             assert int(metric_value(page, "Anchor pairs").replace(",", "")) == n_before - 1

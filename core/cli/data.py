@@ -6,6 +6,8 @@ import json
 import sys
 import time
 
+from core.cli import ProgressBar
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     embed = subparsers.add_parser(
@@ -30,28 +32,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     info.set_defaults(run=run_info)
 
 
-class _Bar:
-    """tqdm progress bar on stderr fed by ``progress(done, total)`` callbacks."""
-
-    def __init__(self, desc: str, enabled: bool = True):
-        self.desc, self.enabled, self.bar = desc, enabled, None
-
-    def __call__(self, done: int, total: int) -> None:
-        if not self.enabled or total <= 0:
-            return
-        if self.bar is None:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, desc=self.desc, unit="item", file=sys.stderr, dynamic_ncols=True)
-        self.bar.total = total
-        self.bar.n = done
-        self.bar.refresh()
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 def run_embed(args: argparse.Namespace) -> int:
     from core import cache as C
     from core import data as D
@@ -67,7 +47,7 @@ def run_embed(args: argparse.Namespace) -> int:
             labeled = labeled.subset(range(min(args.limit, len(labeled))))
         if not len(labeled):
             raise ValueError(f"nothing to embed in {args.labeled}: {report.summary()}")
-        bar = _Bar(f"{args.image_encoder} images", show)
+        bar = ProgressBar(f"{args.image_encoder} images", show)
         try:
             result = C.embed(args.image_encoder, labeled.paths, labeled.keys, cache, bar,
                              args.batch_size)
@@ -89,12 +69,12 @@ def run_embed(args: argparse.Namespace) -> int:
             pairs = pairs.first_images(args.limit)
         if not len(pairs):
             raise ValueError(f"nothing to embed in {source}: {report.summary()}")
-        bar = _Bar(f"{args.image_encoder} images", show)
+        bar = ProgressBar(f"{args.image_encoder} images", show)
         try:
             img = C.embed(args.image_encoder, pairs.images, pairs.image_keys, cache, bar, args.batch_size)
         finally:
             bar.close()
-        bar = _Bar(f"{args.text_encoder} captions", show)
+        bar = ProgressBar(f"{args.text_encoder} captions", show)
         try:
             txt = C.embed(args.text_encoder, pairs.captions, None, cache, bar, args.batch_size)
         finally:

@@ -4,31 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-
-class _Bar:
-    """tqdm on stderr fed by ``progress(done, total)``."""
-
-    def __init__(self, desc: str, enabled: bool = True):
-        self.desc, self.enabled, self.bar = desc, enabled, None
-
-    def __call__(self, done: int, total: int) -> None:
-        if not self.enabled or total <= 0:
-            return
-        if self.bar is None:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, desc=self.desc, file=sys.stderr, dynamic_ncols=True)
-        self.bar.total, self.bar.n = total, done
-        self.bar.refresh()
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
+from core.cli import ProgressBar
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -143,12 +122,11 @@ def _caption_bank():
 
 
 def run_oti(args) -> int:
-    import numpy as np
 
     from core.inversion import OpenClipTextEncoder, nearest_vocabulary, oti
 
     paths = _image_paths(args.images)
-    bar = _Bar("OTI", not args.json)
+    bar = ProgressBar("OTI", not args.json)
     kw = dict(template=args.template, n_tokens=args.n_tokens, steps=args.steps or 150, lr=args.lr,
               weight_decay=args.weight_decay, seed=args.seed, batch_size=args.batch_size, device=args.device,
               amp=args.amp, progress=bar)
@@ -156,7 +134,7 @@ def run_oti(args) -> int:
         from core import modality as M
         from core.cache import embed_images
 
-        heads, _ = M.get_model(progress=_Bar("training heads", not args.json))
+        heads, _ = M.get_model(progress=ProgressBar("training heads", not args.json))
         feats = embed_images(M.IMAGE_ENCODER, paths)
         encoder = M.lit_text_encoder(heads)
         result = oti(encoder, heads.encode_image_features(feats), **kw)
@@ -204,11 +182,11 @@ def run_asif(args) -> int:
 
     paths = _image_paths(args.images)
     pairs = M.flickr_pairs(args.n_anchor_images)
-    img, txt, pair_image = M.pair_features(pairs, progress=_Bar("embedding anchors", not args.json))
+    img, txt, pair_image = M.pair_features(pairs, progress=ProgressBar("embedding anchors", not args.json))
     feats = embed_images(M.IMAGE_ENCODER, paths)
     k = min(args.k or DEFAULT_K, len(txt))
     p = args.p or DEFAULT_P
-    bar = _Bar("ASIF-space OTI", not args.json)
+    bar = ProgressBar("ASIF-space OTI", not args.json)
     result = M.asif_oti(feats, img[pair_image], txt, k, p, template=args.template, steps=args.steps or 150,
                         lr=args.lr, weight_decay=args.weight_decay, seed=args.seed, batch_size=args.batch_size,
                         device=args.device, amp=args.amp, progress=bar)
@@ -239,7 +217,7 @@ def run_ovi(args) -> int:
     bundle = _load_open_clip(arch, weights, device)
     with torch.no_grad():
         feats = bundle["model"].encode_text(bundle["tokenizer"](args.texts).to(device)).float().cpu().numpy()
-    bar = _Bar("OVI", not args.json)
+    bar = ProgressBar("OVI", not args.json)
     result = ovi(OpenClipVisionEncoder(bundle["model"]), feats, n_patches=args.n_patches, steps=args.steps or 1000,
                  lr=args.lr, weight_decay=args.weight_decay, seed=args.seed, batch_size=args.batch_size,
                  device=device, amp=args.amp, progress=bar)
@@ -255,7 +233,7 @@ def run_experiments(args) -> int:
 
     from core.contrastive import DEFAULT_HEADS
 
-    heads, meta = M.get_model(args.heads or DEFAULT_HEADS, progress=_Bar("training heads", not args.json))
+    heads, meta = M.get_model(args.heads or DEFAULT_HEADS, progress=ProgressBar("training heads", not args.json))
     which = [w.strip() for w in args.which.split(",") if w.strip()]
     out: dict = {"model": meta.get("training", {})}
     lines = []
@@ -278,7 +256,7 @@ def run_experiments(args) -> int:
                                                         queries_per_class=args.queries_per_class)
             lines += [f"projection {r}" for r in out["projection"]]
         elif w == "image":
-            bar = _Bar("OTI queries", not args.json)
+            bar = ProgressBar("OTI queries", not args.json)
             r = M.image_retrieval_experiment(heads, args.per_class, args.queries_per_class, steps=args.steps,
                                              seed=args.seed, batch_size=args.batch_size, progress=bar)
             bar.close()
@@ -287,7 +265,7 @@ def run_experiments(args) -> int:
             lines.append(f"image->image mAP: native {r['native_mAP']:.2f}, OTI {r['oti_mAP']:.2f}, "
                          f"native+OTI {r['native_plus_oti_mAP']:.2f}")
         elif w == "asif":
-            bar = _Bar("ASIF-space OTI", not args.json)
+            bar = ProgressBar("ASIF-space OTI", not args.json)
             out["asif_oti"] = M.asif_oti_experiment(args.n_images, per_class=args.asif_per_class, steps=args.steps,
                                                     seed=args.seed, batch_size=args.batch_size, progress=bar)
             bar.close()
@@ -319,7 +297,7 @@ def run_train(args) -> int:
         value = getattr(args, name)
         if value is not None:
             cfg = replace(cfg, **{name: value})
-    bar = _Bar("training", not args.json)
+    bar = ProgressBar("training", not args.json)
     result = M.train_on_flickr(args.n_images, cfg, progress=bar)
     bar.close()
     summary = result.summary()
