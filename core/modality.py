@@ -89,9 +89,6 @@ def train_on_flickr(n_images: Optional[int] = None, config: Optional[Contrastive
     return result
 
 
-_MODEL_CACHE: dict[str, ContrastiveHeads] = {}
-
-
 def get_model(path: str | Path = DEFAULT_HEADS, train_if_missing: bool = True,
               progress: Optional[ProgressFn] = None) -> tuple[ContrastiveHeads, dict]:
     """The trained heads (``assets/``); trained on first use (all Flickr8k pairs) if absent."""
