@@ -49,30 +49,15 @@ def _synthetic_bank(ws, seed: int = 0):
         x = rng.standard_normal((n, d)).astype(np.float32)
         return x / np.linalg.norm(x, axis=1, keepdims=True)
 
-    b = object.__new__(W.Bank)
-    s = ws.settings()
-    pairs = ws.all_pairs()
-    b.ws_path, b.settings, b.key = ws.path, s, W.settings_key(s)
-    b.k, b.p, b.classes, b.templates = int(s["k"]), float(s["p"]), list(s["classes"]), list(s["templates"])
-    b.pair_ids = np.array([p.pair_id for p in pairs], dtype=np.int64)
-    b.pos_of = {int(i): j for j, i in enumerate(b.pair_ids)}
-    b.captions = [p.caption for p in pairs]
-    b.pair_refs = [p.image for p in pairs]
-    unique: dict[str, int] = {}
-    b.pair_img = np.array([unique.setdefault(r, len(unique)) for r in b.pair_refs], dtype=np.int64)
-    b.img_refs = list(unique)
-    items = ws.eval_items()
-    idx = {c: i for i, c in enumerate(b.classes)}
-    b.eval_refs = [e.image for e in items]
-    b.eval_labels = np.array([idx[e.label] for e in items], dtype=np.int64)
+    b = W.Bank.without_vectors(ws)
     # a little structure so that predictions are not all ties: class directions in both spaces
     ci, ct = unit(len(b.classes), 1280), unit(len(b.classes), 384)
     img_cls = rng.integers(0, len(b.classes), len(b.img_refs))
     b.img = unit(len(b.img_refs), 1280) + 0.5 * ci[img_cls]
     b.img /= np.linalg.norm(b.img, axis=1, keepdims=True)
-    b.cap = unit(len(pairs), 384) + 0.5 * ct[img_cls[b.pair_img]]
+    b.cap = unit(len(b.pair_ids), 384) + 0.5 * ct[img_cls[b.pair_img]]
     b.cap /= np.linalg.norm(b.cap, axis=1, keepdims=True)
-    b.eval_vecs = unit(len(items), 1280) + 0.5 * ci[b.eval_labels]
+    b.eval_vecs = unit(len(b.eval_refs), 1280) + 0.5 * ci[b.eval_labels]
     b.eval_vecs /= np.linalg.norm(b.eval_vecs, axis=1, keepdims=True)
     prompts, b.prompt_classes = build_prompts(b.classes, b.templates)
     b.prompts = ct[b.prompt_classes] + 0.1 * unit(len(prompts), 384)

@@ -828,26 +828,8 @@ class Bank:
         from core.asif import build_prompts
 
         report = progress or (lambda f, m: None)
-        self.ws_path = ws.path
-        self.settings = ws.settings()
-        self.key = _settings_key(self.settings)
+        self._read_layout(ws)
         s = self.settings
-        self.k, self.p = int(s["k"]), float(s["p"])
-        self.classes = list(s["classes"])
-        self.templates = list(s["templates"])
-        pairs = ws.all_pairs()
-        self.pair_ids = np.array([p.pair_id for p in pairs], dtype=np.int64)
-        self.pos_of = {int(pid): i for i, pid in enumerate(self.pair_ids)}
-        self.captions = [p.caption for p in pairs]
-        self.pair_refs = [p.image for p in pairs]
-        unique: dict[str, int] = {}
-        self.pair_img = np.array([unique.setdefault(r, len(unique)) for r in self.pair_refs], dtype=np.int64)
-        self.img_refs = list(unique)
-        label_index = {c: i for i, c in enumerate(self.classes)}
-        items = [e for e in ws.eval_items() if e.label in label_index]
-        self.eval_refs = [e.image for e in items]
-        self.eval_labels = np.array([label_index[e.label] for e in items], dtype=np.int64)
-
         paths = [str(ws.resolve(r)) for r in self.img_refs]
         eval_paths = [str(ws.resolve(r)) for r in self.eval_refs]
         missing = [p for p in paths + eval_paths if not os.path.isfile(p)]
@@ -873,6 +855,35 @@ class Bank:
         prompts, self.prompt_classes = build_prompts(self.classes, self.templates)
         self.prompts = _embed_texts(s["text_encoder"], prompts)
         report(1.0, "Embeddings ready")
+
+    @classmethod
+    def without_vectors(cls, ws: Workspace) -> "Bank":
+        """The workspace's pairs, evaluation items and settings with no vectors yet (for benchmarks
+        that fill in synthetic ``img``, ``cap``, ``eval_vecs``, ``prompts``)."""
+        bank = object.__new__(cls)
+        bank._read_layout(ws)
+        return bank
+
+    def _read_layout(self, ws: Workspace) -> None:
+        self.ws_path = ws.path
+        self.settings = ws.settings()
+        self.key = _settings_key(self.settings)
+        s = self.settings
+        self.k, self.p = int(s["k"]), float(s["p"])
+        self.classes = list(s["classes"])
+        self.templates = list(s["templates"])
+        pairs = ws.all_pairs()
+        self.pair_ids = np.array([p.pair_id for p in pairs], dtype=np.int64)
+        self.pos_of = {int(pid): i for i, pid in enumerate(self.pair_ids)}
+        self.captions = [p.caption for p in pairs]
+        self.pair_refs = [p.image for p in pairs]
+        unique: dict[str, int] = {}
+        self.pair_img = np.array([unique.setdefault(r, len(unique)) for r in self.pair_refs], dtype=np.int64)
+        self.img_refs = list(unique)
+        label_index = {c: i for i, c in enumerate(self.classes)}
+        items = [e for e in ws.eval_items() if e.label in label_index]
+        self.eval_refs = [e.image for e in items]
+        self.eval_labels = np.array([label_index[e.label] for e in items], dtype=np.int64)
 
     @property
     def pair_vecs(self) -> np.ndarray:
