@@ -61,6 +61,6 @@ with st.sidebar:
         s = ws.settings()
         c = ws.counts()
         st.caption(f"{c['pairs']:,} anchor pairs · {c['eval']:,} test images · "
-                   f"{s['image_encoder']} + {s['text_encoder']} · k={s['k']}, p={s['p']}")
+                   f"{s['image_encoder']} + {s['text_encoder']} · k={s['k']}, p={s['p']:g}")
 
 nav.run()
