@@ -169,10 +169,10 @@ if go_button:
             bank = heads.encode_text_features(demo["txt"])
             native = M.nearest_texts(heads.encode_image_features(feats), bank, pairs.captions, 8)[0]
         else:
-            k = min(int(settings["k"]), len(demo["txt"]) - 1)
             anchors = np.arange(len(demo["txt"]))
             if image_index is not None:  # the picture's own pairs are not anchors
                 anchors = anchors[demo["pair_image"] != image_index]
+            k = min(int(settings["k"]), max(1, len(anchors) // 2))  # the workspace rule for small sets
             result = M.asif_oti(feats, demo["img"][demo["pair_image"][anchors]], demo["txt"][anchors], k,
                                 float(settings["p"]), steps=steps, seed=seed, on_loss=on_loss)
             from core.contrastive import MiniLMTextEncoder

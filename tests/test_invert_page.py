@@ -8,10 +8,9 @@ from pathlib import Path
 PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "invert.py")
 
 
-def test_invert_page_flow(flickr_embeddings, monkeypatch):
+def test_invert_page_flow(flickr_embeddings, demo_root, monkeypatch):
     from streamlit.testing.v1 import AppTest
 
-    monkeypatch.setenv("ROSETTA_APPTEST", "1")
     monkeypatch.setenv("ROSETTA_INVERT_IMAGES", "30")  # within the cached fixture subset
     at = AppTest.from_file(PAGE, default_timeout=300).run()
     assert not at.exception
