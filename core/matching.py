@@ -383,33 +383,31 @@ class LocalCKA:
         """Local CKA [N_src, N_tgt] of every source query with every target query."""
         return self.score_prepared(self.prepare_src(src_query), self.prepare_tgt(tgt_query))
 
+    def _base_inner(self, Ps: dict, Pt: dict) -> np.ndarray:
+        """G with ``<A_i, C_j> = W_i G W_j'``: the base blocks' inner products at the nodes."""
+        if Ps["linear"]:
+            return np.array([[float(np.vdot(self.src.A, self.tgt.A))]])
+        return 2.0 * (Ps["upper"] @ Pt["upper"].T) + self.M
+
     def score_prepared(self, Ps: dict, Pt: dict) -> np.ndarray:
         """Local CKA [N_src, N_tgt] from :meth:`prepare_src` / :meth:`prepare_tgt` results."""
         Ts, Tt = Ps["self"], Pt["self"]
         n = self.M + 1
-        # <A_i, C_j> = W_i G V_j'
-        if Ps["linear"]:
-            G = np.array([[float(np.vdot(self.src.A, self.tgt.A))]])
-        else:
-            G = 2.0 * (Ps["upper"] @ Pt["upper"].T) + self.M
-        AC = Ps["W"] @ G @ Pt["W"].T
+        AC = Ps["W"] @ self._base_inner(Ps, Pt) @ Pt["W"].T  # <A_i, C_j> for every i, j
         trKL = AC + 2.0 * (Ps["k"] @ Pt["k"].T) + np.outer(Ps["kappa"], Pt["kappa"])
         K1L1 = Ts["K1_top"] @ Tt["K1_top"].T + np.outer(Ts["K1_last"], Tt["K1_last"])
         num = trKL - 2.0 / n * K1L1 + np.outer(Ts["tot"], Tt["tot"]) / n**2
         den = np.sqrt(np.outer(Ts["self_hsic"], Tt["self_hsic"]))
         return num / den
 
-
     def score_pairs_prepared(self, Ps: dict, Pt: dict) -> np.ndarray:
         """Local CKA of row-aligned pairs only: ``[N]`` with entry i = localCKA(src_i, tgt_i)."""
         Ts, Tt = Ps["self"], Pt["self"]
         n = self.M + 1
-        if Ps["linear"]:
-            G = np.array([[float(np.vdot(self.src.A, self.tgt.A))]])
-        else:
-            G = 2.0 * (Ps["upper"] @ Pt["upper"].T) + self.M
-        rowdot = lambda A, B: np.einsum("ij,ij->i", A, B)
-        AC = rowdot(Ps["W"] @ G, Pt["W"])
+        def rowdot(A, B):
+            return np.einsum("ij,ij->i", A, B)
+
+        AC = rowdot(Ps["W"] @ self._base_inner(Ps, Pt), Pt["W"])
         trKL = AC + 2.0 * rowdot(Ps["k"], Pt["k"]) + Ps["kappa"] * Pt["kappa"]
         K1L1 = rowdot(Ts["K1_top"], Tt["K1_top"]) + Ts["K1_last"] * Tt["K1_last"]
         num = trKL - 2.0 / n * K1L1 + Ts["tot"] * Tt["tot"] / n**2
