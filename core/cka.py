@@ -184,12 +184,17 @@ def _hsic_unbiased_parts(Kt, rk, sk, Lt, rl, sl) -> float:
     return (tr + sk * sl / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * float(rk @ rl)) / (n * (n - 3))
 
 
-def hsic(K, L, *, unbiased: bool = False) -> float:
-    """HSIC between two Gram matrices [n, n]: biased (eq. 2.2) or unbiased (Song et al. 2012)."""
+def _check_gram_pair(K, L) -> tuple[np.ndarray, np.ndarray]:
     K = _check_gram("K", K)
     L = _check_gram("L", L)
     if K.shape != L.shape:
         raise ValueError(f"K and L must have the same shape; got {K.shape} and {L.shape}.")
+    return K, L
+
+
+def hsic(K, L, *, unbiased: bool = False) -> float:
+    """HSIC between two Gram matrices [n, n]: biased (eq. 2.2) or unbiased (Song et al. 2012)."""
+    K, L = _check_gram_pair(K, L)
     if unbiased:
         return _hsic_unbiased_parts(*_unbiased_parts(K), *_unbiased_parts(L))
     return _hsic_biased_centered(center_gram(K), L)
@@ -207,10 +212,7 @@ def _ratio(kl: float, kk: float, ll: float) -> float:
 
 def kernel_cka(K, L, *, unbiased: bool = False) -> float:
     """CKA between two precomputed Gram matrices [n, n] (eq. 2.1), biased or unbiased HSIC."""
-    K = _check_gram("K", K)
-    L = _check_gram("L", L)
-    if K.shape != L.shape:
-        raise ValueError(f"K and L must have the same shape; got {K.shape} and {L.shape}.")
+    K, L = _check_gram_pair(K, L)
     if unbiased:
         pk = _unbiased_parts(K)
         pl = _unbiased_parts(L)

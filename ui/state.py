@@ -194,36 +194,30 @@ def remove_pairs(ws: W.Workspace, model, pair_ids, note: str = ""):
     return result
 
 
-def undo(ws: W.Workspace, model):
+def _step_history(ws: W.Workspace, model, direction: str):
+    """Undo or redo the latest edit: re-score in place when the live model holds it, otherwise
+    commit the step and rebuild the model from the log in the background."""
     with model.lock:
-        op = ws.peek_undo()
-        if op is None:
-            raise ValueError("Nothing to undo.")
-        if model.session.can_undo:
-            result = model.undo()
-        else:  # this model was built after the edit: rebuild from the log after committing
-            result = None
-        ws.undo(accuracy=None if result is None else result.accuracy,
-                per_class=None if result is None else model.per_class)
+        peek = ws.peek_undo if direction == "undo" else ws.peek_redo
+        if peek() is None:
+            raise ValueError(f"Nothing to {direction}.")
+        can = model.session.can_undo if direction == "undo" else model.session.can_redo
+        result = getattr(model, direction)() if can else None
+        getattr(ws, direction)(accuracy=None if result is None else result.accuracy,
+                               per_class=None if result is None else model.per_class)
     if result is None:
         model_job(ws, restart=True)
         return None
-    _record("undo", result)
+    _record(direction, result)
     return result
+
+
+def undo(ws: W.Workspace, model):
+    return _step_history(ws, model, "undo")
 
 
 def redo(ws: W.Workspace, model):
-    with model.lock:
-        if ws.peek_redo() is None:
-            raise ValueError("Nothing to redo.")
-        result = model.redo() if model.session.can_redo else None
-        ws.redo(accuracy=None if result is None else result.accuracy,
-                per_class=None if result is None else model.per_class)
-    if result is None:
-        model_job(ws, restart=True)
-        return None
-    _record("redo", result)
-    return result
+    return _step_history(ws, model, "redo")
 
 
 def add_pairs(ws: W.Workspace, model, pairs, note: str = ""):
