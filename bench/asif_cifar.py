@@ -28,8 +28,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.asif_common import CIFAR_TEMPLATES, machine  # noqa: E402
 from core.asif import (AsifModel, argmax_tolerant, build_prompts, class_candidates,  # noqa: E402
-                       class_scores_from_candidates, signed_power64, sparse_matrix)
-from core.search import DedupIndex, exact_topk  # noqa: E402
+                       class_scores_from_candidates, process_similarities, sparse_scores)
+from core.search import ExactIndex, exact_topk  # noqa: E402
 
 KS = [25, 50, 100, 200, 400, 800, 1600, 3200]
 PS = [1, 2, 4, 6, 8, 12, 16]
@@ -72,17 +72,11 @@ def load(image_encoder: str, text_encoder: str, allow_partial: bool):
 
 
 def scores_from_topk(ii, si, it, st, k, p, n, cand_cls, n_classes):
-    a = sparse_matrix(ii[:, :k], _norm(signed_power64(si[:, :k], p)), n)
-    b = sparse_matrix(it[:, :k], _norm(signed_power64(st[:, :k], p)), n)
-    s = np.asarray((a.astype(np.float64) @ b.T.astype(np.float64)).toarray())
+    """Class scores at (k, p) from top-k_max searches: the recipe on the first k columns."""
+    s = sparse_scores(ii[:, :k], process_similarities(si[:, :k], p),
+                      it[:, :k], process_similarities(st[:, :k], p), n)
     cls, _ = class_scores_from_candidates(s, cand_cls, n_classes)
     return cls
-
-
-def _norm(raw):
-    n = np.sqrt((raw * raw).sum(1, keepdims=True))
-    n[n == 0] = 1
-    return (raw / n).astype(np.float32)
 
 
 def main(argv=None) -> int:
@@ -106,8 +100,7 @@ def main(argv=None) -> int:
     if "strategies" in args.parts or "heatmap" in args.parts:
         kmax = min(max(KS), N)
         t = time.perf_counter()
-        dd = DedupIndex(D["img"])
-        ii, si = dd.topk(q, kmax) if dd.useful else exact_topk(q, D["img"], kmax)
+        ii, si = ExactIndex(D["img"]).topk(q, kmax)
         res["search_s"] = round(time.perf_counter() - t, 1)
         for strategy in ("mean", "per-template"):
             cand, cc = class_candidates(D["prompts"], D["pc"], strategy, C)

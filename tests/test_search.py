@@ -110,10 +110,112 @@ def test_block_topk_path_and_dedup_index_equal_plain_search():
     q[3] = u[11]
     sims = similarity_block(q, base)
     naive = np.lexsort((np.broadcast_to(np.arange(15000), sims.shape), -sims), axis=-1)[:, :100]
-    plain_i, plain_v = exact_topk(q, base, 100)  # 15000 >= 64 * 116: the block-max top-k path
+    plain_i, plain_v = exact_topk(q, base, 100)  # 15000 >= 128 * 116: the block-max top-k path
     np.testing.assert_array_equal(plain_i, naive)
     index = DedupIndex(base)
-    assert index.useful and index.unique.shape[0] == 3000
+    assert index.unique.shape[0] == 3000
     di, dv = index.topk(q, 100)
     np.testing.assert_array_equal(di, plain_i)
     np.testing.assert_array_equal(dv, plain_v)
+
+
+def test_block_topk_keeps_the_columns_past_the_last_full_block():
+    from core.search import _block_topk
+
+    rng = np.random.default_rng(7)
+    n, kk = 128 * 40 + 5, 40  # 8 strided blocks and 5 tail columns outside them
+    sims = torch.from_numpy(rng.normal(size=(30, n)).astype(np.float32))
+    sims[:, -5:] += 10.0  # the tail holds each row's five best columns
+    v, i = _block_topk(sims, kk)
+    expected = torch.topk(sims, kk, dim=1).values
+    np.testing.assert_array_equal(np.sort(v.numpy(), 1), np.sort(expected.numpy(), 1))
+    assert set(range(n - 5, n)) <= set(i[0].tolist())
+
+
+def test_distinct_rows_separates_rows_that_agree_on_the_probe_columns():
+    from core.search import distinct_rows
+
+    rng = np.random.default_rng(8)
+    base = rng.normal(size=(60, 100)).astype(np.float32)
+    base[20:40] = base[:20]                      # 20 exact duplicates
+    base[40:60] = base[:20]
+    base[40:60, 1] += 1.0                        # column 1 is not one of the 16 probe columns
+    first, inverse = distinct_rows(base)
+    _, ref_first, ref_inverse = np.unique(base, axis=0, return_index=True, return_inverse=True)
+    assert first.tolist() == sorted(ref_first.tolist()) and first.size == 40
+    np.testing.assert_array_equal(base[first][inverse], base)
+
+
+def test_dedup_index_with_uneven_copies_and_tied_distinct_rows():
+    from core.search import DedupIndex
+
+    rng = np.random.default_rng(9)
+    u = _unit(rng, 400, 12)
+    u[7] = u[3]
+    u[7, 11] += 0.5                               # differs from u3 only where the first queries are 0
+    copies = rng.integers(1, 8, size=400)         # 1 to 7 copies per distinct row
+    base = np.repeat(u, copies, axis=0)[rng.permutation(int(copies.sum()))]
+    q = _unit(rng, 90, 12)
+    q[:5] = u[3] + 0.1 * q[:5]
+    q[:5, 11] = 0.0                               # so u3 and u7 tie exactly, near the top
+    sims = similarity_block(q, base)
+    canonical = np.lexsort((np.broadcast_to(np.arange(base.shape[0]), sims.shape), -sims), axis=-1)
+    index = DedupIndex(base)
+    for k in (1, 37, 250, base.shape[0]):
+        di, dv = index.topk(q, k)
+        np.testing.assert_array_equal(di, canonical[:, :k])
+        np.testing.assert_array_equal(dv, np.take_along_axis(sims, di, 1))
+
+
+def test_canonical_order_equals_lexsort_with_negatives_zeros_and_ties():
+    from core.search import canonical_order
+
+    rng = np.random.default_rng(10)
+    values = rng.choice(np.array([-1.0, -0.5, -0.0, 0.0, 1e-30, 0.25, 0.5, 1.0], dtype=np.float32),
+                        size=(50, 40))
+    indices = np.stack([rng.permutation(2 ** 32 - 1 - np.arange(100))[:40] for _ in range(50)])
+    got_i, got_v = canonical_order(indices, values)
+    order = np.lexsort((indices, -values), axis=-1)
+    np.testing.assert_array_equal(got_i, np.take_along_axis(indices, order, -1))
+    np.testing.assert_array_equal(got_v, np.take_along_axis(values, order, -1))
+    with pytest.raises(ValueError):
+        canonical_order(np.array([[-1]]), np.array([[0.5]], dtype=np.float32))
+
+
+def test_exact_index_searches_repeated_rows_once_and_equals_exact_topk():
+    from core.search import ExactIndex
+
+    rng = np.random.default_rng(11)
+    distinct = _unit(rng, 1500, 16)
+    repeated = np.repeat(_unit(rng, 300, 16), 5, axis=0)
+    q = _unit(rng, 40, 16)
+    for base, searched_once in [(distinct, False), (repeated, True), (repeated[:900], False)]:
+        index = ExactIndex(base)
+        assert (index.dedup is not None) == searched_once  # fewer than 1,000 rows: plain search
+        got = index.topk(q, 60)
+        want = exact_topk(q, base, 60)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+    with pytest.raises(ValueError):
+        ExactIndex(repeated).topk(q, 1501)
+
+
+def test_later_tiles_keep_only_values_above_the_running_kth_best():
+    from core.search import _above, tile_shape
+
+    rng = np.random.default_rng(12)
+    base = _unit(rng, 20000, 8)
+    base[15000:15400] = base[100:500]           # exact ties between an early and a late tile
+    q = _unit(rng, 30, 8)
+    memory = 30 * 2000 * 4
+    assert tile_shape(30, 20000, memory) == (30, 2000)  # ten tiles
+    idx, val = exact_topk(q, base, 20, memory_bytes=memory)
+    sims = similarity_block(q, base)
+    canonical = np.lexsort((np.broadcast_to(np.arange(20000), sims.shape), -sims), axis=-1)[:, :20]
+    np.testing.assert_array_equal(idx, canonical)
+    tile = torch.from_numpy(sims[:, 18000:])
+    kth = torch.from_numpy(np.sort(sims[:, :18000], axis=1)[:, -36])
+    values, cols = _above(tile, kth)             # the pruned path is taken on the last tile …
+    expected = [set(np.flatnonzero(row > t)) for row, t in zip(sims[:, 18000:], kth.numpy())]
+    got = [set(c[v > -np.inf].tolist()) for c, v in zip(cols.numpy(), values.numpy())]
+    assert all(e <= g for e, g in zip(expected, got))  # … and keeps every value above the threshold
