@@ -42,10 +42,10 @@ ProgressFn = Callable[[float, str], None]
 #: "per-template" makes every (class, template) prompt its own candidate and a class scores the max
 #: over its prompts (what the reference code does).
 TEMPLATE_STRATEGIES = ("mean", "per-template")
-#: Chosen from the CIFAR-10 measurement in docs/RESULTS.md ("## ASIF engine", (c)): at k=800, p=8
-#: with all 35,000 Flickr8k pairs, "mean" wins for three of the four offline encoder pairs and by
-#: 1.1 points on average (lite0+mpnet 42.6 vs 41.3 %, lite2+minilm 41.9 vs 40.3 %, lite2+mpnet 45.2
-#: vs 42.9 %; lite0+minilm 41.1 vs 41.7 %), and it scores one candidate per class instead of eight.
+#: Chosen from the CIFAR-10 measurement in docs/RESULTS.md ("## ASIF engine", (c)): all 10,000 test
+#: images, all 35,000 Flickr8k pairs, k=800, p=8. "mean" wins for three of the four offline encoder
+#: pairs (lite0+mpnet 42.6 vs 41.3 %, lite2+minilm 40.8 vs 40.6 %, lite2+mpnet 43.9 vs 43.1 %;
+#: lite0+minilm 41.1 vs 41.7 %), and it scores one candidate per class instead of eight.
 DEFAULT_TEMPLATE_STRATEGY = "mean"
 DEFAULT_K = 800
 DEFAULT_P = 8.0
