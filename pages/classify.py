@@ -182,9 +182,9 @@ def pairs_panel():
                     try:
                         state.remove_pairs(ws, live, [r["pair_id"]], note="from Classify & explain")
                         st.session_state["last_edit"]["where"] = "classify"
+                        st.rerun()  # only on success: a rerun would wipe the message below
                     except ValueError as error:
                         st.error(str(error))
-                    st.rerun()
 
 
 pairs_panel()

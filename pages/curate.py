@@ -49,17 +49,17 @@ def curate_panel():
         if st.button("Undo", icon=":material/undo:", disabled=ws.peek_undo() is None, width="stretch"):
             try:
                 state.undo(ws, model)
+                st.rerun()  # only on success: a rerun would wipe the message below
             except ValueError as error:
                 st.error(str(error))
-            st.rerun()
     with m4:
         st.write("")
         if st.button("Redo", icon=":material/redo:", disabled=ws.peek_redo() is None, width="stretch"):
             try:
                 state.redo(ws, model)
+                st.rerun()  # only on success: a rerun would wipe the message below
             except ValueError as error:
                 st.error(str(error))
-            st.rerun()
     last = st.session_state.get("last_edit")
     if last:
         st.success(f"{last['kind'].capitalize()} of {len(last['pairs'])} pair(s): accuracy "
@@ -150,9 +150,9 @@ def curate_panel():
             try:
                 state.remove_pairs(ws, model, chosen, note="from Curate")
                 st.session_state.pop("curate_ids", None)
+                st.rerun()  # only on success: a rerun would wipe the message below
             except ValueError as error:
                 st.error(str(error))
-            st.rerun()
     else:
         c1.caption("Select one or more rows to preview the accuracy without them.")
     if not st.session_state.get("suspicion_on"):
