@@ -4,7 +4,7 @@ bare GEMM of the same shape (the hardware floor), same inputs, one run.
     python bench/asif_throughput.py --source real                       # cached Flickr8k x CIFAR-10 test
     python bench/asif_throughput.py --source synthetic --n 35000 --q 10000 --d-img 1280 --d-txt 384
     python bench/asif_throughput.py --source synthetic --n 1000000 --q 10000 --d-img 384 --d-txt 384 \
-        --ref-mem-gb 2
+        --methods gemm rosetta reference --repeats 1
 
 Every method runs --repeats times, round-robin; the table takes each method's fastest run (the
 machine is shared, so slow spells are noise on top of the work) and also prints the medians.
