@@ -44,22 +44,16 @@ def curate_panel():
     delta = None if baseline is None or not ws.edits() else _fmt_pts(model.accuracy - baseline) + " vs. start"
     m1.metric("Accuracy on the evaluation set", pct(model.accuracy), delta=delta)
     m2.metric("Anchor pairs", f"{model.n_anchors:,}")
-    with m3:
-        st.write("")
-        if st.button("Undo", icon=":material/undo:", disabled=ws.peek_undo() is None, width="stretch"):
-            try:
-                state.undo(ws, model)
-                st.rerun()  # only on success: a rerun would wipe the message below
-            except ValueError as error:
-                st.error(str(error))
-    with m4:
-        st.write("")
-        if st.button("Redo", icon=":material/redo:", disabled=ws.peek_redo() is None, width="stretch"):
-            try:
-                state.redo(ws, model)
-                st.rerun()  # only on success: a rerun would wipe the message below
-            except ValueError as error:
-                st.error(str(error))
+    for column, label, step, pending in ((m3, "Undo", state.undo, ws.peek_undo()),
+                                         (m4, "Redo", state.redo, ws.peek_redo())):
+        with column:
+            st.write("")
+            if st.button(label, icon=f":material/{label.lower()}:", disabled=pending is None, width="stretch"):
+                try:
+                    step(ws, model)
+                    st.rerun()  # only on success: a rerun would wipe the message below
+                except ValueError as error:
+                    st.error(str(error))
     last = st.session_state.get("last_edit")
     if last:
         st.success(f"{last['kind'].capitalize()} of {len(last['pairs'])} pair(s): accuracy "
