@@ -122,7 +122,6 @@ def main(argv=None) -> int:
             res.setdefault("heatmap_best", {})[strategy] = {"k": int(kb), "p": float(pb), "accuracy": grid[f"{kb},{pb}"]}
     strategy = res.get("best_strategy_at_800_8", "mean")
     if "anchors" in args.parts:
-        rng = np.random.default_rng(0)
         curve = []
         for n in [500, 1000, 2000, 4000, 8000, 16000, 35000]:
             if n > N:
@@ -138,7 +137,6 @@ def main(argv=None) -> int:
             if n == N:
                 break
         res["anchors_curve"] = curve
-        del rng
     if "adjust" in args.parts:
         from core.cache import embed_texts
         from core.edits import EditSession

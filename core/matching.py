@@ -363,19 +363,17 @@ class LocalCKA:
 
     def prepare_src(self, src_query) -> dict:
         """Per-query pieces of source queries [N, d_src] (reusable across :meth:`score_prepared` calls)."""
-        sq = _f64("src_query", src_query)
-        if sq.shape[1] != self.src.base.shape[1]:
-            raise ValueError("source query dimensions do not match the base set's encoder.")
-        P = self.src.prepare(sq)
-        P["self"] = self._self_terms(P)
-        return P
+        return self._prepare(self.src, "source", "src_query", src_query)
 
     def prepare_tgt(self, tgt_query) -> dict:
         """Per-query pieces of target queries [N, d_tgt]."""
-        tq = _f64("tgt_query", tgt_query)
-        if tq.shape[1] != self.tgt.base.shape[1]:
-            raise ValueError("target query dimensions do not match the base set's encoder.")
-        P = self.tgt.prepare(tq)
+        return self._prepare(self.tgt, "target", "tgt_query", tgt_query)
+
+    def _prepare(self, side: "_Side", which: str, arg_name: str, query) -> dict:
+        q = _f64(arg_name, query)
+        if q.shape[1] != side.base.shape[1]:
+            raise ValueError(f"{which} query dimensions do not match the base set's encoder.")
+        P = side.prepare(q)
         P["self"] = self._self_terms(P)
         return P
 
