@@ -12,6 +12,12 @@ sparse vectors, so that
 and the accuracy after an edit is exactly what a full recompute gives (tested on long random edit
 sequences, including undo and slack exhaustion). Undo and redo are edits too.
 
+Cost: an edit of up to ``SEQUENTIAL_MAX`` pairs goes one pair at a time. A pair enters (or leaves) a
+sorted list by binary search and a shift, and each top-k then changes by at most one anchor in and
+one out, so the scores and squared norms take O(1) work per touched list and class. A pair that
+enters every one of 10,000 lists (a CIFAR-10 image added to a CIFAR-10 evaluation set) costs about
+40 ms; one that touches a few hundred lists, a few ms. Larger edits merge or filter whole lists.
+
 Typical use (dashboard)::
 
     session = EditSession(model, eval_img_emb, eval_labels, prompt_emb, prompt_classes,
@@ -55,12 +61,20 @@ def _raw(sims: np.ndarray, p: float) -> np.ndarray:
 def _scatter_add_rows(D: np.ndarray, rows: np.ndarray, cols: np.ndarray, weights: np.ndarray,
                       table: np.ndarray) -> None:
     """``D[rows[i]] += weights[i] * table[:, cols[i]]`` for every i, repeated rows summed: what
-    ``np.add.at(D, rows, (table[:, cols] * weights).T)`` does, one column of ``D [Q, C]`` at a time
-    over the distinct rows. There is no ``[n, C]`` temporary: 7x faster than ``np.add.at`` for the
-    million updates of an edit that touches every query, and about 1 ms for the hundreds of a removal."""
-    touched, slot = np.unique(rows, return_inverse=True)
-    for c in range(D.shape[1]):
-        D[touched, c] += np.bincount(slot, weights=weights * table[c, cols], minlength=touched.size)
+    ``np.add.at(D, rows, (table[:, cols] * weights).T)`` does, as one sparse × dense product over the
+    distinct columns, with no ``[n, C]`` temporary. Measured on this CPU, for D of 10,000 × 80: 4 ms
+    for 20,000 updates (the edit that changes every image's top-k) where a column-by-column
+    ``np.bincount`` took 13 ms, and 183 ms instead of 407 for a million updates.
+
+    >>> D = np.zeros((3, 2)); table = np.array([[1.0, 10.0], [2.0, 20.0]])
+    >>> _scatter_add_rows(D, np.array([0, 2, 0]), np.array([1, 0, 0]), np.array([1.0, 1.0, -0.5]), table); D
+    array([[ 9.5, 19. ],
+           [ 0. ,  0. ],
+           [ 1. ,  2. ]])
+    """
+    used, col = np.unique(cols, return_inverse=True)
+    change = sp.csr_matrix((weights, (rows, col)), shape=(D.shape[0], used.size))
+    D += change @ table[:, used].T
 
 
 @dataclass
@@ -185,22 +199,68 @@ class _Bank:
         return rows
 
 
+#: Edits of at most this many pairs go one pair at a time (binary search + shift in the sorted lists,
+#: O(touched queries) besides the shift); larger ones merge or filter whole lists at once.
+SEQUENTIAL_MAX = 8
+#: Similarity columns (every query against one bank row) kept for reuse: an undo, a redo and the
+#: text side of an edit ask again for the columns the edit just computed.
+COLUMN_CACHE_BYTES = 32 * 1024 ** 2
+
+_Diff = tuple[np.ndarray, np.ndarray, np.ndarray]  # (query, bank row, signed raw weight), flattened
+
+
+def _concat_diffs(parts: Sequence[_Diff]) -> _Diff:
+    if not parts:
+        e = np.empty(0, dtype=np.int64)
+        return e, e, np.empty(0)
+    return tuple(np.concatenate([part[i] for part in parts]) for i in range(3))  # type: ignore[return-value]
+
+
+def _move_in_rows(arrays: Sequence[np.ndarray], qs: np.ndarray, start: np.ndarray, stop: np.ndarray,
+                  by: int) -> None:
+    """In every C-contiguous 2-D array, move ``a[q, start:stop]`` to ``a[q, start + by:stop + by]``
+    for each row ``q`` of ``qs`` (overlap-safe). A byte move through a memoryview per row costs a
+    fraction of a numpy slice assignment's overhead: 14 ms instead of 24 for 10,000 rows of 1,000
+    (rows + similarities), what inserting one anchor into every list costs.
+
+    >>> a = np.arange(8).reshape(2, 4)
+    >>> _move_in_rows([a], np.array([1]), np.array([1]), np.array([3]), 1); a
+    array([[0, 1, 2, 3],
+           [4, 5, 5, 6]])
+    """
+    for a in arrays:
+        width, size = a.shape[1], a.itemsize
+        view = memoryview(a).cast("B")
+        for q, i, j in zip(qs.tolist(), start.tolist(), stop.tolist()):
+            if j > i:
+                src = (q * width + i) * size
+                dst = src + by * size
+                view[dst:dst + (j - i) * size] = view[src:src + (j - i) * size]
+
+
 class _Neighbours:
     """Top-(k+m) live-anchor lists of a fixed query set over one side (images or texts) of the bank.
 
     Invariant: row q of ``rows``/``sims`` holds the first ``length[q]`` live anchors in canonical
     order (similarity desc, row asc); ``k ≤ length[q] ≤ K`` unless fewer than k anchors live.
+
+    :meth:`add` and :meth:`remove` return how the top-k sets changed, as the flattened
+    ``(query, bank row, signed raw weight)`` of every anchor that entered (+) or left (−) a top-k:
+    everything the scores and norms need, additive across consecutive edits.
     """
 
     STATE_FIELDS = ("rows", "sims", "length")
 
-    def __init__(self, queries: np.ndarray, side: str, bank: _Bank, k: int, K: int,
+    def __init__(self, queries: np.ndarray, side: str, bank: _Bank, k: int, K: int, p: float,
                  state: Mapping[str, np.ndarray] | None = None):
         self.q = queries
         self.side = side
         self.bank = bank
-        self.k, self.K = k, K
+        self.k, self.K, self.p = k, K, p
         self.recomputed = 0
+        self._scratch = np.zeros(0, dtype=bool)
+        self._columns: dict[int, np.ndarray] = {}
+        self._column_cap = max(16, COLUMN_CACHE_BYTES // (4 * queries.shape[0]))
         if state is not None and state["rows"].shape == (queries.shape[0], K):
             self.rows, self.sims, self.length = (np.array(state[f]) for f in self.STATE_FIELDS)
             self._build_postings()
@@ -253,40 +313,78 @@ class _Neighbours:
         return np.unique(np.concatenate(parts))
 
     def _note(self, qs: np.ndarray, rows: np.ndarray):
-        for q, r in zip(qs.tolist(), rows.tolist()):
-            self.extra.setdefault(r, []).append(q)
+        """Record that queries ``qs[i]`` now hold ``rows[i]`` (postings for rows added later)."""
+        order = np.argsort(rows, kind="stable")
+        rows, qs = rows[order], qs[order]
+        starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]]) if rows.size else rows
+        for r, chunk in zip(rows[starts].tolist(), np.split(qs, starts[1:])):
+            self.extra.setdefault(r, []).extend(chunk.tolist())
 
     def topk_of(self, qs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.rows[qs, :self.k].copy(), self.sims[qs, :self.k].copy()
 
-    def remove(self, removed: np.ndarray, n_alive_after: int):
-        """Drop ``removed`` rows. Returns ``(changed_queries, old_rows [n,k], old_sims [n,k])``."""
-        qs = self.queries_holding(removed)
-        if qs.size == 0:
-            return qs, np.empty((0, self.k), np.int64), np.empty((0, self.k), np.float32)
-        sub_rows = self.rows[qs]
-        mask = np.isin(sub_rows, removed)
-        hit = mask.any(axis=1)
-        qs, sub_rows, mask = qs[hit], sub_rows[hit], mask[hit]
-        if qs.size == 0:
-            return qs, np.empty((0, self.k), np.int64), np.empty((0, self.k), np.float32)
-        changed = mask[:, :self.k].any(axis=1)
-        old_rows, old_sims = self.topk_of(qs[changed])
-        order = np.argsort(mask, axis=1, kind="stable")
-        sub_sims = np.take_along_axis(self.sims[qs], order, 1)
-        sub_rows = np.take_along_axis(sub_rows, order, 1)
-        n_drop = mask.sum(axis=1)
-        new_len = self.length[qs] - n_drop
-        tail = np.arange(self.K)[None, :] >= new_len[:, None]
-        sub_rows[tail] = -1
-        sub_sims[tail] = -np.inf
-        self.rows[qs], self.sims[qs], self.length[qs] = sub_rows, sub_sims, new_len
-        short = qs[(new_len < self.k) & (new_len < n_alive_after)]
-        if short.size:
-            self._recompute(short)
-        return qs[changed], old_rows, old_sims
+    def similarities(self, qs: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """``[len(qs), len(rows)]`` similarities of queries ``qs`` to bank ``rows``, bit-identical to
+        the lists' entries. When ``qs`` is most of the queries, whole columns are computed (no
+        gather of query rows) and kept for reuse; bank rows never change, so they stay valid."""
+        rows = [int(r) for r in rows]
+        if all(r in self._columns for r in rows):
+            return np.stack([self._columns[r] for r in rows], 1)[qs]
+        if 2 * qs.size <= self.q.shape[0]:
+            return similarity_block(self.q[qs], self.emb()[rows])
+        full = similarity_block(self.q, self.emb()[rows])
+        for j, r in enumerate(rows):
+            if len(self._columns) >= self._column_cap:
+                del self._columns[next(iter(self._columns))]
+            self._columns[r] = np.ascontiguousarray(full[:, j])
+        return full[qs]
 
-    def _recompute(self, qs: np.ndarray):
+    def _rank(self, qs: np.ndarray, s: np.ndarray, r: int) -> np.ndarray:
+        """How many entries of list ``qs[i]`` precede ``(s[i], r)`` in canonical order (binary
+        search: O(log K) per query)."""
+        lo = np.zeros(qs.size, dtype=np.int64)
+        hi = self.length[qs].copy()
+        row_start = qs * self.K
+        sims, rows = self.sims.ravel(), self.rows.ravel()
+        for _ in range(int(self.K).bit_length()):
+            open_ = lo < hi
+            mid = (lo + hi) // 2
+            at = row_start + np.minimum(mid, self.K - 1)
+            ms, mr = sims[at], rows[at]
+            before = open_ & ((ms > s) | ((ms == s) & (mr < r)))
+            lo = np.where(before, mid + 1, lo)
+            hi = np.where(open_ & ~before, mid, hi)
+        return lo
+
+    def _diff(self, qs, old_r, old_s, new_r, new_s) -> _Diff:
+        """The change between the old and new top-k sets of queries ``qs`` (vectorised with a
+        reusable boolean scratch table)."""
+        cap = self.bank.img.shape[0] + 1
+        step = max(1, min(len(qs), (8 * 1024 ** 2) // cap))
+        if self._scratch.size < step * cap:
+            self._scratch = np.zeros(step * cap, dtype=bool)
+        table = self._scratch
+        parts = []
+        for s0 in range(0, len(qs), step):
+            o, n = old_r[s0:s0 + step], new_r[s0:s0 + step]
+            base = (np.arange(o.shape[0]) * cap)[:, None]
+            lo = base + np.where(o >= 0, o, cap - 1)
+            ln = base + np.where(n >= 0, n, cap - 1)
+            table[lo] = True
+            came = (n >= 0) & ~table[ln]
+            table[lo] = False
+            table[ln] = True
+            gone = (o >= 0) & ~table[lo]
+            table[ln] = False
+            gq, gj = np.nonzero(gone)
+            cq, cj = np.nonzero(came)
+            parts.append((qs[s0 + gq], o[gq, gj], -_raw(old_s[s0 + gq, gj], self.p)))
+            parts.append((qs[s0 + cq], n[cq, cj], _raw(new_s[s0 + cq, cj], self.p)))
+        return _concat_diffs(parts)
+
+    def _recompute(self, qs: np.ndarray) -> _Diff:
+        """Refill the lists of ``qs`` exactly from every live anchor (their slack ran out)."""
+        old_r, old_s = self.topk_of(qs)
         alive = self.bank.alive_rows()
         K = min(self.K, alive.size)
         idx, sims = exact_topk(self.q[qs], self.emb()[alive], K)
@@ -297,11 +395,62 @@ class _Neighbours:
         self.length[qs] = K
         self._note(np.repeat(qs, K), alive[idx].ravel())
         self.recomputed += qs.size
+        return self._diff(qs, old_r, old_s, *self.topk_of(qs))
 
-    def add(self, new_rows: np.ndarray, n_alive_before: int):
-        """Insert live rows ``new_rows`` (fresh or revived). Returns like :meth:`remove`."""
-        e = self.emb()[new_rows]
-        s = similarity_block(self.q, e)  # [nq, m], bit-identical to the full recompute
+    # ------------------------------------------------------------------ removal
+    def remove(self, removed: np.ndarray, n_alive_after: int) -> _Diff:
+        """Drop the (already dead) bank rows ``removed``."""
+        if removed.size <= SEQUENTIAL_MAX:
+            return _concat_diffs([self._remove_one(int(r), n_alive_after) for r in removed])
+        qs = self.queries_holding(removed)
+        sub_rows = self.rows[qs]
+        mask = np.isin(sub_rows, removed)
+        hit = mask.any(axis=1)
+        qs, sub_rows, mask = qs[hit], sub_rows[hit], mask[hit]
+        changed = qs[mask[:, :self.k].any(axis=1)]
+        old_r, old_s = self.topk_of(changed)
+        order = np.argsort(mask, axis=1, kind="stable")
+        sub_sims = np.take_along_axis(self.sims[qs], order, 1)
+        sub_rows = np.take_along_axis(sub_rows, order, 1)
+        new_len = self.length[qs] - mask.sum(axis=1)
+        tail = np.arange(self.K)[None, :] >= new_len[:, None]
+        sub_rows[tail] = -1
+        sub_sims[tail] = -np.inf
+        self.rows[qs], self.sims[qs], self.length[qs] = sub_rows, sub_sims, new_len
+        short = qs[(new_len < self.k) & (new_len < n_alive_after)]
+        diff = self._diff(changed, old_r, old_s, *self.topk_of(changed))
+        return _concat_diffs([diff, self._recompute(short)]) if short.size else diff
+
+    def _remove_one(self, r: int, n_alive_after: int) -> _Diff:
+        """Drop bank row ``r``: find it by binary search, shift the rest of each list up by one;
+        r leaves the top-k and the (k+1)-th enters."""
+        qs = self.queries_holding(np.asarray([r]))
+        if qs.size == 0:
+            return _concat_diffs([])
+        s = self.similarities(qs, np.asarray([r]))[:, 0]
+        pos = self._rank(qs, s, r)
+        held = (pos < self.length[qs]) & (self.rows[qs, np.minimum(pos, self.K - 1)] == r)
+        qs, s, pos = qs[held], s[held], pos[held]
+        length = self.length[qs]
+        top = pos < self.k
+        promoted = qs[top & (length > self.k)]
+        diff = [(qs[top], np.full(int(top.sum()), r), -_raw(s[top], self.p)),
+                (promoted, self.rows[promoted, self.k], _raw(self.sims[promoted, self.k], self.p))]
+        _move_in_rows((self.rows, self.sims), qs, pos + 1, length, -1)
+        self.rows[qs, length - 1] = -1
+        self.sims[qs, length - 1] = -np.inf
+        self.length[qs] = length - 1
+        short = qs[(length - 1 < self.k) & (length - 1 < n_alive_after)]
+        if short.size:
+            diff.append(self._recompute(short))
+        return _concat_diffs(diff)
+
+    # ------------------------------------------------------------------ addition
+    def add(self, new_rows: np.ndarray, n_alive_before: int) -> _Diff:
+        """Insert live rows ``new_rows`` (fresh or revived)."""
+        if new_rows.size <= SEQUENTIAL_MAX:
+            return _concat_diffs([self._add_one(int(r), n_alive_before + i) for i, r in enumerate(new_rows)])
+        s = self.similarities(np.arange(self.q.shape[0]), new_rows)  # [nq, m]
         L = self.length
         last = np.clip(L - 1, 0, None)
         last_sim = self.sims[np.arange(len(L)), last]
@@ -310,45 +459,57 @@ class _Neighbours:
         above = (s > last_sim[:, None]) | ((s == last_sim[:, None]) & (new_rows[None, :] < last_row[:, None]))
         enter = covering | above
         qs = np.flatnonzero(enter.any(axis=1))
-        if qs.size == 0:
-            return qs, np.empty((0, self.k), np.int64), np.empty((0, self.k), np.float32)
         ent = enter[qs]
-        if new_rows.size <= 8:
-            # insert one new row at a time at its canonical position (lists stay sorted)
-            nr, ns = self.rows[qs], self.sims[qs]
-            ar = np.arange(self.K)[None, :]
-            for j in range(new_rows.size):
-                e_j = ent[:, j]
-                if not e_j.any():
-                    continue
-                sj = s[qs, j][:, None]
-                rj = int(new_rows[j])
-                before = (ns > sj) | ((ns == sj) & (nr >= 0) & (nr < rj))
-                pos = before.sum(axis=1)
-                pos = np.where(e_j, pos, self.K)  # not entering: insert past the end (no-op)
-                src = np.where(ar < pos[:, None], ar, ar - 1)
-                src = np.clip(src, 0, self.K - 1)
-                nr2 = np.take_along_axis(nr, src, 1)
-                ns2 = np.take_along_axis(ns, src, 1)
-                at = ar == pos[:, None]
-                nr2[at] = rj
-                ns2[at] = np.broadcast_to(sj, ns2.shape)[at]
-                nr, ns = nr2, ns2
-        else:
-            add_rows = np.where(ent, new_rows[None, :], -1)
-            add_sims = np.where(ent, s[qs], -np.inf).astype(np.float32)
-            all_rows = np.concatenate([self.rows[qs], add_rows], 1)
-            all_sims = np.concatenate([self.sims[qs], add_sims], 1)
-            empty = 2 ** 32 - 1  # sorts after every real row at equal (-inf) similarity
-            nr, ns = canonical_order(np.where(all_rows < 0, empty, all_rows), all_sims)
-            nr, ns = np.where(nr[:, :self.K] == empty, -1, nr[:, :self.K]), ns[:, :self.K]
-        old_rows, old_sims = self.topk_of(qs)
-        changed = (nr[:, :self.k] != old_rows).any(axis=1)
+        add_rows = np.where(ent, new_rows[None, :], -1)
+        add_sims = np.where(ent, s[qs], -np.inf).astype(np.float32)
+        all_rows = np.concatenate([self.rows[qs], add_rows], 1)
+        all_sims = np.concatenate([self.sims[qs], add_sims], 1)
+        empty = 2 ** 32 - 1  # sorts after every real row at equal (-inf) similarity
+        nr, ns = canonical_order(np.where(all_rows < 0, empty, all_rows), all_sims)
+        nr, ns = np.where(nr[:, :self.K] == empty, -1, nr[:, :self.K]), ns[:, :self.K]
+        old_r, old_s = self.topk_of(qs)
         self.rows[qs], self.sims[qs] = nr, ns
         self.length[qs] = np.minimum(self.K, self.length[qs] + ent.sum(axis=1))
         qq, jj = np.nonzero(ent)
         self._note(qs[qq], new_rows[jj])
-        return qs[changed], old_rows[changed], old_sims[changed]
+        return self._diff(qs, old_r, old_s, *self.topk_of(qs))
+
+    def _add_one(self, r: int, n_alive_before: int) -> _Diff:
+        """Insert bank row ``r`` at its canonical place (binary search) in every list it enters,
+        shifting the rest down by one; where it enters the top-k, the old k-th leaves."""
+        all_q = np.arange(self.q.shape[0])
+        s = self.similarities(all_q, np.asarray([r]))[:, 0]
+        pos = self._rank(all_q, s, r)
+        L = self.length
+        covering = (L >= n_alive_before) & (L < self.K)  # the list holds every live anchor
+        qs = np.flatnonzero((pos < L) | covering)
+        s, pos, length = s[qs], pos[qs], L[qs]
+        top = pos < self.k
+        demoted = qs[top & (length >= self.k)]
+        diff = [(qs[top], np.full(int(top.sum()), r), _raw(s[top], self.p)),
+                (demoted, self.rows[demoted, self.k - 1], -_raw(self.sims[demoted, self.k - 1], self.p))]
+        end = np.minimum(length + 1, self.K)
+        _move_in_rows((self.rows, self.sims), qs, pos, end - 1, 1)
+        self.rows[qs, pos] = r
+        self.sims[qs, pos] = s
+        self.length[qs] = end
+        self.extra.setdefault(r, []).extend(qs.tolist())
+        return _concat_diffs(diff)
+
+    def topk_similarities(self, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(query, j, similarity)`` for every query whose top-k holds bank row ``xs[j]``: the
+        similarity is computed and compared with the list's k-th entry (canonical order), which
+        costs one product instead of a scan of the lists."""
+        qs = self.queries_holding(xs)
+        if qs.size == 0:
+            e = np.empty(0, dtype=np.int64)
+            return e, e, np.empty(0, dtype=np.float32)
+        S = self.similarities(qs, xs)
+        kth = np.minimum(self.length[qs], self.k) - 1
+        ks, kr = self.sims[qs, kth][:, None], self.rows[qs, kth][:, None]
+        inside = self.bank.alive[xs][None, :] & ((S > ks) | ((S == ks) & (xs[None, :] <= kr)))
+        qi, j = np.nonzero(inside)
+        return qs[qi], j, S[qi, j]
 
 
 def _split_state(neighbours: Mapping[str, np.ndarray] | None) -> dict[str, dict[str, np.ndarray]]:
@@ -413,10 +574,10 @@ class EditSession:
         if progress:
             progress(0.0, "neighbours of the evaluation images")
         saved = _split_state(neighbours)
-        self.img_side = _Neighbours(q, "img", self.bank, self.k, K, saved.get("img"))
+        self.img_side = _Neighbours(q, "img", self.bank, self.k, K, self.p, saved.get("img"))
         if progress:
             progress(0.8, "neighbours of the class prompts")
-        self.txt_side = _Neighbours(self.cand, "txt", self.bank, self.k, K, saved.get("txt"))
+        self.txt_side = _Neighbours(self.cand, "txt", self.bank, self.k, K, self.p, saved.get("txt"))
         self._full_scores()
         self.history: list[tuple[str, np.ndarray]] = []   # committed edits: (kind, bank rows)
         self._redo: list[tuple[str, np.ndarray]] = []
@@ -432,14 +593,15 @@ class EditSession:
 
     # ------------------------------------------------------------------ scoring
     def _full_scores(self):
-        """Dense dot products D [Q, P'] and norms from the current lists (exact, float64)."""
+        """Dense dot products D [Q, P'] and squared norms from the current lists (exact, float64);
+        edits then update them by the change of each top-k."""
         cap = self.bank.img.shape[0]
         self._cap_B = cap
         A = self._side_matrix(self.img_side, cap)
         B = self._side_matrix(self.txt_side, cap)
         self.D = np.asarray((A @ B.T).toarray(), dtype=np.float64)
-        self.na = np.sqrt(np.asarray(A.multiply(A).sum(axis=1)).ravel())
-        self.nb = np.sqrt(np.asarray(B.multiply(B).sum(axis=1)).ravel())
+        self.na2 = np.asarray(A.multiply(A).sum(axis=1), dtype=np.float64).ravel()
+        self.nb2 = np.asarray(B.multiply(B).sum(axis=1), dtype=np.float64).ravel()
         self.Bd = np.asarray(B.toarray(), dtype=np.float64)  # [P', cap] raw text weights
         self._rescore()
 
@@ -455,6 +617,16 @@ class EditSession:
         m.sum_duplicates()
         m.eliminate_zeros()
         return m
+
+    @property
+    def na(self) -> np.ndarray:
+        """Norms ``[Q]`` of the evaluation images' sparse vectors."""
+        return np.sqrt(self.na2)
+
+    @property
+    def nb(self) -> np.ndarray:
+        """Norms ``[P']`` of the text candidates' sparse vectors."""
+        return np.sqrt(self.nb2)
 
     def _rescore(self):
         denom = self.na[:, None] * self.nb[None, :]
@@ -500,87 +672,42 @@ class EditSession:
 
     # ------------------------------------------------------------------ core update
     def _apply(self, kind: str, rows: np.ndarray) -> tuple[int, int]:
-        """Apply "remove" or "add" (rows already in the bank); update D, norms, predictions."""
-        p = self.p
-        k = self.k
+        """Apply "remove" or "add" (rows already in the bank); update D, norms, predictions.
+        Returns (evaluation images whose top-k changed, images recomputed for lack of slack)."""
         self._grow_B()
+        rec0 = self.img_side.recomputed + self.txt_side.recomputed
         if kind == "remove":
             n_after = self.bank.n_alive - rows.size
             self.bank.alive[rows] = False
-            rec0 = self.img_side.recomputed + self.txt_side.recomputed
-            qi, old_ri, old_si = self.img_side.remove(rows, n_after)
-            pi, old_rt, old_st = self.txt_side.remove(rows, n_after)
+            img_diff = self.img_side.remove(rows, n_after)
+            txt_diff = self.txt_side.remove(rows, n_after)
         else:
             n_before = self.bank.n_alive
             self.bank.alive[rows] = True
-            rec0 = self.img_side.recomputed + self.txt_side.recomputed
-            qi, old_ri, old_si = self.img_side.add(rows, n_before)
-            pi, old_rt, old_st = self.txt_side.add(rows, n_before)
-        # 1) image side: rows of D, using the OLD text weights Bd.
-        if qi.size:
-            new_ri, new_si = self.img_side.topk_of(qi)
-            qq, xx, ww = self._diff(qi, old_ri, old_si, new_ri, new_si)
-            if qq.size:
-                _scatter_add_rows(self.D, qq, xx, ww, self.Bd)
-            self.na[qi] = np.sqrt((np.where(new_ri >= 0, _raw(new_si, p), 0.0) ** 2).sum(axis=1))
-        # 2) text side: columns of D, using the NEW image side.
-        if pi.size:
-            new_rt, new_st = self.txt_side.topk_of(pi)
-            pp, xx, ww = self._diff(pi, old_rt, old_st, new_rt, new_st)
-            if pp.size:
-                ux, inv = np.unique(xx, return_inverse=True)
-                delta = np.zeros((self.cand.shape[0], ux.size))
-                np.add.at(delta, (pp, inv), ww)
-                # image-side weights of the changed anchors, for every query holding them in top-k
-                holders = self.img_side.queries_holding(ux)
-                if holders.size:
-                    hr = self.img_side.rows[holders, :k]
-                    hs = self.img_side.sims[holders, :k]
-                    lut = np.full(self.bank.img.shape[0] + 1, -1, dtype=np.int64)
-                    lut[ux] = np.arange(ux.size)
-                    pos = lut[np.where(hr >= 0, hr, -1)]
-                    qh, jh = np.nonzero(pos >= 0)
-                    if qh.size:
-                        _scatter_add_rows(self.D, holders[qh], pos[qh, jh], _raw(hs[qh, jh], p), delta)
-                # update the dense text weights
-                for row_p, (r_old, s_old, r_new, s_new) in zip(pi, zip(old_rt, old_st, new_rt, new_st)):
-                    self.Bd[row_p, r_old[r_old >= 0]] = 0.0
-                    ok = r_new >= 0
-                    self.Bd[row_p, r_new[ok]] = _raw(s_new[ok], p)
-            self.nb[pi] = np.sqrt((np.where(new_rt >= 0, _raw(new_st, p), 0.0) ** 2).sum(axis=1))
+            txt_diff = self.txt_side.add(rows, n_before)
+            # the image side needs every image's similarity to the new rows, and step 2 below needs
+            # them for the text side's changed anchors: one pass over the images for both
+            self.img_side.similarities(np.arange(self.labels.size), np.union1d(rows, txt_diff[1]))
+            img_diff = self.img_side.add(rows, n_before)
+        # 1) image side: rows of D, with the OLD text weights Bd.
+        qq, xx, ww = img_diff
+        if qq.size:
+            _scatter_add_rows(self.D, qq, xx, ww, self.Bd)
+            self.na2 += np.bincount(qq, weights=ww * np.abs(ww), minlength=self.na2.size)
+        # 2) text side: columns of D, with the NEW image side.
+        pp, xx, ww = txt_diff
+        if pp.size:
+            changed, col = np.unique(xx, return_inverse=True)
+            delta = np.zeros((self.cand.shape[0], changed.size))
+            np.add.at(delta, (pp, col), ww)
+            hq, hj, hs = self.img_side.topk_similarities(changed)
+            if hq.size:
+                _scatter_add_rows(self.D, hq, hj, _raw(hs, self.p), delta)
+            np.add.at(self.Bd, (pp, xx), ww)
+            self.nb2 += np.bincount(pp, weights=ww * np.abs(ww), minlength=self.nb2.size)
         self._rescore()
         rec = self.img_side.recomputed + self.txt_side.recomputed - rec0
-        return int(qi.size), int(rec)
-
-    def _diff(self, qs, old_r, old_s, new_r, new_s):
-        """Flattened (query, anchor row, signed raw weight) of the symmetric difference of the old
-        and new top-k sets of queries ``qs`` (vectorised with a reusable boolean scratch table)."""
-        cap = self.bank.img.shape[0] + 1
-        step = max(1, min(len(qs), (8 * 1024 ** 2) // cap))
-        if getattr(self, "_scratch", None) is None or self._scratch.size < step * cap:
-            self._scratch = np.zeros(step * cap, dtype=bool)
-        table = self._scratch
-        out_q, out_x, out_w = [], [], []
-        for s0 in range(0, len(qs), step):
-            o, n = old_r[s0:s0 + step], new_r[s0:s0 + step]
-            base = (np.arange(o.shape[0]) * cap)[:, None]
-            lo = base + np.where(o >= 0, o, cap - 1)
-            ln = base + np.where(n >= 0, n, cap - 1)
-            table[lo] = True
-            came = (n >= 0) & ~table[ln]
-            table[lo] = False
-            table[ln] = True
-            gone = (o >= 0) & ~table[lo]
-            table[ln] = False
-            gq, gj = np.nonzero(gone)
-            cq, cj = np.nonzero(came)
-            out_q += [qs[s0 + gq], qs[s0 + cq]]
-            out_x += [o[gq, gj], n[cq, cj]]
-            out_w += [-_raw(old_s[s0 + gq, gj], self.p), _raw(new_s[s0 + cq, cj], self.p)]
-        if not out_q:
-            e = np.empty(0, dtype=np.int64)
-            return e, e, np.empty(0)
-        return np.concatenate(out_q), np.concatenate(out_x), np.concatenate(out_w)
+        return int(np.unique(qq).size), int(rec)
 
     # ------------------------------------------------------------------ public edits
     def _rows_of(self, pair_ids, want_alive: bool) -> np.ndarray:
@@ -770,7 +897,8 @@ class EditSession:
                          _raw(self.img_side.sims[:, min(k, self.img_side.K - 1)], p), 0.0)
         D_alt = self.D + nxt_w[:, None] * self.Bd[:, np.where(nxt_row >= 0, nxt_row, 0)].T
         with np.errstate(invalid="ignore", divide="ignore"):
-            s_alt = np.where(self.nb[None, :] > 0, D_alt / np.where(self.nb > 0, self.nb, 1.0)[None, :], 0.0)
+            nb = self.nb
+            s_alt = np.where(nb[None, :] > 0, D_alt / np.where(nb > 0, nb, 1.0)[None, :], 0.0)
         cls_alt = self._class_scores(s_alt)
         pred_alt = argmax_tolerant(cls_alt)
         gain = (pred_alt == self.labels).astype(np.int64) - correct.astype(np.int64)
@@ -862,8 +990,8 @@ class EditSession:
         if pr.size and qr.size:
             Dr[:, pr] += Dc[qr] - self.D[np.ix_(qr, pr)]
             Dr[:, pr] += a_r[:, None] * b_r[None, :] + (e_q[:, None] == e_p[None, :]) * (a_e[:, None] * b_e[None, :])
-        na_r = np.sqrt(np.maximum(self.na[qr] ** 2 - a_r ** 2 + a_e ** 2, 0.0))
-        nb_p = np.sqrt(np.maximum(self.nb[pr] ** 2 - b_r ** 2 + b_e ** 2, 0.0))
+        na_r = np.sqrt(np.maximum(self.na2[qr] - a_r ** 2 + a_e ** 2, 0.0))
+        nb_p = np.sqrt(np.maximum(self.nb2[pr] - b_r ** 2 + b_e ** 2, 0.0))
         # new candidate scores: S with columns Pr replaced (all rows) and rows Qr replaced
         S = self.cand_scores
         if pr.size:
@@ -884,7 +1012,7 @@ class EditSession:
                 cls[:, pr] = Sc
         pred = argmax_tolerant(cls) if touched.size else self.predictions.copy()
         if qr.size:
-            nbv = self.nb.copy()
+            nbv = self.nb
             nbv[pr] = nb_p
             denom = na_r[:, None] * nbv[None, :]
             Srow = np.where(denom > 0, Dr / np.where(denom > 0, denom, 1.0), 0.0)

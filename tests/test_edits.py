@@ -28,10 +28,14 @@ def _check_against_full(s: EditSession):
     fresh = EditSession(full_model, s.eval_images, s.labels, s.cand, s.cand_classes,
                         strategy="per-template", slack=s.slack)
     np.testing.assert_allclose(s.D, fresh.D, rtol=1e-9, atol=1e-15)
+    np.testing.assert_allclose(s.na2, fresh.na2, rtol=1e-9, atol=1e-15)
+    np.testing.assert_allclose(s.nb2, fresh.nb2, rtol=1e-9, atol=1e-15)
 
 
-@pytest.mark.parametrize("strategy,seed", [("mean", 0), ("per-template", 1), ("mean", 2)])
-def test_random_edit_sequence_equals_full_recompute(strategy, seed):
+@pytest.mark.parametrize("strategy,seed,largest", [
+    ("mean", 0, 8), ("per-template", 1, 8), ("mean", 2, 8),  # one pair at a time (SEQUENTIAL_MAX)
+    ("per-template", 5, 24)])  # also whole-list merges and filters
+def test_random_edit_sequence_equals_full_recompute(strategy, seed, largest):
     rng, P = _random_problem(seed)
     model = AsifModel(P["img"], P["txt"], k=15, p=3)
     s = EditSession(model, P["q"], P["y"], P["prompts"], P["pc"], strategy=strategy, slack=3)
@@ -40,11 +44,11 @@ def test_random_edit_sequence_equals_full_recompute(strategy, seed):
     for step in range(160):
         r = rng.random()
         if r < 0.4:
-            ids = rng.choice(s.pair_ids, size=int(rng.integers(1, 8)), replace=False)
+            ids = rng.choice(s.pair_ids, size=int(rng.integers(1, largest)), replace=False)
             res = s.remove(ids)
             kinds.add("remove")
         elif r < 0.65:
-            m = int(rng.integers(1, 5))
+            m = int(rng.integers(1, largest // 2 + 1))
             # half the time re-use existing image embeddings (more exact ties)
             im = P["img"][rng.integers(0, len(P["img"]), m)] if rng.random() < 0.5 else rng.normal(size=(m, 12))
             res = s.add(im, rng.normal(size=(m, 10)))
