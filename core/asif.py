@@ -26,6 +26,7 @@ Main objects
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 from dataclasses import dataclass
@@ -462,7 +463,8 @@ class AsifModel:
         ids = np.arange(n, dtype=np.int64) if pair_ids is None else np.asarray(pair_ids, dtype=np.int64).ravel()
         if ids.shape[0] != n:
             raise ValueError(f"{ids.shape[0]} pair ids for {n} pairs.")
-        if np.unique(ids).size != n:
+        sorted_ids = np.sort(ids)
+        if (sorted_ids[1:] == sorted_ids[:-1]).any():
             raise ValueError("pair ids must be unique.")
         if metadata is not None:
             metadata = [dict(m) for m in metadata]
@@ -479,7 +481,6 @@ class AsifModel:
         self.template_strategy = template_strategy
         self.temperature = float(temperature)
         self.device = device
-        self._id_to_pos = {int(i): j for j, i in enumerate(ids)}
         self._indexes: dict[str, ExactIndex] = {}
 
     # ------------------------------------------------------------------ basics
@@ -487,6 +488,10 @@ class AsifModel:
     def n_anchors(self) -> int:
         """Number of anchor pairs N."""
         return self.image_embeddings.shape[0]
+
+    @functools.cached_property
+    def _id_to_pos(self) -> dict[int, int]:
+        return {int(i): j for j, i in enumerate(self.pair_ids)}
 
     def positions_of(self, pair_ids) -> np.ndarray:
         """Anchor positions ``[m]`` of ``pair_ids``; unknown ids raise ``ValueError``."""

@@ -121,6 +121,16 @@ def similarity_block(a, b) -> np.ndarray:
     return out[:a.shape[0], :b.shape[0]].numpy().copy()
 
 
+def _block_max(sims: torch.Tensor, blocks: int) -> torch.Tensor:
+    """``[r, n // blocks]``: entry j is the maximum of the strided block {j, j+m, …, j+(blocks-1)m}
+    (m = n // blocks), an elementwise max of the ``blocks`` contiguous column slices (blocks ≥ 2)."""
+    m = sims.shape[1] // blocks
+    bmax = torch.maximum(sims[:, :m], sims[:, m:2 * m])
+    for j in range(2, blocks):
+        torch.maximum(bmax, sims[:, j * m:(j + 1) * m], out=bmax)
+    return bmax
+
+
 def _block_topk(sims: torch.Tensor, kk: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact unsorted top-``kk`` per row; on long rows faster than ``torch.topk`` alone.
 
@@ -138,10 +148,7 @@ def _block_topk(sims: torch.Tensor, kk: int) -> tuple[torch.Tensor, torch.Tensor
     if blocks == 1:
         return torch.topk(sims, kk, dim=1, sorted=False)
     m = n // blocks
-    bmax = sims[:, :m].clone()
-    for j in range(1, blocks):
-        torch.maximum(bmax, sims[:, j * m:(j + 1) * m], out=bmax)
-    _, bi = torch.topk(bmax, kk, dim=1, sorted=False)
+    _, bi = torch.topk(_block_max(sims, blocks), kk, dim=1, sorted=False)
     cols = (bi[:, None, :] + (torch.arange(blocks, device=sims.device) * m)[None, :, None]).reshape(qn, -1)
     if n > blocks * m:
         cols = torch.cat([cols, torch.arange(blocks * m, n, device=sims.device).expand(qn, -1)], 1)
@@ -164,15 +171,11 @@ def _above(sims: torch.Tensor, threshold: torch.Tensor, blocks: int = 8,
     m = n // blocks
     if m == 0:
         return None
-    bmax = sims[:, :m].clone()
-    for j in range(1, blocks):
-        torch.maximum(bmax, sims[:, j * m:(j + 1) * m], out=bmax)
-    hit = bmax > threshold[:, None]
-    per_row = hit.sum(dim=1)
+    rows, block = (_block_max(sims, blocks) > threshold[:, None]).nonzero(as_tuple=True)
+    per_row = torch.bincount(rows, minlength=r)
     width = int(per_row.max())
     if width * blocks > n // 4:
         return None
-    rows, block = hit.nonzero(as_tuple=True)
     slot = torch.arange(rows.numel(), device=sims.device) - (torch.cumsum(per_row, 0) - per_row)[rows]
     chosen = torch.full((r, max(width, 1)), -1, dtype=torch.long, device=sims.device)
     chosen[rows, slot] = block
@@ -182,6 +185,14 @@ def _above(sims: torch.Tensor, threshold: torch.Tensor, blocks: int = 8,
     values = sims.gather(1, cols)
     values[:, :chosen.shape[1] * blocks].masked_fill_((chosen < 0).repeat(1, blocks), float("-inf"))
     return values, cols
+
+
+def _merge_topk(parts: list[tuple[torch.Tensor, torch.Tensor]], kk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The top-``kk`` (values, indices) per row of candidate pieces laid side by side."""
+    if len(parts) == 1 and parts[0][0].shape[1] == kk:
+        return parts[0]
+    values, sel = torch.topk(torch.cat([v for v, _ in parts], 1), kk, dim=1, sorted=False)
+    return values, torch.cat([i for _, i in parts], 1).gather(1, sel)
 
 
 def canonical_order(indices: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -279,19 +290,19 @@ def _exact_topk_checked(q: np.ndarray, b: np.ndarray, k: int, dev: str,
             n_rows = min(qb, n_q - q0)
             qt = _pad_rows(torch.from_numpy(q[q0:q0 + qb])).to(dev)
             best_v = best_i = None
+            pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # candidates not merged yet
             for a0 in range(0, n, nb):
                 blk = bt[a0:a0 + nb]
                 if blk.device.type != dev.split(":")[0]:
                     blk = blk.to(dev, non_blocking=True)
                 sims = (qt @ _pad_rows(blk).T)[:n_rows, :blk.shape[0]]
+                # the kk-th best value merged so far bounds the final kk-th best from below
                 found = None if best_v is None else _above(sims, best_v.amin(dim=1))
                 v, i = found if found is not None else _block_topk(sims, min(kk, sims.shape[1]))
-                if best_v is None:
-                    best_v, best_i = v, i + a0
-                else:
-                    cv, ci = torch.cat([best_v, v], 1), torch.cat([best_i, i + a0], 1)
-                    best_v, sel = torch.topk(cv, kk, dim=1, sorted=False)
-                    best_i = ci.gather(1, sel)
+                pending.append((v, i + a0))
+                if best_v is None or sum(c.shape[1] for c, _ in pending) >= kk or a0 + nb >= n:
+                    best_v, best_i = _merge_topk(([(best_v, best_i)] if best_v is not None else []) + pending, kk)
+                    pending = []
                 del sims
             out_val[q0:q0 + qb] = best_v.cpu().numpy()
             out_idx[q0:q0 + qb] = best_i.cpu().numpy()
@@ -413,6 +424,17 @@ def recall_at_k(approx_indices: np.ndarray, exact_indices: np.ndarray) -> float:
     return hits / e.size
 
 
+def _probe_hashes(base: np.ndarray) -> np.ndarray:
+    """One uint64 per row of ``base [N, d]`` (float32), mixed from the bits of 16 probe columns:
+    bit-identical rows hash equal; different rows almost never do."""
+    probe = np.unique(np.linspace(0, base.shape[1] - 1, 16).astype(int))
+    bits = np.ascontiguousarray(base[:, probe]).view(np.uint32)
+    hashes = np.zeros(base.shape[0], dtype=np.uint64)
+    for j in range(bits.shape[1]):
+        hashes = (hashes ^ bits[:, j]) * np.uint64(0x9E3779B97F4A7C15)  # wraps modulo 2**64
+    return hashes
+
+
 def _unique_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     as_bytes = np.ascontiguousarray(rows).view(np.dtype((np.void, rows.dtype.itemsize * rows.shape[1])))
     _, first, inverse = np.unique(as_bytes.ravel(), return_index=True, return_inverse=True)
@@ -424,15 +446,14 @@ def distinct_rows(base: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     Returns ``(first [U], inverse [N])``: ``first`` the position of each distinct row's first
     occurrence (ascending) and ``inverse`` which distinct row every position holds, so
-    ``base[first][inverse] == base``. Rows are first grouped by 16 probe columns (fast), and the
-    grouping is verified on every column; when probe-equal rows differ elsewhere, all columns are
-    compared.
+    ``base[first][inverse] == base``. Rows are first grouped by a hash of 16 probe columns (fast),
+    and the grouping is verified on every column; when rows of one group differ anywhere, all
+    columns are compared.
 
     >>> distinct_rows(np.array([[1, 2], [3, 4], [1, 2]], dtype=np.float32))
     (array([0, 1]), array([0, 1, 0]))
     """
-    probe = np.unique(np.linspace(0, base.shape[1] - 1, 16).astype(int))
-    first, inverse = _unique_rows(base[:, probe])
+    _, first, inverse = np.unique(_probe_hashes(base), return_index=True, return_inverse=True)
     representative = first[inverse]
     bits = np.ascontiguousarray(base).view(np.uint8)
     step = max(1, 2 ** 22 // bits.shape[1])  # verify the bytes in cache-sized blocks of rows
@@ -445,16 +466,22 @@ def distinct_rows(base: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return first[order], rank[inverse]
 
 
-def dedup_index(base, *, max_distinct_fraction: float = 0.8, min_rows: int = 1000) -> DedupIndex | None:
-    """A :class:`DedupIndex` over ``base [N, d]`` when it pays, else None (search ``base`` itself):
-    it pays from ``min_rows`` rows of which at most ``max_distinct_fraction`` are distinct."""
-    b = _as_float32_2d("base", base)
-    if b.shape[0] < min_rows:
+def dedup_index(base: np.ndarray, *, max_distinct_fraction: float = 0.8, min_rows: int = 1000,
+                ) -> DedupIndex | None:
+    """A :class:`DedupIndex` over ``base [N, d]`` (validated float32) when it pays, else None
+    (search ``base`` itself): it pays from ``min_rows`` rows of which at most
+    ``max_distinct_fraction`` are distinct."""
+    if base.shape[0] < min_rows:
         return None
-    first, inverse = distinct_rows(b)
-    if first.size > max_distinct_fraction * b.shape[0]:
+    # bit-identical rows hash equal, so there are at least as many distinct rows as distinct
+    # hashes: one cheap pass settles the common case of (nearly) all-distinct rows
+    hashes = np.sort(_probe_hashes(base))
+    if 1 + np.count_nonzero(hashes[1:] != hashes[:-1]) > max_distinct_fraction * base.shape[0]:
         return None
-    return DedupIndex(b, first, inverse)
+    first, inverse = distinct_rows(base)
+    if first.size > max_distinct_fraction * base.shape[0]:
+        return None
+    return DedupIndex(base, first, inverse)
 
 
 class ExactIndex:
