@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from core import edits
 from core.asif import AsifModel
 from core.edits import EditSession
 
@@ -32,10 +33,12 @@ def _check_against_full(s: EditSession):
     np.testing.assert_allclose(s.nb2, fresh.nb2, rtol=1e-9, atol=1e-15)
 
 
-@pytest.mark.parametrize("strategy,seed,largest", [
-    ("mean", 0, 8), ("per-template", 1, 8), ("mean", 2, 8),  # one pair at a time (SEQUENTIAL_MAX)
-    ("per-template", 5, 24)])  # also whole-list merges and filters
-def test_random_edit_sequence_equals_full_recompute(strategy, seed, largest):
+@pytest.mark.parametrize("strategy,seed,largest,product_max", [
+    ("mean", 0, 8, 256), ("per-template", 1, 8, 256), ("mean", 2, 8, 256),  # one pair at a time
+    ("per-template", 5, 24, 256),  # also whole-list merges and filters (more than SEQUENTIAL_MAX)
+    ("per-template", 6, 24, 0)])  # the text side's changed anchors found by scanning the lists
+def test_random_edit_sequence_equals_full_recompute(strategy, seed, largest, product_max, monkeypatch):
+    monkeypatch.setattr(edits, "PRODUCT_MAX_ANCHORS", product_max)
     rng, P = _random_problem(seed)
     model = AsifModel(P["img"], P["txt"], k=15, p=3)
     s = EditSession(model, P["q"], P["y"], P["prompts"], P["pc"], strategy=strategy, slack=3)
@@ -69,6 +72,21 @@ def test_random_edit_sequence_equals_full_recompute(strategy, seed, largest):
     assert s.img_side.recomputed > 0  # slack ran out and was handled
     acc_log = s.accuracy_log
     assert len(acc_log) > 100
+
+
+def test_removal_finds_a_pair_whose_stored_similarity_is_one_bit_off():
+    # Another BLAS may round a recomputed similarity differently from the stored one; the binary
+    # search then misses the pair, and the lists must still lose it.
+    rng, P = _random_problem(7)
+    s = EditSession(AsifModel(P["img"], P["txt"], k=15, p=3), P["q"], P["y"], P["prompts"], P["pc"])
+    side = s.img_side
+    row = int(np.bincount(side.rows[:, :15].ravel()).argmax())  # the pair held by most images
+    held = side.rows == row
+    side.sims[held] = np.nextafter(side.sims[held], np.float32(np.inf))  # now ranks before itself
+    s._full_scores()
+    s.remove([s.bank.ids[row]])
+    assert not (side.rows == row).any()
+    np.testing.assert_array_equal(s.predictions, s.full_recompute())
 
 
 def test_scores_match_fresh_session_after_edits():
