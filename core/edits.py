@@ -695,37 +695,30 @@ class EditSession:
         Returns (evaluation images whose top-k changed, images recomputed for lack of slack)."""
         self._grow_B()
         rec0 = self.img_side.recomputed + self.txt_side.recomputed
-        if kind == "remove":
-            n_after = self.bank.n_alive - rows.size
-            self.bank.alive[rows] = False
-            img_diff = self.img_side.remove(rows, n_after)
-            txt_diff = self.txt_side.remove(rows, n_after)
-        else:
-            n_before = self.bank.n_alive
-            self.bank.alive[rows] = True
-            txt_diff = self.txt_side.add(rows, n_before)
-            changed = np.unique(txt_diff[1])
-            if changed.size <= PRODUCT_MAX_ANCHORS:
-                # the image side needs every image's similarity to the new rows, and step 2 below
-                # those to the text side's changed anchors: one pass over the images for both
-                self.img_side.similarities(np.arange(self.labels.size), np.union1d(rows, changed))
-            img_diff = self.img_side.add(rows, n_before)
-        # 1) image side: rows of D, with the OLD text weights Bd.
-        qq, xx, ww = img_diff
+        # what _Neighbours.remove / add are told: live pairs after a removal, before an addition
+        n_alive = self.bank.n_alive - rows.size if kind == "remove" else self.bank.n_alive
+        self.bank.alive[rows] = kind == "add"
+        # The lists of both sides change first (the text side's: a few candidates, cheap) ...
+        pp, xt, wt = getattr(self.txt_side, kind)(rows, n_alive)
+        changed, col = np.unique(xt, return_inverse=True)  # anchors the text side exchanged
+        if kind == "add" and changed.size <= PRODUCT_MAX_ANCHORS:
+            # the image side needs every image's similarity to the new rows, and step 2 below
+            # those to the changed anchors: one pass over the images for both
+            self.img_side.similarities(np.arange(self.labels.size), np.union1d(rows, changed))
+        qq, xx, ww = getattr(self.img_side, kind)(rows, n_alive)
+        # ... then 1) image side: rows of D, with the OLD text weights Bd.
         if qq.size:
             _scatter_add_rows(self.D, qq, xx, ww, self.Bd)
             self.na2 += np.bincount(qq, weights=ww * np.abs(ww), minlength=self.na2.size)
         # 2) text side: columns of D, with the NEW image side.
-        pp, xx, ww = txt_diff
         if pp.size:
-            changed, col = np.unique(xx, return_inverse=True)
             delta = np.zeros((self.cand.shape[0], changed.size))
-            np.add.at(delta, (pp, col), ww)
+            np.add.at(delta, (pp, col), wt)
             hq, hj, hs = self.img_side.topk_similarities(changed)
             if hq.size:
                 _scatter_add_rows(self.D, hq, hj, _raw(hs, self.p), delta)
-            np.add.at(self.Bd, (pp, xx), ww)
-            self.nb2 += np.bincount(pp, weights=ww * np.abs(ww), minlength=self.nb2.size)
+            np.add.at(self.Bd, (pp, xt), wt)
+            self.nb2 += np.bincount(pp, weights=wt * np.abs(wt), minlength=self.nb2.size)
         self._rescore()
         rec = self.img_side.recomputed + self.txt_side.recomputed - rec0
         return int(np.unique(qq).size), int(rec)
