@@ -1,0 +1,400 @@
+"""Map: every anchor pair on one zoomable map; lasso -> preview -> remove; search; quality flags."""
+from __future__ import annotations
+
+import html
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from ui import boot
+
+boot.ensure_app()
+
+from core import flags as F  # noqa: E402
+from core import layout as L  # noqa: E402
+from ui import state  # noqa: E402
+from ui.widgets import accuracy_metric, image_path, pct, thumbnail_url  # noqa: E402
+
+st.title("Map")
+st.caption("Every anchor pair on one map: pairs that look alike sit together. Lasso or box-select a "
+           "region to preview the accuracy without those pairs, remove them (one undoable edit) or "
+           "export them; colour and filter by influence, suspicious captions, duplicates and outliers.")
+
+ws = state.require_workspace()
+model = state.require_model(ws)
+bank = model.bank
+
+SOURCES = {"photos": "photo embeddings", "captions": "caption embeddings",
+           "relative": "ASIF relative representation"}
+HIGHLIGHT = "map_highlight"  # pair ids set by Classify & explain: the anchors behind its last picture
+MAX_THUMBS = 48
+
+
+# ------------------------------------------------------------------------------ background jobs
+@dataclass
+class Job:
+    fraction: float = 0.0
+    message: str = "Starting"
+    result: object = None
+    error: str | None = None
+    started: float = field(default_factory=time.time)
+    done: bool = False
+
+    def progress(self, fraction: float, message: str) -> None:
+        self.fraction, self.message = float(fraction), message
+
+
+@st.cache_resource(show_spinner=False)
+def _jobs() -> dict:
+    """Server-wide: ``{key: Job}`` for UMAP layouts and flag tables (shared by sessions)."""
+    return {"lock": threading.Lock(), "jobs": {}}
+
+
+def _run(key: tuple, work) -> Job:
+    """The job ``key`` (started in a background thread on first request)."""
+    reg = _jobs()
+    with reg["lock"]:
+        job = reg["jobs"].get(key)
+        if job is None:
+            job = reg["jobs"][key] = Job()
+
+            def target():
+                try:
+                    job.result = work(job.progress)
+                except Exception as error:  # noqa: BLE001 - shown on the page
+                    traceback.print_exc()
+                    job.error = f"{type(error).__name__}: {error}"
+                finally:
+                    job.done = True
+
+            threading.Thread(target=target, daemon=True, name=f"rosetta-map-{key[-1]}").start()
+    return job
+
+
+def _key(what: str) -> tuple:
+    return (str(ws.path), bank.key, len(bank.pair_ids), what)
+
+
+def _vectors(source: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(vectors, rows)``: what is laid out, and each pair's row in it (None: one row per pair)."""
+    if source == "photos":
+        return bank.img, bank.pair_img
+    if source == "captions":
+        return bank.cap, None
+    return L.relative_features(bank.img[bank.pair_img], bank.cap, bank.k, bank.p), None
+
+
+def _place(xy: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
+    return xy if rows is None else L.spread_copies(xy, rows)
+
+
+@st.cache_resource(show_spinner="Drawing the instant map (PCA)…", max_entries=8)
+def _pca(ws_path: str, key: str, n: int) -> np.ndarray:
+    x, rows = _vectors("photos")
+    return _place(L.layout(x, "pca", cache_dir=ws.path / "state"), rows)
+
+
+def _umap(source: str) -> Job:
+    def work(progress):
+        progress(0.0, "Preparing the vectors")
+        x, rows = _vectors(source)
+        return _place(L.layout(x, "umap", cache_dir=ws.path / "state", progress=progress), rows)
+    return _run(_key(f"umap-{source}"), work)
+
+
+def _flags() -> Job:
+    return _run(_key("flags"), lambda progress: F.pair_flags(
+        bank.img, bank.pair_img, bank.cap, progress=progress))
+
+
+# ------------------------------------------------------------------------------ the pair table
+def _table() -> pd.DataFrame:
+    """One row per pair the workspace ever held: ids, caption, status, influence, class, flags."""
+    base = {p.pair_id: p.base for p in ws.all_pairs()}
+    active = model.active_ids()
+    ids = bank.pair_ids
+    status = np.array(["removed" if int(i) not in active else ("kept" if base.get(int(i), True) else "added")
+                       for i in ids])
+    rows, _, _ = model.influence_snapshot()
+    influence = {r["pair_id"]: r["loo_delta"] for r in rows or []}
+    prompts = bank.prompts / np.linalg.norm(bank.prompts, axis=1, keepdims=True)
+    nearest = np.asarray(bank.prompt_classes)[np.argmax(bank.cap @ prompts.T, axis=1)]
+    df = pd.DataFrame({
+        "pair_id": ids, "caption": bank.captions, "image": bank.pair_refs, "status": status,
+        "influence": [100 * influence.get(int(i), np.nan) for i in ids],
+        "nearest class": np.asarray(bank.classes)[nearest],
+    })
+    job = _flags()
+    if job.done and job.result is not None:
+        for name, col in job.result.items():
+            df[name] = col
+    return df
+
+
+COLOURS = {  # label -> (column, kind)
+    "status (kept / removed / added)": ("status", "category"),
+    "influence (accuracy change if removed, pts)": ("influence", "number"),
+    "suspicious caption (caption-photo mismatch)": ("mismatch_score", "number"),
+    "nearest class (caption vs class prompts)": ("nearest class", "category"),
+    "photo near-duplicate group": ("photo_dup_group", "group"),
+    "caption near-duplicate group": ("caption_dup_group", "group"),
+    "photo outlier score": ("photo_outlier_score", "number"),
+    "caption outlier score": ("caption_outlier_score", "number"),
+}
+FILTERS = {  # label -> boolean column expression
+    "near-duplicate photos": lambda d: d["photo_dup_group"] >= 0,
+    "near-duplicate captions": lambda d: d["caption_dup_group"] >= 0,
+    "photo outliers": lambda d: d["photo_outlier"],
+    "caption outliers": lambda d: d["caption_outlier"],
+    "caption-photo mismatch": lambda d: d["mismatch"],
+    "removed": lambda d: d["status"] == "removed",
+    "added": lambda d: d["status"] == "added",
+}
+
+
+def _hover(df: pd.DataFrame) -> list[str]:
+    """Hover lines; captions are user text, so ``<``, ``>`` and ``&`` are escaped (plotly renders
+    a subset of HTML in hover labels)."""
+    caps = [html.escape(c if len(c) <= 120 else c[:119] + "…", quote=False) for c in df["caption"]]
+    return [f"#{i} · {s}<br>{c}" for i, s, c in zip(df["pair_id"], df["status"], caps)]
+
+
+def figure(df: pd.DataFrame, xy: np.ndarray, colour: str, highlight: list[int]) -> go.Figure:
+    """The WebGL scatter of ``df``'s rows at ``xy`` (rows of the same positions), coloured by ``colour``."""
+    column, kind = COLOURS[colour]
+    fig = go.Figure()
+    common = dict(mode="markers", hovertemplate="%{text}<extra></extra>")
+    if column not in df:
+        kind, values = "category", pd.Series(["computing…"] * len(df), index=df.index)
+    else:
+        values = df[column]
+    if kind == "number":
+        fig.add_trace(go.Scattergl(
+            x=xy[:, 0], y=xy[:, 1], customdata=df["pair_id"], text=_hover(df), name=colour,
+            marker=dict(size=4, color=values.fillna(0), colorscale="RdBu_r" if column == "influence" else "Viridis",
+                        colorbar=dict(title=dict(text=column)), opacity=0.8), **common))
+    else:
+        if kind == "group":
+            values = values.map(lambda g: "none" if g < 0 else "in a group")
+        for name in sorted(values.unique(), key=lambda v: (v in ("none", "kept"), str(v))):
+            m = (values == name).to_numpy()
+            sub = df[m]
+            fig.add_trace(go.Scattergl(
+                x=xy[m, 0], y=xy[m, 1], customdata=sub["pair_id"], text=_hover(sub), name=str(name),
+                marker=dict(size=4, opacity=0.35 if name in ("none", "kept") else 0.9), **common))
+    if highlight:
+        m = df["pair_id"].isin(highlight).to_numpy()
+        if m.any():
+            fig.add_trace(go.Scattergl(
+                x=xy[m, 0], y=xy[m, 1], customdata=df["pair_id"][m], text=_hover(df[m]),
+                name="anchors behind the Classify picture",
+                marker=dict(size=12, symbol="star", color="gold", line=dict(width=1, color="black")),
+                **common))
+    fig.update_layout(height=620, margin=dict(l=0, r=0, t=10, b=0), dragmode="lasso",
+                      legend=dict(orientation="h", y=-0.05), uirevision="map")
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False, scaleanchor="x")
+    return fig
+
+
+def _selected(event) -> list[int]:
+    sel = getattr(event, "selection", None) or {}
+    return sorted({int(p["customdata"]) for p in sel.get("points", []) if "customdata" in p})
+
+
+# ------------------------------------------------------------------------------ edits
+def _edit_bar() -> None:
+    c1, c2, c3, c4 = st.columns([1.4, 1, 0.8, 0.8])
+    accuracy_metric(c1, model, ws)
+    c2.metric("Anchor pairs", f"{model.n_anchors:,}")
+    for column, label, step, pending in ((c3, "Undo", state.undo, ws.peek_undo()),
+                                         (c4, "Redo", state.redo, ws.peek_redo())):
+        with column:
+            st.write("")
+            if st.button(label, icon=f":material/{label.lower()}:", disabled=pending is None,
+                         width="stretch", key=f"map_{label.lower()}"):
+                try:
+                    step(ws, model)
+                    st.rerun()
+                except ValueError as error:
+                    st.error(str(error))
+
+
+def act_on(chosen: list[int], df: pd.DataFrame, where: str) -> None:
+    """What-if preview, Remove (one edit), CSV export and thumbnails of the pairs ``chosen``."""
+    active = model.active_ids()
+    live = [i for i in chosen if i in active]
+    sel = df[df["pair_id"].isin(chosen)]
+    a, b, c = st.columns([3, 1.2, 1])
+    if live:
+        try:
+            what = model.what_if_remove(live)
+            a.info(f"**What if** these {len(live):,} pair(s) were removed: accuracy "
+                   f"{pct(what.accuracy_before)} → **{pct(what.accuracy)}** "
+                   f"({100 * what.delta:+.1f} pts, {what.n_changed} predictions would change).")
+        except ValueError as error:
+            a.warning(str(error))
+        if b.button(f"Remove {len(live):,} pair(s)", type="primary", icon=":material/delete:",
+                    width="stretch", key=f"remove_{where}"):
+            try:
+                state.remove_pairs(ws, model, live, note=f"from Map ({where})")
+                st.rerun()
+            except ValueError as error:
+                st.error(str(error))
+    else:
+        a.caption(f"{len(chosen):,} pair(s) selected, none of them in the current anchor set.")
+    c.download_button("Export CSV", sel.to_csv(index=False).encode("utf-8"), file_name="pairs.csv",
+                      mime="text/csv", icon=":material/download:", width="stretch", key=f"csv_{where}")
+    show = sel.head(MAX_THUMBS)
+    grid = pd.DataFrame({"photo": [thumbnail_url(image_path(ws, r), 64) for r in show["image"]],
+                         "caption": show["caption"], "pair": show["pair_id"], "status": show["status"]})
+    st.dataframe(grid, hide_index=True, row_height=56, height=min(420, 60 + 56 * len(grid)),
+                 column_config={"photo": st.column_config.ImageColumn("photo", width="small"),
+                                "caption": st.column_config.TextColumn("caption", width="large")},
+                 key=f"thumbs_{where}")
+    if len(sel) > MAX_THUMBS:
+        st.caption(f"Showing the first {MAX_THUMBS} of {len(sel):,}; the CSV has them all.")
+
+
+# ------------------------------------------------------------------------------ the page
+_edit_bar()
+last = st.session_state.get("last_edit")
+if last:
+    st.success(f"{last['kind'].capitalize()} of {len(last['pairs']):,} pair(s): accuracy "
+               f"{pct(last['before'])} → **{pct(last['accuracy'])}** (re-scored in {last['ms']:.0f} ms).",
+               icon=":material/check_circle:")
+
+tab_map, tab_search = st.tabs(["Map", "Search anchors"])
+
+
+def map_panel() -> None:
+    df = _table()
+    k1, k2, k3 = st.columns([1, 1.4, 1.4])
+    source = k1.selectbox("Map of", list(SOURCES), format_func=SOURCES.get, key="map_source")
+    colour = k2.selectbox("Colour by", list(COLOURS), key="map_colour")
+    shown_flags = k3.multiselect("Show only", list(FILTERS), key="map_filter",
+                                 placeholder="all pairs (or pick flags)")
+    text = st.text_input("…whose caption contains", key="map_text", placeholder="e.g. snow, dog, red")
+
+    job = _umap(source)
+    if job.done and job.result is not None:
+        xy, note = job.result, f"UMAP of the {SOURCES[source]}"
+    else:
+        xy = _pca(str(ws.path), bank.key, len(bank.pair_ids))
+        note = ("PCA of the photo embeddings (instant). UMAP could not be computed: " + job.error
+                if job.error else
+                f"PCA of the photo embeddings (instant) · UMAP of the {SOURCES[source]}: "
+                f"{job.message} ({100 * job.fraction:.0f}%, {time.time() - job.started:.0f} s)")
+    fjob = _flags()
+    if not fjob.done:
+        note += f" · flags: {fjob.message} ({100 * fjob.fraction:.0f}%)"
+    elif fjob.error:
+        note += f" · flags unavailable: {fjob.error}"
+    st.caption(note)
+
+    mask = np.ones(len(df), dtype=bool)
+    for name in shown_flags:
+        try:
+            mask &= FILTERS[name](df).to_numpy(dtype=bool)
+        except KeyError:
+            st.caption(f"“{name}” is still being computed; showing all pairs for it.")
+    if text:
+        mask &= df["caption"].str.contains(text, case=False, regex=False).to_numpy()
+    shown = df[mask]
+    highlight = [int(i) for i in st.session_state.get(HIGHLIGHT, [])]
+    event = st.plotly_chart(figure(shown, xy[mask], colour, highlight), on_select="rerun",
+                            selection_mode=("lasso", "box"), key="map_plot", config={"displaylogo": False})
+    picked = _selected(event)
+    everything = st.checkbox(f"Select all {len(shown):,} pairs shown", key="map_all",
+                             disabled=len(shown) == len(df))
+    chosen = shown["pair_id"].astype(int).tolist() if everything and len(shown) < len(df) else picked
+    if chosen:
+        act_on(chosen, df, "map")
+    else:
+        st.caption("Lasso or box-select points (toolbar above the map) to preview removing them.")
+
+
+def _computing() -> bool:
+    return not (_umap(st.session_state.get("map_source", "photos")).done and _flags().done)
+
+
+@st.fragment
+def map_static() -> None:
+    map_panel()
+
+
+@st.fragment(run_every=1.5)
+def map_polling() -> None:
+    """Redrawn while UMAP or the flags compute (progress in the caption); a full rerun when done."""
+    map_panel()
+    if not _computing():
+        st.rerun()
+
+
+@st.cache_resource(show_spinner="Preparing the search (once per anchor set)…", max_entries=4)
+def _search(ws_path: str, key: str, n: int, version: int):
+    from core.anchor_search import AnchorSearch
+
+    return AnchorSearch(model.current_model(), bank.img, bank.pair_img, bank.cap)
+
+
+@st.cache_resource(show_spinner=False)
+def _text_encoder(name: str):
+    from core.encoders import get_encoder
+
+    return get_encoder(name)
+
+
+def search_panel() -> None:
+    how = st.radio("Search by", ["text", "picture"], horizontal=True, key="search_how")
+    vec = None
+    if how == "text":
+        q = st.text_input("Describe what you look for", key="search_text", max_chars=300,
+                          placeholder="e.g. children playing in the snow")
+        if q.strip():
+            vec = _text_encoder(bank.settings["text_encoder"]).encode_texts([q.strip()])[0]
+    else:
+        up = st.file_uploader("A picture", type=["jpg", "jpeg", "png", "webp", "bmp"], key="search_pic")
+        if up is not None:
+            try:
+                vec = bank.embed_query(up.getvalue())
+            except ValueError as error:
+                st.error(f"That file could not be read as a picture: {error}")
+    if vec is None:
+        st.caption("Finds pairs by meaning: the encoder's nearest neighbours on the same side, and "
+                   "ASIF retrieval across sides (through the anchors' relative representations).")
+        return
+    search = _search(str(ws.path), bank.key, len(bank.pair_ids), model.version)
+    t0 = time.perf_counter()
+    found = search.by_text(vec) if how == "text" else search.by_image(vec)
+    ms = 1000 * (time.perf_counter() - t0)
+    df = _table()
+    mode = st.radio("Results", ["encoder neighbours", "ASIF retrieval"], horizontal=True, key="search_mode")
+    pos, score = found["encoder" if mode == "encoder neighbours" else "asif"]
+    res = df.iloc[pos].assign(score=score)
+    st.caption(f"{len(res)} pairs in {ms:.0f} ms.")
+    event = st.dataframe(
+        pd.DataFrame({"photo": [thumbnail_url(image_path(ws, r), 96) for r in res["image"]],
+                      "caption": res["caption"], "score": res["score"], "pair": res["pair_id"],
+                      "status": res["status"]}),
+        hide_index=True, row_height=72, on_select="rerun", selection_mode="multi-row", key="search_table",
+        column_config={"photo": st.column_config.ImageColumn("photo", width="small"),
+                       "caption": st.column_config.TextColumn("caption", width="large"),
+                       "score": st.column_config.NumberColumn(format="%.3f")})
+    rows = event.selection.rows if event else []
+    every = st.checkbox(f"Select all {len(res)} results", key="search_all")
+    chosen = res["pair_id"].astype(int).tolist() if every else [int(res.iloc[i]["pair_id"]) for i in rows]
+    if chosen:
+        act_on(chosen, df, "search")
+
+
+with tab_map:
+    map_polling() if _computing() else map_static()
+with tab_search:
+    search_panel()
