@@ -103,7 +103,11 @@ def test_map_search_and_hostile_caption(demo_root):
     hostile = "<b>bold</b> & <script>alert(1)</script> a dog"
     seq, (pid,) = ws.add_pairs([(ws.all_pairs()[0].image, hostile)], note="test")
     at.switch_page("pages/map.py").run()
-    assert not at.exception, [e.value for e in at.exception]
+    deadline = time.time() + 120
+    while not at.get("plotly_chart") and time.time() < deadline:  # the model is rebuilt with the new pair
+        assert not at.exception, [e.value for e in at.exception]
+        time.sleep(0.5)
+        at.run()
     hover = [s for t in _figure(at)["data"] for s in t["text"] if f"#{pid} " in s]
     assert hover and "<script>" not in hover[0] and "&lt;script&gt;" in hover[0]
 
