@@ -11,6 +11,9 @@ Public API (``x [n, d]`` any vectors, compared by cosine similarity)
 ``near_duplicates(x, threshold, k)`` -> ``(group [n] int64, best [n] float32)``: rows joined by a
     similarity >= ``threshold`` form a group (connected components), numbered 0, 1, … by size
     (largest first); -1 = no near-duplicate. ``best`` is each row's highest similarity to another row.
+``near_duplicate_captions(x, texts, threshold, max_word_edits, k)``: the same for captions, where a
+    link also needs the texts to differ by at most ``max_word_edits`` words (case and punctuation
+    ignored): the embedding proposes candidates, the words confirm them.
 ``outlier_scores(x, k)`` -> ``[n]`` float32: mean cosine distance to the k nearest other rows.
 ``outliers(scores, top_fraction)`` -> ``[n]`` bool: the ``top_fraction`` highest scores.
 ``pair_flags(image, pair_image, caption, ...)`` -> ``{column: [P] array}``: all flags as columns per
@@ -22,6 +25,7 @@ Thresholds (:data:`IMAGE_DUPLICATE`, :data:`CAPTION_DUPLICATE`) were chosen by `
 """
 from __future__ import annotations
 
+import re
 from typing import Callable
 
 import numpy as np
@@ -32,8 +36,10 @@ Progress = Callable[[float, str], None] | None
 
 #: Cosine similarity (efficientnet-lite0) at or above which two photos are near-duplicates.
 IMAGE_DUPLICATE = 0.92
-#: Cosine similarity (all-MiniLM-L6-v2) at or above which two captions are near-duplicates.
-CAPTION_DUPLICATE = 0.95
+#: Cosine similarity (all-MiniLM-L6-v2) at or above which two captions are near-duplicate
+#: candidates; they are near-duplicates when they also differ by at most MAX_WORD_EDITS words.
+CAPTION_DUPLICATE = 0.80
+MAX_WORD_EDITS = 1
 #: Neighbours per row for the duplicate search and the outlier score.
 K = 10
 #: Fraction of rows flagged as outliers (the highest k-NN distances).
@@ -94,6 +100,54 @@ def near_duplicates(x, threshold: float, k: int = K) -> tuple[np.ndarray, np.nda
     return _groups(idx.shape[0], rows, idx[rows, cols]), sims[:, 0].copy()
 
 
+_PUNCT = re.compile(r"[^\w\s]+")
+
+
+def words(text: str) -> list[str]:
+    """``text`` lower-cased, punctuation dropped, split on white space."""
+    return _PUNCT.sub(" ", text.lower()).split()
+
+
+def word_edits(a: list[str], b: list[str], limit: int) -> int:
+    """Word-level edit distance (insert, delete, substitute one word) of ``a`` and ``b``, or
+    ``limit + 1`` as soon as it exceeds ``limit`` (banded dynamic programme, O(len * limit))."""
+    if abs(len(a) - len(b)) > limit:
+        return limit + 1
+    big = limit + 1
+    prev = list(range(len(b) + 1))
+    for i in range(1, len(a) + 1):
+        cur = [i] + [big] * len(b)
+        for j in range(max(1, i - limit), min(len(b), i + limit) + 1):
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] != b[j - 1]))
+        if min(cur) > limit:
+            return big
+        prev = cur
+    return min(prev[len(b)], big)
+
+
+def near_duplicate_captions(x, texts, threshold: float, max_word_edits: int = MAX_WORD_EDITS,
+                            k: int = K) -> tuple[np.ndarray, np.ndarray]:
+    """Like :func:`near_duplicates` for captions ``x [n, d]`` with their ``texts [n]``: a link
+    also needs the two captions to differ by at most ``max_word_edits`` words once case and
+    punctuation are ignored (the issue's "light paraphrase"); the embedding's k-NN proposes the
+    candidates, so no pair of the n^2 is compared word by word unless it is among them."""
+    if len(texts) != np.asarray(x).shape[0]:
+        raise ValueError(f"Give one text per caption vector; got {len(texts)} and {np.asarray(x).shape[0]}.")
+    idx, sims = neighbours(x, k)
+    rows, cols = np.nonzero(sims >= threshold)
+    tokens: dict[int, list[str]] = {}
+
+    def tok(i: int) -> list[str]:
+        if i not in tokens:
+            tokens[i] = words(str(texts[i]))
+        return tokens[i]
+
+    other = idx[rows, cols]
+    keep = np.array([word_edits(tok(int(i)), tok(int(j)), max_word_edits) <= max_word_edits
+                     for i, j in zip(rows, other)], dtype=bool)
+    return _groups(idx.shape[0], rows[keep], other[keep]), sims[:, 0].copy()
+
+
 def outlier_scores(x, k: int = K) -> np.ndarray:
     """``[n]`` float32: mean cosine distance (1 - similarity) of each row to its ``k`` nearest other
     rows; high = far from everything else."""
@@ -113,13 +167,14 @@ def outliers(scores, top_fraction: float = OUTLIER_FRACTION) -> np.ndarray:
     return out
 
 
-def pair_flags(image, pair_image, caption, *, image_threshold: float = IMAGE_DUPLICATE,
+def pair_flags(image, pair_image, caption, texts, *, image_threshold: float = IMAGE_DUPLICATE,
                caption_threshold: float = CAPTION_DUPLICATE, k: int = K,
                outlier_fraction: float = OUTLIER_FRACTION, mismatch: bool = True,
                progress: Progress = None) -> dict[str, np.ndarray]:
     """Every flag as a column per pair.
 
-    ``image [U, di]`` distinct photos, ``pair_image [P]`` each pair's photo row, ``caption [P, dt]``.
+    ``image [U, di]`` distinct photos, ``pair_image [P]`` each pair's photo row, ``caption [P, dt]``
+    and ``texts [P]`` the captions' vectors and texts.
     Columns (each ``[P]``): ``photo_dup_group`` (-1 = none), ``photo_dup_sim``, ``caption_dup_group``,
     ``caption_dup_sim``, ``photo_outlier_score``, ``photo_outlier``, ``caption_outlier_score``,
     ``caption_outlier``, and with ``mismatch=True`` ``mismatch_score`` and ``mismatch``
@@ -135,7 +190,7 @@ def pair_flags(image, pair_image, caption, *, image_threshold: float = IMAGE_DUP
     report(0.1, "Photo outliers")
     img_out = outlier_scores(image, k)
     report(0.2, "Near-duplicate captions")
-    cap_group, cap_best = near_duplicates(cap, caption_threshold, k)
+    cap_group, cap_best = near_duplicate_captions(cap, texts, caption_threshold, k=k)
     report(0.35, "Caption outliers")
     cap_out = outlier_scores(cap, k)
     cols = {
