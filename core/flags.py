@@ -35,7 +35,7 @@ from core.search import exact_topk, l2_normalize
 Progress = Callable[[float, str], None] | None
 
 #: Cosine similarity (efficientnet-lite0) at or above which two photos are near-duplicates.
-IMAGE_DUPLICATE = 0.92
+IMAGE_DUPLICATE = 0.76
 #: Cosine similarity (all-MiniLM-L6-v2) at or above which two captions are near-duplicate
 #: candidates; they are near-duplicates when they also differ by at most MAX_WORD_EDITS words.
 CAPTION_DUPLICATE = 0.80
