@@ -116,13 +116,15 @@ def relative_features(image, caption, k: int, p: float, dims: int = 64, seed: in
 
     ``image [n, di]`` and ``caption [n, dt]`` are the pairs' vectors, which are also the anchors.
     Row i is the sparse vector ``rr(image_i) + rr(caption_i)`` over the ``n`` anchors (top ``k``
-    similarities, power ``p``, unit norm: :func:`core.asif.relative_representation`), projected
-    on its ``dims`` leading singular vectors (``sklearn`` randomized truncated SVD).
+    similarities, power ``p``, unit norm, as :func:`core.asif.relative_representation`; repeated
+    rows, a photo with several captions, are searched once), projected on its ``dims`` leading
+    singular vectors (``sklearn`` randomized truncated SVD).
     """
     from scipy import sparse
     from sklearn.decomposition import TruncatedSVD
 
-    from core.asif import relative_representation
+    from core.asif import process_similarities
+    from core.search import ExactIndex
 
     img, cap = _check(image), _check(caption)
     if img.shape[0] != cap.shape[0]:
@@ -130,12 +132,13 @@ def relative_features(image, caption, k: int, p: float, dims: int = 64, seed: in
     n = img.shape[0]
     kk = int(min(k, n))
     rows = np.repeat(np.arange(n), kk)
-    mats = []
-    for side in (img, cap):
-        idx, val = relative_representation(side, side, kk, p)
-        mats.append(sparse.csr_matrix((val.ravel(), (rows, idx.ravel())), shape=(n, n)))
-    rel = mats[0] + mats[1]
-    d = int(min(dims, n - 1, rel.shape[1] - 1))
+    rel = sparse.csr_matrix((n, n), dtype=np.float32)
+    for side in (l2_normalize(img), l2_normalize(cap)):
+        first, inverse = distinct_rows(side)
+        idx, sims = ExactIndex(side).topk(side[first], kk)
+        val = process_similarities(sims, p)
+        rel = rel + sparse.csr_matrix((val[inverse].ravel(), (rows, idx[inverse].ravel())), shape=(n, n))
+    d = int(min(dims, n - 1))
     if d < 2:
         return pca_2d(rel.toarray())
     return TruncatedSVD(n_components=d, random_state=seed).fit_transform(rel).astype(np.float32)

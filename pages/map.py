@@ -120,6 +120,7 @@ def _table() -> pd.DataFrame:
     ids = bank.pair_ids
     status = np.array(["removed" if int(i) not in active else ("kept" if base.get(int(i), True) else "added")
                        for i in ids])
+    model.start_influence()  # computed in the background (the Curate page's table); NaN until then
     rows, _, _ = model.influence_snapshot()
     influence = {r["pair_id"]: r["loo_delta"] for r in rows or []}
     prompts = bank.prompts / np.linalg.norm(bank.prompts, axis=1, keepdims=True)
@@ -228,19 +229,17 @@ def map_panel() -> None:
 
     job = _umap(source)
     if job.done and job.result is not None:
-        xy, note = job.result, f"UMAP of the {SOURCES[source]}"
+        xy = job.result
+        st.caption(f"UMAP layout of the {SOURCES[source]}.")
     else:
         xy = _pca(str(ws.path), bank.key, len(bank.pair_ids))
-        note = ("PCA of the photo embeddings (instant). UMAP could not be computed: " + job.error
-                if job.error else
-                f"PCA of the photo embeddings (instant) · UMAP of the {SOURCES[source]}: "
-                f"{job.message} ({100 * job.fraction:.0f}%, {time.time() - job.started:.0f} s)")
+        if job.error:
+            st.caption(f"Instant PCA layout of the photo embeddings; UMAP could not be computed: {job.error}")
     fjob = _flags()
-    if not fjob.done:
-        note += f" · flags: {fjob.message} ({100 * fjob.fraction:.0f}%)"
-    elif fjob.error:
-        note += f" · flags unavailable: {fjob.error}"
-    st.caption(note)
+    if fjob.error:
+        st.caption(f"Flags unavailable: {fjob.error}")
+    if _computing():
+        _progress(source)
 
     mask = np.ones(len(df), dtype=bool)
     for name in shown_flags:
@@ -268,17 +267,20 @@ def _computing() -> bool:
     return not (_umap(st.session_state.get("map_source", "photos")).done and _flags().done)
 
 
-@st.fragment
-def map_static() -> None:
-    map_panel()
-
-
 @st.fragment(run_every=1.5)
-def map_polling() -> None:
-    """Redrawn while UMAP or the flags compute (progress in the caption); a full rerun when done."""
-    map_panel()
+def _progress(source: str) -> None:
+    """The progress of UMAP and the flags, redrawn alone; the page reruns when both are done (the
+    map itself is not in a fragment: a selection event must not point at a fragment a rerun dropped)."""
     if not _computing():
         st.rerun()
+    job, fjob = _umap(source), _flags()
+    parts = []
+    if not job.done:
+        parts.append(f"Instant PCA layout of the photo embeddings while UMAP of the {SOURCES[source]} "
+                     f"runs: {job.message} ({100 * job.fraction:.0f}%, {time.time() - job.started:.0f} s).")
+    if not fjob.done:
+        parts.append(f"Computing flags: {fjob.message} ({100 * fjob.fraction:.0f}%).")
+    st.caption(" ".join(parts))
 
 
 @st.cache_resource(show_spinner="Preparing the search (once per anchor set)…", max_entries=4)
@@ -339,6 +341,6 @@ def search_panel() -> None:
 
 
 with tab_map:
-    map_polling() if _computing() else map_static()
+    map_panel()
 with tab_search:
     search_panel()

@@ -44,7 +44,7 @@ def _open_map(at, timeout: float = 240):
     deadline = time.time() + timeout
     while time.time() < deadline:
         assert not at.exception, [e.value for e in at.exception]
-        if "UMAP of the photo embeddings" in texts(at) and "flags:" not in texts(at):
+        if "UMAP layout of the photo embeddings" in texts(at) and "Computing flags" not in texts(at):
             return at
         time.sleep(1.0)
         at.run()

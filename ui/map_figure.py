@@ -40,7 +40,7 @@ def figure(df: pd.DataFrame, xy: np.ndarray, colour: str, highlight: list[int]) 
     if kind == "number":
         fig.add_trace(go.Scattergl(
             x=xy[:, 0], y=xy[:, 1], customdata=df["pair_id"], text=hover(df), name=colour,
-            marker=dict(size=4, color=values.fillna(0), colorscale="RdBu_r" if column == "influence" else "Viridis",
+            marker=dict(size=5, color=values.fillna(0), colorscale="RdBu_r" if column == "influence" else "Viridis",
                         colorbar=dict(title=dict(text=column)), opacity=0.8), **common))
     else:
         if kind == "group":
@@ -50,7 +50,7 @@ def figure(df: pd.DataFrame, xy: np.ndarray, colour: str, highlight: list[int]) 
             sub = df[m]
             fig.add_trace(go.Scattergl(
                 x=xy[m, 0], y=xy[m, 1], customdata=sub["pair_id"], text=hover(sub), name=str(name),
-                marker=dict(size=4, opacity=0.35 if name in ("none", "kept") else 0.9), **common))
+                marker=dict(size=5, opacity=0.6 if name in ("none", "kept") else 0.95), **common))
     if highlight:
         m = df["pair_id"].isin(highlight).to_numpy()
         if m.any():
