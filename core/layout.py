@@ -37,7 +37,7 @@ Progress = Callable[[float, str], None] | None
 
 METHODS = ("pca", "umap")
 #: UMAP settings chosen by measurement on 35,000 Flickr8k pairs (docs/RESULTS.md "Map").
-UMAP_DEFAULTS = {"n_neighbors": 15, "min_dist": 0.1, "n_epochs": 200, "seed": 0}
+UMAP_DEFAULTS = {"n_neighbors": 15, "min_dist": 0.1, "n_epochs": 200, "init": "pca", "seed": 0}
 #: Copies of one row (a photo with several captions) are spread on a ring of this radius, as a
 #: fraction of the map's extent: visible as separate points when zoomed in, one blob when not.
 SPREAD = 0.004
@@ -78,8 +78,8 @@ def knn_graph(x, n_neighbors: int, progress: Progress = None) -> tuple[np.ndarra
 
 
 def umap_2d(x, n_neighbors: int = UMAP_DEFAULTS["n_neighbors"], min_dist: float = UMAP_DEFAULTS["min_dist"],
-            n_epochs: int = UMAP_DEFAULTS["n_epochs"], seed: int = UMAP_DEFAULTS["seed"],
-            knn: str = "exact", progress: Progress = None) -> np.ndarray:
+            n_epochs: int = UMAP_DEFAULTS["n_epochs"], init: str = UMAP_DEFAULTS["init"],
+            seed: int = UMAP_DEFAULTS["seed"], knn: str = "exact", progress: Progress = None) -> np.ndarray:
     """``[n, 2]`` float32 UMAP of ``x [n, d]`` under cosine distance.
 
     ``knn="exact"`` feeds UMAP the exact neighbour graph of :func:`knn_graph`; ``"nndescent"``
@@ -95,7 +95,7 @@ def umap_2d(x, n_neighbors: int = UMAP_DEFAULTS["n_neighbors"], min_dist: float 
         return pca_2d(arr)
     nn = int(min(max(2, n_neighbors), n - 1))
     kwargs = dict(n_neighbors=nn, min_dist=float(min_dist), n_epochs=int(n_epochs), metric="cosine",
-                  random_state=int(seed), init="spectral", low_memory=True, n_jobs=1)
+                  random_state=int(seed), init=init, low_memory=True, n_jobs=1)
     if knn == "exact":
         idx, dist = knn_graph(arr, nn, lambda f, m: report(0.4 * f, m))
         kwargs["precomputed_knn"] = (idx, dist, None)
