@@ -263,13 +263,19 @@ def plan_remove(state: LogState, pair_ids: Iterable[int], *, min_active: int = 1
     return Operation("remove", "remove", tuple(ids), note=note)
 
 
-def plan_add(state: LogState, pairs: Sequence[tuple[str, str]], *, note: str = "") -> Operation:
-    """Validate adding ``(image_ref, caption)`` rows; their ids are the next free ones."""
+def check_new_pairs(pairs: Sequence[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    """The ``(image_ref, caption)`` rows of an addition, checked (captions stripped, non-empty)."""
     rows = tuple((str(img), str(cap).strip()) for img, cap in pairs)
     if not rows:
         raise ValueError("No pairs to add.")
     if any(not cap for _, cap in rows):
         raise ValueError("Every added pair needs a non-empty caption.")
+    return rows
+
+
+def plan_add(state: LogState, pairs: Sequence[tuple[str, str]], *, note: str = "") -> Operation:
+    """Validate adding ``(image_ref, caption)`` rows; their ids are the next free ones."""
+    rows = check_new_pairs(pairs)
     ids = tuple(range(state.next_pair_id, state.next_pair_id + len(rows)))
     return Operation("add", "add", ids, new_pairs=rows, note=note)
 
