@@ -45,7 +45,7 @@ import shutil
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -159,9 +159,10 @@ class Edit:
     created_at: float
 
     def describe(self) -> str:
+        if self.ref_seq is not None:
+            return f"{self.kind} of #{self.ref_seq}"
         n = len(self.pair_ids)
-        what = f"{self.kind} of {n} pair{'s' if n != 1 else ''}"
-        return what + (f" (#{self.seq})" if self.ref_seq is None else f" of #{self.ref_seq}")
+        return f"{self.kind} of {n} pair{'s' if n != 1 else ''} (#{self.seq})"
 
 
 @dataclass(frozen=True)
@@ -403,8 +404,8 @@ CREATE TABLE IF NOT EXISTS edits (
 """
 
 
-def _connect(db_path: Path, timeout: float = LOCK_WAIT_S) -> sqlite3.Connection:
-    con = sqlite3.connect(str(db_path), timeout=timeout, isolation_level=None, check_same_thread=False)
+def _connect(db_path: Path) -> sqlite3.Connection:
+    con = sqlite3.connect(str(db_path), timeout=LOCK_WAIT_S, isolation_level=None, check_same_thread=False)
     con.execute("PRAGMA journal_mode=WAL")
     con.execute("PRAGMA synchronous=FULL")
     return con
@@ -498,6 +499,7 @@ class Workspace:
 
         def __enter__(self):
             try:
+                self.con.execute(f"PRAGMA busy_timeout = {int(LOCK_WAIT_S * 1000)}")
                 self.con.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError as error:
                 if _busy(error):
