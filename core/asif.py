@@ -284,23 +284,86 @@ def class_candidates(prompt_embeddings, prompt_classes, strategy: str = DEFAULT_
     return l2_normalize(sums.astype(np.float32)), np.arange(n_classes, dtype=np.int64)
 
 
+class ClassReducer:
+    """Candidate scores ``[Q, P']`` -> class scores ``[Q, C]``: a class scores the max over its
+    text candidates (the "per-template" strategy, as the reference code; with one candidate per
+    class, as "mean" gives, the scores pass through unchanged). The one reduction used by
+    :meth:`AsifModel.classify`, :class:`core.edits.EditSession` and its influence.
+
+    >>> r = ClassReducer(np.array([0, 1, 1]), 2)
+    >>> r(np.array([[0.1, 0.5, 0.3]]))
+    array([[0.1, 0.5]])
+    >>> r.best_candidate(np.array([[0.1, 0.2, 0.3]])), r.identity
+    (array([[0, 2]]), False)
+    """
+
+    def __init__(self, candidate_classes, n_classes: int):
+        self.candidate_classes = np.asarray(candidate_classes, dtype=np.int64).ravel()
+        self.n_classes = int(n_classes)
+        #: candidate columns of each class
+        self.columns = [np.flatnonzero(self.candidate_classes == c) for c in range(self.n_classes)]
+        #: one candidate per class, in class order: class scores are the candidate scores
+        self.identity = bool(np.array_equal(self.candidate_classes, np.arange(self.n_classes)))
+
+    def __call__(self, candidate_scores: np.ndarray) -> np.ndarray:
+        """Class scores ``[Q, C]`` (the input's dtype; -inf for a class without candidates)."""
+        s = np.asarray(candidate_scores)
+        if self.identity:
+            return s
+        out = np.full((s.shape[0], self.n_classes), -np.inf, dtype=s.dtype)
+        for c, cols in enumerate(self.columns):
+            if cols.size:
+                out[:, c] = s[:, cols].max(axis=1)
+        return out
+
+    def best_candidate(self, candidate_scores: np.ndarray) -> np.ndarray:
+        """``[Q, C]`` the winning candidate of every class (index into the candidates; the first
+        of equal scores; 0 for a class without candidates)."""
+        s = np.asarray(candidate_scores)
+        if self.identity:
+            return np.broadcast_to(np.arange(self.n_classes), (s.shape[0], self.n_classes)).copy()
+        out = np.zeros((s.shape[0], self.n_classes), dtype=np.int64)
+        for c, cols in enumerate(self.columns):
+            if cols.size:
+                out[:, c] = cols[s[:, cols].argmax(axis=1)]
+        return out
+
+    def winner_of(self, candidate_scores: np.ndarray, classes: np.ndarray) -> np.ndarray:
+        """``[Q]`` the winning candidate of class ``classes[q]`` for each row ``q``."""
+        classes = np.asarray(classes, dtype=np.int64)
+        if self.identity:
+            return classes.copy()
+        s = np.asarray(candidate_scores)
+        out = np.zeros(classes.size, dtype=np.int64)
+        for c, cols in enumerate(self.columns):
+            sel = classes == c
+            if sel.any():
+                out[sel] = cols[s[sel][:, cols].argmax(axis=1)]
+        return out
+
+    def with_columns(self, class_scores: np.ndarray, candidate_scores: np.ndarray,
+                     columns: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """The class scores after candidate ``columns`` take ``values [Q, len(columns)]`` (only
+        their classes are reduced again; the inputs are left unchanged)."""
+        out = np.array(class_scores, copy=True)
+        if self.identity:
+            out[:, columns] = values
+            return out
+        for c in np.unique(self.candidate_classes[columns]).tolist():
+            cols = self.columns[c]
+            sub = candidate_scores[:, cols]  # a copy (fancy index)
+            mine = self.candidate_classes[columns] == c
+            sub[:, np.searchsorted(cols, columns[mine])] = values[:, mine]
+            out[:, c] = sub.max(axis=1)
+        return out
+
+
 def class_scores_from_candidates(candidate_scores: np.ndarray, candidate_classes: np.ndarray,
                                  n_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Class scores ``[Q, C]`` = max over each class's candidates; also the winning candidate per
-    (query, class) ``[Q, C]`` (index into the candidates)."""
-    s = np.asarray(candidate_scores)
-    cls = np.asarray(candidate_classes)
-    out = np.full((s.shape[0], n_classes), -np.inf, dtype=np.float32)
-    arg = np.zeros((s.shape[0], n_classes), dtype=np.int64)
-    for c in range(n_classes):
-        cols = np.flatnonzero(cls == c)
-        if cols.size == 0:
-            continue
-        sub = s[:, cols]
-        j = sub.argmax(axis=1)
-        out[:, c] = sub[np.arange(s.shape[0]), j]
-        arg[:, c] = cols[j]
-    return out, arg
+    """Class scores ``[Q, C]`` (float32) = max over each class's candidates, and the winning
+    candidate per (query, class) ``[Q, C]``: :class:`ClassReducer` in one call."""
+    reducer = ClassReducer(candidate_classes, n_classes)
+    return np.array(reducer(candidate_scores), dtype=np.float32), reducer.best_candidate(candidate_scores)
 
 
 # ------------------------------------------------------------------------------------------------
