@@ -35,7 +35,8 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import scipy.sparse as sp
 
-from core.search import DEFAULT_MEMORY_BYTES, ExactIndex, _as_float32_2d, exact_topk, l2_normalize
+from core.arrays import as_float32_2d, l2_normalize
+from core.search import DEFAULT_MEMORY_BYTES, ExactIndex, exact_topk
 
 ProgressFn = Callable[[float, str], None]
 
@@ -153,8 +154,8 @@ def relative_representation(x, anchors, k: int = DEFAULT_K, p: float = DEFAULT_P
     >>> print(idx, val.round(3))
     [[1 0]] [[0.872 0.49 ]]
     """
-    xa = _as_float32_2d("queries", x)
-    aa = _as_float32_2d("anchors", anchors, xa.shape[1])
+    xa = as_float32_2d("queries", x)
+    aa = as_float32_2d("anchors", anchors, xa.shape[1])
     k, p = _check_kp(k, p, aa.shape[0])
     idx, sims = exact_topk(l2_normalize(xa), l2_normalize(aa), k, device=device,
                            memory_bytes=memory_bytes, progress=progress)
@@ -264,7 +265,7 @@ def class_candidates(prompt_embeddings, prompt_classes, strategy: str = DEFAULT_
     "mean": one candidate per class, the L2-normalised mean of its normalised prompt embeddings.
     "per-template": the prompts themselves. Returns ``(candidates [P', d], candidate_classes [P'])``.
     """
-    emb = l2_normalize(_as_float32_2d("prompt embeddings", prompt_embeddings))
+    emb = l2_normalize(as_float32_2d("prompt embeddings", prompt_embeddings))
     classes = np.asarray(prompt_classes, dtype=np.int64).ravel()
     if classes.shape[0] != emb.shape[0]:
         raise ValueError(f"{emb.shape[0]} prompt embeddings but {classes.shape[0]} prompt classes.")
@@ -517,8 +518,8 @@ class AsifModel:
                  k: int = DEFAULT_K, p: float = DEFAULT_P, info: Mapping[str, Any] | None = None,
                  template_strategy: str = DEFAULT_TEMPLATE_STRATEGY,
                  temperature: float = DEFAULT_TEMPERATURE, device: str | None = "cpu"):
-        img = _as_float32_2d("anchor image embeddings", image_embeddings)
-        txt = _as_float32_2d("anchor text embeddings", text_embeddings)
+        img = as_float32_2d("anchor image embeddings", image_embeddings)
+        txt = as_float32_2d("anchor text embeddings", text_embeddings)
         if img.shape[0] != txt.shape[0]:
             raise ValueError(f"{img.shape[0]} anchor images but {txt.shape[0]} anchor texts: pairs must "
                              "line up one to one.")
@@ -587,7 +588,7 @@ class AsifModel:
     def _represent(self, modality: str, queries, progress: ProgressFn | None):
         """ASIF recipe (:func:`relative_representation`) against this model's anchors."""
         index = self.search_index(modality)
-        x = l2_normalize(_as_float32_2d("queries", queries, index.base.shape[1]))
+        x = l2_normalize(as_float32_2d("queries", queries, index.base.shape[1]))
         idx, sims = index.topk(x, self.k, device=self.device, progress=progress)
         return idx, process_similarities(sims, self.p)
 
@@ -604,7 +605,7 @@ class AsifModel:
         ``self.template_strategy``. Returns a :class:`Classification`.
         """
         strategy = strategy or self.template_strategy
-        pe = _as_float32_2d("prompt embeddings", prompt_embeddings, self.text_embeddings.shape[1])
+        pe = as_float32_2d("prompt embeddings", prompt_embeddings, self.text_embeddings.shape[1])
         pc = np.arange(pe.shape[0]) if prompt_classes is None else np.asarray(prompt_classes)
         cand, cand_cls = class_candidates(pe, pc, strategy, n_classes)
         n_classes = int(n_classes if n_classes is not None else cand_cls.max() + 1)
@@ -661,10 +662,10 @@ class AsifModel:
         ``explanation.scatter_data()`` the Fig. 7 points.
         """
         strategy = strategy or self.template_strategy
-        q = l2_normalize(_as_float32_2d("image embedding", image_embedding, self.image_embeddings.shape[1]))
+        q = l2_normalize(as_float32_2d("image embedding", image_embedding, self.image_embeddings.shape[1]))
         if q.shape[0] != 1:
             raise ValueError("explain takes one image embedding; call it once per image.")
-        pe = _as_float32_2d("prompt embeddings", prompt_embeddings, self.text_embeddings.shape[1])
+        pe = as_float32_2d("prompt embeddings", prompt_embeddings, self.text_embeddings.shape[1])
         pc = np.arange(pe.shape[0]) if prompt_classes is None else np.asarray(prompt_classes)
         cand, cand_cls = class_candidates(pe, pc, strategy, n_classes)
         n_classes = int(n_classes if n_classes is not None else cand_cls.max() + 1)
@@ -714,8 +715,8 @@ class AsifModel:
 
     def with_pairs_added(self, image_embeddings, text_embeddings, pair_ids=None, metadata=None) -> "AsifModel":
         """A new model with extra pairs appended (ids default to ``max(id)+1 …``)."""
-        img = _as_float32_2d("new image embeddings", image_embeddings, self.image_embeddings.shape[1])
-        txt = _as_float32_2d("new text embeddings", text_embeddings, self.text_embeddings.shape[1])
+        img = as_float32_2d("new image embeddings", image_embeddings, self.image_embeddings.shape[1])
+        txt = as_float32_2d("new text embeddings", text_embeddings, self.text_embeddings.shape[1])
         m = img.shape[0]
         if pair_ids is None:
             start = int(self.pair_ids.max()) + 1 if self.n_anchors else 0

@@ -19,7 +19,7 @@ from core.asif import (AsifModel, ClassReducer, argmax_tolerant, class_candidate
                        signed_power64, sparse_scores)
 from core.edits.influence import Influence, leave_one_out
 from core.edits.neighbours import AnchorRows, NeighbourLists
-from core.search import _as_float32_2d, l2_normalize
+from core.arrays import as_float32_2d, l2_normalize
 
 ProgressFn = Callable[[float, str], None]
 
@@ -111,12 +111,12 @@ class EditSession:
                  progress: ProgressFn | None = None):
         self.k, self.p = model.k, model.p
         self.strategy = strategy or model.template_strategy
-        q = l2_normalize(_as_float32_2d("evaluation image embeddings", eval_image_embeddings,
+        q = l2_normalize(as_float32_2d("evaluation image embeddings", eval_image_embeddings,
                                         model.image_embeddings.shape[1]))
         y = np.asarray(eval_labels, dtype=np.int64).ravel()
         if y.shape[0] != q.shape[0]:
             raise ValueError(f"{q.shape[0]} evaluation images but {y.shape[0]} labels.")
-        pe = _as_float32_2d("prompt embeddings", prompt_embeddings, model.text_embeddings.shape[1])
+        pe = as_float32_2d("prompt embeddings", prompt_embeddings, model.text_embeddings.shape[1])
         pc = np.arange(pe.shape[0]) if prompt_classes is None else np.asarray(prompt_classes, dtype=np.int64)
         n_classes = len(class_names) if class_names is not None else int(max(pc.max(), y.max()) + 1)
         if y.min() < 0 or y.max() >= n_classes:
@@ -343,8 +343,8 @@ class EditSession:
     def add(self, image_embeddings, text_embeddings, pair_ids=None, metadata=None) -> EditResult:
         """Add pairs ``[m, d_img]`` / ``[m, d_txt]`` (ids default to fresh ``max+1 …``; given ids must be
         new to this session) and re-score."""
-        img = l2_normalize(_as_float32_2d("new image embeddings", image_embeddings, self.anchors.img.shape[1]))
-        txt = l2_normalize(_as_float32_2d("new text embeddings", text_embeddings, self.anchors.txt.shape[1]))
+        img = l2_normalize(as_float32_2d("new image embeddings", image_embeddings, self.anchors.img.shape[1]))
+        txt = l2_normalize(as_float32_2d("new text embeddings", text_embeddings, self.anchors.txt.shape[1]))
         if img.shape[0] != txt.shape[0]:
             raise ValueError(f"{img.shape[0]} new images but {txt.shape[0]} new texts.")
         m = img.shape[0]
@@ -375,8 +375,8 @@ class EditSession:
     def what_if_add(self, image_embeddings, text_embeddings) -> EditResult:
         """Accuracy if these pairs were added, without committing anything (temporary rows are kept
         dead in the anchor rows)."""
-        img = l2_normalize(_as_float32_2d("new image embeddings", image_embeddings, self.anchors.img.shape[1]))
-        txt = l2_normalize(_as_float32_2d("new text embeddings", text_embeddings, self.anchors.txt.shape[1]))
+        img = l2_normalize(as_float32_2d("new image embeddings", image_embeddings, self.anchors.img.shape[1]))
+        txt = l2_normalize(as_float32_2d("new text embeddings", text_embeddings, self.anchors.txt.shape[1]))
         start = int(self.anchors.ids[:self.anchors.size].max()) + 1
         ids = -np.arange(start, start + img.shape[0], dtype=np.int64) - 1  # private negative ids
         rows = self.anchors.append(img, txt, ids, None if self.anchors.metadata is None else [{}] * img.shape[0])
