@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core import edits
+from core.edits import neighbours
 from core.asif import AsifModel
 from core.edits import EditSession
 
@@ -38,7 +38,7 @@ def _check_against_full(s: EditSession):
     ("per-template", 5, 24, 256),  # also whole-list merges and filters (more than SEQUENTIAL_MAX)
     ("per-template", 6, 24, 0)])  # the text side's changed anchors found by scanning the lists
 def test_random_edit_sequence_equals_full_recompute(strategy, seed, largest, product_max, monkeypatch):
-    monkeypatch.setattr(edits, "PRODUCT_MAX_ANCHORS", product_max)
+    monkeypatch.setattr(neighbours, "PRODUCT_MAX_ANCHORS", product_max)
     rng, P = _random_problem(seed)
     model = AsifModel(P["img"], P["txt"], k=15, p=3)
     s = EditSession(model, P["q"], P["y"], P["prompts"], P["pc"], strategy=strategy, slack=3)
@@ -84,7 +84,7 @@ def test_removal_finds_a_pair_whose_stored_similarity_is_one_bit_off():
     held = side.rows == row
     side.sims[held] = np.nextafter(side.sims[held], np.float32(np.inf))  # now ranks before itself
     s._full_scores()
-    s.remove([s.bank.ids[row]])
+    s.remove([s.anchors.ids[row]])
     assert not (side.rows == row).any()
     np.testing.assert_array_equal(s.predictions, s.full_recompute())
 
