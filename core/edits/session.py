@@ -384,6 +384,21 @@ class EditSession:
         res = self._run("add", rows, "add", False)
         return res
 
+    def known_pair_ids(self) -> np.ndarray:
+        """Ids of every pair the session holds, live or removed, in anchor-row order."""
+        ids = self.anchors.ids[:self.anchors.size]
+        return ids[ids >= 0].copy()
+
+    def restore(self, pair_ids) -> EditResult:
+        """Make removed pairs live again (the session still holds their vectors) and re-score.
+        Unknown or live ids raise ``ValueError``."""
+        rows = self.rows_of(pair_ids, False)
+        res = self._run("add", rows, "restore", True)
+        self.history.append(("add", rows))
+        self._redo.clear()
+        self.accuracy_log.append(self.accuracy)
+        return res
+
     @property
     def can_undo(self) -> bool:
         return bool(self.history)
