@@ -27,7 +27,7 @@ def as_2d(name: str, array, dim: int | None = None, *, dtype: type | None = np.f
     or ``d != dim`` when ``dim`` is given.
 
     ``dtype``: the C-contiguous float type returned (float32 by default), or ``None`` to keep the
-    numeric type without copying (an ``np.memmap`` stays one; pass ``check_finite=False`` too, to
+    numeric type without copying (an ``np.memmap`` stays on disk; pass ``check_finite=False`` too, to
     read nothing). A 1-D array is one vector (``vector="row"``: ``[1, d]``) or one feature of n
     items (``vector="column"``: ``[n, 1]``).
     """

@@ -78,10 +78,12 @@ def _pad_rows(t: torch.Tensor, n: int = MIN_GEMM_ROWS) -> torch.Tensor:
 
 
 def similarity_block(a, b) -> np.ndarray:
-    """``a [m, d] @ b [n, d].T`` as float32 numpy, bit-identical to the same entries of a larger
-    product: both operands are padded to at least 64 rows so the BLAS GEMM kernel (not GEMV) runs,
-    whose per-entry summation order does not depend on the block. The incremental edit path relies
-    on this to reproduce a full recompute exactly (including exact ties between duplicate anchors)."""
+    """``a [m, d] @ b [n, d].T`` as float32 numpy. Both operands are padded to at least
+    ``MIN_GEMM_ROWS`` rows so the BLAS GEMM kernel (not GEMV) runs. An entry can still differ in the
+    last bit from the same entry of a product of another shape or thread count (measured with
+    MKL: about a third of the entries of a 200 x 16 product against a 200 x 500 one), so the edit
+    engine never compares such values for exact ties: duplicate anchors take their twin's stored
+    similarity (:class:`core.edits.neighbours.NeighbourLists`)."""
     at = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
     bt = torch.from_numpy(np.ascontiguousarray(b, dtype=np.float32))
     with torch.no_grad(), _threads_for(max(a.shape[0], MIN_GEMM_ROWS) * max(b.shape[0], MIN_GEMM_ROWS) * a.shape[1]):

@@ -89,6 +89,30 @@ def test_removal_finds_a_pair_whose_stored_similarity_is_one_bit_off():
     np.testing.assert_array_equal(s.predictions, s.full_recompute())
 
 
+def test_a_pair_put_back_ties_with_its_twins_when_a_product_rounds_differently():
+    # Flickr8k gives one image five captions: rows with the same image embedding tie exactly, and
+    # ties break by row. A product of another shape (or thread count) may round a similarity one bit
+    # differently: simulate it (every stored image similarity one bit lower), then take out a pair
+    # whose twin sits at the k-th place and put it back; it must land after its twin, as in a full
+    # recompute, not before it.
+    rng, P = _random_problem(11)  # 150 images x 3 captions
+    k = 16  # not a multiple of 3: twin groups straddle the top-k boundary
+    s = EditSession(AsifModel(P["img"], P["txt"], k=k, p=3), P["q"], P["y"], P["prompts"], P["pc"],
+                    slack=4)
+    side = s.img_side
+    side.sims[:] = np.nextafter(side.sims, np.float32(-np.inf))
+    s._full_scores()
+    a, b = side.rows[:, k - 1], side.rows[:, k]
+    straddle = np.flatnonzero((b // 3 == a // 3) & (b > a))  # twins across the top-k boundary
+    assert straddle.size
+    s.remove([s.anchors.ids[b[straddle[0]]]])
+    s.undo()
+    fresh = EditSession(s.current_model(), P["q"], P["y"], P["prompts"], P["pc"], slack=4)
+    np.testing.assert_array_equal(np.sort(s.anchors.ids[side.rows[:, :k]], axis=1),
+                                  np.sort(fresh.anchors.ids[fresh.img_side.rows[:, :k]], axis=1))
+    np.testing.assert_array_equal(s.predictions, s.full_recompute())
+
+
 def test_scores_match_fresh_session_after_edits():
     rng, P = _random_problem(3)
     s = EditSession(AsifModel(P["img"], P["txt"], k=12, p=5), P["q"], P["y"], P["prompts"], P["pc"],

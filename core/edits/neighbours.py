@@ -17,10 +17,15 @@ import numpy as np
 from core.asif import signed_power64
 from core.search import ExactIndex, canonical_order, exact_topk, similarity_block
 
+#: Columns whose bytes key the index of bit-identical embeddings (:meth:`AnchorRows.twins`).
+TWIN_PROBE_COLUMNS = 16
+
+
 class AnchorRows:
     """Growable anchor storage: the image and text embeddings, id and metadata of every pair the
     session ever held, one row each. Rows never move (undo puts a pair back in its row; added pairs
-    get new rows at the end); ``alive`` marks live pairs and ``id_to_row`` finds a pair by id."""
+    get new rows at the end); ``alive`` marks live pairs and ``id_to_row`` finds a pair by id.
+    :meth:`twins` finds the rows that share a row's exact image (or text) embedding."""
 
     def __init__(self, img: np.ndarray, txt: np.ndarray, ids: np.ndarray, metadata):
         n = img.shape[0]
@@ -35,6 +40,41 @@ class AnchorRows:
         self.size = n
         self.metadata = list(metadata) if metadata is not None else None
         self.id_to_row = {int(i): r for r, i in enumerate(ids)}
+        self._twin_index: dict[str, dict[bytes, list[int]]] = {}  # per side, built on first use
+
+    def emb(self, side: str) -> np.ndarray:
+        """The ``"img"`` or ``"txt"`` embeddings (all allocated rows)."""
+        return self.img if side == "img" else self.txt
+
+    def _probe(self, side: str, rows: np.ndarray) -> list[bytes]:
+        emb = self.emb(side)
+        cols = np.unique(np.linspace(0, emb.shape[1] - 1, TWIN_PROBE_COLUMNS).astype(int))
+        return [row.tobytes() for row in np.ascontiguousarray(emb[rows][:, cols])]
+
+    def _index_rows(self, side: str, rows: np.ndarray) -> None:
+        index = self._twin_index[side]
+        for r, key in zip(rows.tolist(), self._probe(side, rows)):
+            index.setdefault(key, []).append(r)
+
+    def twins(self, side: str, row: int) -> np.ndarray:
+        """Other rows, live or not, whose ``side`` embedding is bit-identical to ``row``'s (one
+        Flickr8k image has five captions, so five rows share it).
+
+        >>> rows = AnchorRows(np.array([[1, 0], [0, 1], [1, 0]], np.float32), np.eye(3, dtype=np.float32),
+        ...                   np.arange(3), None)
+        >>> rows.twins("img", 0), rows.twins("txt", 0)
+        (array([2]), array([], dtype=int64))
+        """
+        if side not in self._twin_index:
+            self._twin_index[side] = {}
+            self._index_rows(side, np.arange(self.size))
+        found = [t for t in self._twin_index[side].get(self._probe(side, np.asarray([row]))[0], ())
+                 if t != row]
+        if not found:
+            return np.empty(0, dtype=np.int64)
+        found = np.asarray(found, dtype=np.int64)
+        emb = self.emb(side)
+        return found[(emb[found] == emb[row]).all(axis=1)]
 
     @property
     def n_alive(self) -> int:
@@ -66,6 +106,8 @@ class AnchorRows:
         if self.metadata is not None:
             self.metadata.extend(dict(x) for x in (metadata or [{} for _ in range(m)]))
         self.size += m
+        for side in self._twin_index:
+            self._index_rows(side, rows)
         return rows
 
 
@@ -150,7 +192,7 @@ class NeighbourLists:
         return {f: getattr(self, f) for f in self.STATE_FIELDS}
 
     def emb(self) -> np.ndarray:
-        return self.anchors.img if self.side == "img" else self.anchors.txt
+        return self.anchors.emb(self.side)
 
     def _full_init(self):
         alive = self.anchors.alive_rows()
@@ -335,15 +377,22 @@ class NeighbourLists:
     def add(self, new_rows: np.ndarray, n_alive_before: int) -> Diff:
         """Insert live rows ``new_rows`` (fresh or revived)."""
         if new_rows.size <= SEQUENTIAL_MAX:
-            return concat_diffs([self._add_one(int(r), n_alive_before + i) for i, r in enumerate(new_rows)])
+            return concat_diffs([self._add_one(int(r), n_alive_before + i, new_rows[i + 1:])
+                                 for i, r in enumerate(new_rows)])
         s = self.similarities(np.arange(self.q.shape[0]), new_rows)  # [nq, m]
+        blocked = np.zeros(s.shape, dtype=bool)
+        for j, r in enumerate(new_rows.tolist()):
+            first = np.flatnonzero(np.isin(new_rows, self.anchors.twins(self.side, r)))
+            if first.size and first[0] < j:  # a twin earlier in this batch: the very same values
+                s[:, j] = s[:, first[0]]
+            blocked[:, j] = self._tie_with_twins(s[:, j], r, new_rows)
         L = self.length
         last = np.clip(L - 1, 0, None)
         last_sim = self.sims[np.arange(len(L)), last]
         last_row = self.rows[np.arange(len(L)), last]
         covering = ((L >= n_alive_before) & (L < self.K))[:, None]
         above = (s > last_sim[:, None]) | ((s == last_sim[:, None]) & (new_rows[None, :] < last_row[:, None]))
-        enter = covering | above
+        enter = (covering | above) & ~blocked
         qs = np.flatnonzero(enter.any(axis=1))
         ent = enter[qs]
         add_rows = np.where(ent, new_rows[None, :], -1)
@@ -360,15 +409,39 @@ class NeighbourLists:
         self._note(qs[qq], new_rows[jj])
         return self._diff(qs, old_r, old_s, *self.topk_of(qs))
 
-    def _add_one(self, r: int, n_alive_before: int) -> Diff:
+    def _tie_with_twins(self, s: np.ndarray, r: int, pending: np.ndarray) -> np.ndarray:
+        """Before inserting anchor row ``r`` with similarities ``s [nq]`` (changed in place): in every
+        list that holds a live twin of r (a bit-identical embedding), r takes the twin's stored
+        similarity, an exact tie as one full product gives (another product's rounding can differ
+        in the last bit and break the tie the wrong way). Returns the mask of lists r must stay
+        out of: those missing a live twin, which (and so r) ranks after the list's end. Rows in
+        ``pending`` (live, not inserted yet) do not count as twins."""
+        twins = self.anchors.twins(self.side, r)
+        twins = twins[self.anchors.alive[twins] & ~np.isin(twins, pending)]
+        blocked = np.zeros(s.shape[0], dtype=bool)
+        if twins.size == 0:
+            return blocked
+        blocked[:] = True
+        hq = self.queries_holding(twins)
+        if hq.size:
+            hit = np.isin(self.rows[hq], twins)
+            found = hit.any(axis=1)
+            hq = hq[found]
+            s[hq] = self.sims[hq, hit[found].argmax(axis=1)]
+            blocked[hq] = False
+        return blocked
+
+    def _add_one(self, r: int, n_alive_before: int, pending: np.ndarray) -> Diff:
         """Insert anchor row ``r`` at its canonical place (binary search) in every list it enters,
-        shifting the rest down by one; where it enters the top-k, the old k-th leaves."""
+        shifting the rest down by one; where it enters the top-k, the old k-th leaves. ``pending``:
+        rows of the same edit inserted after r."""
         all_q = np.arange(self.q.shape[0])
         s = self.similarities(all_q, np.asarray([r]))[:, 0]
+        blocked = self._tie_with_twins(s, r, pending)
         pos = self._rank(all_q, s, r)
         L = self.length
         covering = (L >= n_alive_before) & (L < self.K)  # the list holds every live anchor
-        qs = np.flatnonzero((pos < L) | covering)
+        qs = np.flatnonzero(((pos < L) | covering) & ~blocked)
         s, pos, length = s[qs], pos[qs], L[qs]
         top = pos < self.k
         demoted = qs[top & (length >= self.k)]
@@ -406,7 +479,11 @@ class NeighbourLists:
             return qs[qi], j[qi, slot], self.sims[qs[qi], slot]
         S = self.similarities(qs, xs)
         kth = np.minimum(self.length[qs], self.k) - 1
-        ks, kr = self.sims[qs, kth][:, None], self.rows[qs, kth][:, None]
-        inside = self.anchors.alive[xs][None, :] & ((S > ks) | ((S == ks) & (xs[None, :] <= kr)))
-        qi, j = np.nonzero(inside)
-        return qs[qi], j, S[qi, j]
+        # a fresh product may round the last bit differently from the stored lists: take every
+        # anchor within a few ulps of the k-th as a candidate, then find it in the list itself
+        near = self.anchors.alive[xs][None, :] & (S >= self.sims[qs, kth][:, None] - 4e-7)
+        qi, j = np.nonzero(near)
+        hit = self.rows[qs[qi], :self.k] == xs[j][:, None]
+        held = hit.any(axis=1)
+        qi, j = qi[held], j[held]
+        return qs[qi], j, self.sims[qs[qi], hit[held].argmax(axis=1)]

@@ -385,7 +385,7 @@ class EditSession:
         return res
 
     def known_pair_ids(self) -> np.ndarray:
-        """Ids of every pair the session holds, live or removed, in bank-row order."""
+        """Ids of every pair the session holds, live or removed, in anchor-row order."""
         ids = self.anchors.ids[:self.anchors.size]
         return ids[ids >= 0].copy()
 
