@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core import edits
+from core.edits import neighbours
 from core.asif import AsifModel
 from core.edits import EditSession
 
@@ -38,7 +38,7 @@ def _check_against_full(s: EditSession):
     ("per-template", 5, 24, 256),  # also whole-list merges and filters (more than SEQUENTIAL_MAX)
     ("per-template", 6, 24, 0)])  # the text side's changed anchors found by scanning the lists
 def test_random_edit_sequence_equals_full_recompute(strategy, seed, largest, product_max, monkeypatch):
-    monkeypatch.setattr(edits, "PRODUCT_MAX_ANCHORS", product_max)
+    monkeypatch.setattr(neighbours, "PRODUCT_MAX_ANCHORS", product_max)
     rng, P = _random_problem(seed)
     model = AsifModel(P["img"], P["txt"], k=15, p=3)
     s = EditSession(model, P["q"], P["y"], P["prompts"], P["pc"], strategy=strategy, slack=3)
@@ -84,8 +84,32 @@ def test_removal_finds_a_pair_whose_stored_similarity_is_one_bit_off():
     held = side.rows == row
     side.sims[held] = np.nextafter(side.sims[held], np.float32(np.inf))  # now ranks before itself
     s._full_scores()
-    s.remove([s.bank.ids[row]])
+    s.remove([s.anchors.ids[row]])
     assert not (side.rows == row).any()
+    np.testing.assert_array_equal(s.predictions, s.full_recompute())
+
+
+def test_a_pair_put_back_ties_with_its_twins_when_a_product_rounds_differently():
+    # Flickr8k gives one image five captions: rows with the same image embedding tie exactly, and
+    # ties break by row. A product of another shape (or thread count) may round a similarity one bit
+    # differently: simulate it (every stored image similarity one bit lower), then take out a pair
+    # whose twin sits at the k-th place and put it back; it must land after its twin, as in a full
+    # recompute, not before it.
+    rng, P = _random_problem(11)  # 150 images x 3 captions
+    k = 16  # not a multiple of 3: twin groups straddle the top-k boundary
+    s = EditSession(AsifModel(P["img"], P["txt"], k=k, p=3), P["q"], P["y"], P["prompts"], P["pc"],
+                    slack=4)
+    side = s.img_side
+    side.sims[:] = np.nextafter(side.sims, np.float32(-np.inf))
+    s._full_scores()
+    a, b = side.rows[:, k - 1], side.rows[:, k]
+    straddle = np.flatnonzero((b // 3 == a // 3) & (b > a))  # twins across the top-k boundary
+    assert straddle.size
+    s.remove([s.anchors.ids[b[straddle[0]]]])
+    s.undo()
+    fresh = EditSession(s.current_model(), P["q"], P["y"], P["prompts"], P["pc"], slack=4)
+    np.testing.assert_array_equal(np.sort(s.anchors.ids[side.rows[:, :k]], axis=1),
+                                  np.sort(fresh.anchors.ids[fresh.img_side.rows[:, :k]], axis=1))
     np.testing.assert_array_equal(s.predictions, s.full_recompute())
 
 
@@ -168,16 +192,89 @@ def test_influence_leave_one_out_is_exact(strategy):
     assert s.accuracy - before == pytest.approx(top[0]["loo_delta"], abs=1e-12)
 
 
+def _fields(inf):
+    return {f: getattr(inf, f) for f in ("pair_ids", "in_topk", "participated", "supported_correct",
+                                          "supported_wrong", "loo_delta", "loo_changed")}
+
+
+@pytest.mark.parametrize("strategy,slack", [("mean", 3), ("per-template", 3), ("per-template", 1)])
+def test_influence_on_a_mask_equals_a_session_of_the_masked_images(strategy, slack):
+    rng, P = _random_problem(8, n=240, q=150)
+    model = AsifModel(P["img"], P["txt"], k=10, p=4)
+    mask = rng.random(150) < 0.5
+    full = EditSession(model, P["q"], P["y"], P["prompts"], P["pc"], strategy=strategy, slack=slack)
+    part = EditSession(model, P["q"][mask], P["y"][mask], P["prompts"], P["pc"], strategy=strategy,
+                       slack=slack)
+    for ids in (full.pair_ids[:4], full.pair_ids[10:12]):  # some history, slack partly spent
+        full.remove(ids)
+        part.remove(ids)
+    inf_full, inf_part = full.influence(eval_mask=mask), part.influence()
+    assert inf_full.n_fast > 0 and inf_full.n_algebraic + inf_full.n_edit_path > 0
+    for name, value in _fields(inf_part).items():
+        np.testing.assert_array_equal(_fields(inf_full)[name], value, err_msg=name)
+    # the same selection given as indices
+    idx_inf = full.influence(eval_mask=np.flatnonzero(mask))
+    np.testing.assert_array_equal(idx_inf.loo_delta, inf_part.loo_delta)
+    assert full.accuracy_on(mask) == part.accuracy
+    np.testing.assert_array_equal(full.per_class_accuracy_on(mask), part.per_class_accuracy)
+
+
+def test_influence_on_a_mask_never_reads_the_other_labels():
+    rng, P = _random_problem(9, n=240, q=150)
+    model = AsifModel(P["img"], P["txt"], k=10, p=4)
+    mask = rng.random(150) < 0.4
+    shuffled = P["y"].copy()
+    shuffled[~mask] = rng.permutation(shuffled[~mask])
+    shuffled[np.flatnonzero(~mask)[:10]] = (shuffled[np.flatnonzero(~mask)[:10]] + 1) % 4
+    assert (shuffled != P["y"]).any()
+    a = EditSession(model, P["q"], P["y"], P["prompts"], P["pc"], strategy="per-template", slack=2)
+    b = EditSession(model, P["q"], shuffled, P["prompts"], P["pc"], strategy="per-template", slack=2)
+    inf_a, inf_b = a.influence(eval_mask=mask), b.influence(eval_mask=mask)
+    for name, value in _fields(inf_a).items():
+        np.testing.assert_array_equal(_fields(inf_b)[name], value, err_msg=name)
+    assert a.most_harmful(10, eval_mask=mask) == b.most_harmful(10, eval_mask=mask)
+    assert a.accuracy_on(mask) == b.accuracy_on(mask)
+    assert a.accuracy_on(~mask) != b.accuracy_on(~mask)  # the other labels did change
+
+
+def test_edit_results_carry_predictions_for_any_part():
+    rng, P = _random_problem(10)
+    s = EditSession(AsifModel(P["img"], P["txt"], k=15, p=3), P["q"], P["y"], P["prompts"], P["pc"])
+    mask = np.zeros(160, dtype=bool)
+    mask[::3] = True
+    before = s.predictions.copy()
+    w = s.what_if_remove(s.pair_ids[:30])
+    np.testing.assert_array_equal(w.predictions_before, before)
+    np.testing.assert_array_equal(s.predictions, before)  # nothing committed
+    r = s.remove(s.pair_ids[:30])
+    np.testing.assert_array_equal(r.predictions, s.predictions)
+    np.testing.assert_array_equal(w.predictions, r.predictions)
+    np.testing.assert_array_equal(r.predictions_before, before)
+    assert r.n_changed == (r.predictions != r.predictions_before).sum()
+    on_mask = np.mean(r.predictions[mask] == s.labels[mask])
+    assert s.accuracy_on(mask) == on_mask
+    a = s.add(rng.normal(size=(3, 12)), rng.normal(size=(3, 10)))
+    np.testing.assert_array_equal(a.predictions, s.predictions)
+    np.testing.assert_array_equal(a.predictions_before, r.predictions)
+    # a class with no selected image has NaN accuracy
+    one_class = s.labels == 0
+    per = s.per_class_accuracy_on(one_class)
+    assert not np.isnan(per[0]) and np.isnan(per[1:]).all()
+    for bad in (np.zeros(160, dtype=bool), np.ones(5, dtype=bool), np.array([0, 160]), [0.5]):
+        with pytest.raises(ValueError):
+            s.accuracy_on(bad)
+
+
 # ------------------------------------------------------------------ real embeddings
 
-def test_real_session_curation(flickr_embeddings, cifar_small, cifar_small_embeddings):
+def test_real_session_curation(flickr_embeddings, cifar_small, cifar_small_embeddings, embedding_cache):
     from core.asif import build_prompts
-    from core.cache import embed_texts
+    from core.embedded import embed
 
     img, txt = flickr_embeddings
     prompts, pc = build_prompts(cifar_small.class_names, ["a photo of a {}.", "a picture of a {}."])
     s = EditSession(AsifModel(img, txt, k=50, p=8), cifar_small_embeddings, cifar_small.labels,
-                    embed_texts("minilm", prompts), pc, class_names=cifar_small.class_names)
+                    embed("minilm", prompts, cache=embedding_cache).vectors, pc, class_names=cifar_small.class_names)
     inf = s.influence()
     worst = inf.rows()[:3]
     assert worst[0]["loo_delta"] >= worst[-1]["loo_delta"]
@@ -193,8 +290,7 @@ def test_real_session_curation(flickr_embeddings, cifar_small, cifar_small_embed
             s.undo() if s.can_undo else None
         np.testing.assert_array_equal(s.predictions, s.full_recompute())
     # "adjust in seconds": add in-domain pairs captioned with the class name -> accuracy rises
-    from core.cache import embed_texts as et
     caps = [f"a photo of a {cifar_small.class_names[c]}" for c in cifar_small.labels[::10]]
-    add = s.add(cifar_small_embeddings[::10], et("minilm", caps))
+    add = s.add(cifar_small_embeddings[::10], embed("minilm", caps, cache=embedding_cache).vectors)
     assert add.accuracy > add.accuracy_before
     np.testing.assert_array_equal(s.predictions, s.full_recompute())
