@@ -39,6 +39,22 @@ SYNONYMS = {"dog": "puppy", "dogs": "puppies", "man": "guy", "men": "guys", "wom
 ARTICLES = {"a": "one", "an": "one", "the": "a", "A": "One", "An": "One", "The": "A"}
 
 
+def vectors(encoder: str, items) -> np.ndarray:
+    """``[n, d]`` vectors of ``items`` (paths or texts) through the shared embedding cache."""
+    from core.cache import default_cache
+    from core.embedded import embed
+
+    res = embed(encoder, list(items), cache=default_cache())
+    if not res.ok.all():
+        raise SystemExit(f"{int((~res.ok).sum())} item(s) could not be embedded by {encoder}.")
+    return res.vectors
+
+
+def pair_vectors(pairs) -> tuple[np.ndarray, np.ndarray]:
+    """``(photos [U, di], captions [P, dt])`` of a ``core.data.PairSet`` (photos in its order)."""
+    return vectors(IMAGE_ENCODER, pairs.images), vectors(TEXT_ENCODER, pairs.captions)
+
+
 # ------------------------------------------------------------------------------ planting
 def plant_photo(src: str, dst: str, rng: np.random.Generator) -> None:
     """A near-duplicate of the photo ``src`` at ``dst``: cropped, resized, re-encoded."""
@@ -83,10 +99,9 @@ def _without_natural_duplicate_captions(pairs):
     (same words up to case, punctuation and one word) among its 50 nearest captions with cosine
     >= 0.5 (far wider than any detector setting), so that a flag on the rest is an error unless
     planted. Returns the subset and how many were dropped."""
-    from core.cache import embed_texts
     from core.flags import near_duplicate_captions
 
-    caps = embed_texts(TEXT_ENCODER, pairs.captions)
+    caps = vectors(TEXT_ENCODER, pairs.captions)
     group = near_duplicate_captions(caps, pairs.captions, 0.5, k=50)[0]
     keep = np.flatnonzero(group < 0)
     return pairs.subset(keep.tolist()), int(pairs.pair_image.size - keep.size)
@@ -95,11 +110,8 @@ def _without_natural_duplicate_captions(pairs):
 def _planted(pairs, fraction: float, seed: int, tmp: Path):
     """Photo and caption vectors of ``pairs`` plus planted copies; returns the photo vectors and
     (copy, source) rows, the caption vectors, texts and (copy, source) rows, and a few examples."""
-    from core.cache import embed_images, embed_pairs, embed_texts
-
     rng = np.random.default_rng(seed)
-    img_p, caps = embed_pairs(pairs, IMAGE_ENCODER, TEXT_ENCODER)
-    photos = img_p[np.unique(pairs.pair_image, return_index=True)[1]]
+    photos, caps = pair_vectors(pairs)
     n_img, n_cap = photos.shape[0], caps.shape[0]
     src_img = rng.choice(n_img, size=max(1, round(fraction * n_img)), replace=False)
     paths = []
@@ -107,14 +119,14 @@ def _planted(pairs, fraction: float, seed: int, tmp: Path):
         dst = tmp / f"copy-{seed}-{j}.jpg"
         plant_photo(pairs.images[s], str(dst), rng)
         paths.append(str(dst))
-    copies = embed_images(IMAGE_ENCODER, paths)
+    copies = vectors(IMAGE_ENCODER, paths)
     src_cap = rng.choice(n_cap, size=max(1, round(fraction * n_cap)), replace=False)
     texts = [paraphrase(pairs.captions[s], rng) for s in src_cap.tolist()]
     img_truth = np.stack([n_img + np.arange(len(src_img)), src_img], axis=1)
     cap_truth = np.stack([n_cap + np.arange(len(src_cap)), src_cap], axis=1)
     examples = list(zip([pairs.captions[s] for s in src_cap[:3].tolist()], texts[:3]))
     return (np.concatenate([photos, copies]), img_truth,
-            np.concatenate([caps, embed_texts(TEXT_ENCODER, texts)]), list(pairs.captions) + texts,
+            np.concatenate([caps, vectors(TEXT_ENCODER, texts)]), list(pairs.captions) + texts,
             cap_truth, examples)
 
 
@@ -215,14 +227,13 @@ def part_flags(args) -> dict:
 
 # ------------------------------------------------------------------------------ layout
 def _real_vectors(n_images: int | None):
-    from core.cache import embed_pairs
     from core.data import data_dir, load_pairs_folder
 
     pairs = load_pairs_folder(data_dir(required=True) / "flickr8k")
     if n_images:
         pairs = pairs.first_images(n_images)
-    img, cap = embed_pairs(pairs, IMAGE_ENCODER, TEXT_ENCODER)
-    return pairs, img, cap
+    photos, cap = pair_vectors(pairs)
+    return pairs, photos[np.asarray(pairs.pair_image)], cap
 
 
 def part_layout(args) -> dict:
@@ -262,19 +273,21 @@ def part_page(args) -> dict:
 
     os.environ["ROSETTA_WORKSPACES"] = tempfile.mkdtemp()
     from core import layout as L
-    from core import workspace as W
     from core.anchor_search import AnchorSearch
+    from core.cache import EmbeddingCache
+    from core.demo import create_demo_workspace
+    from core.live import LiveModel, WorkspaceVectors
     from core.encoders import get_encoder
     from ui.map_figure import figure
 
     out = {}
     t0 = time.perf_counter()
-    ws = W.create_demo_workspace("demo", n_images=args.images, per_class=args.per_class)
-    bank = W.Bank(ws)
-    model = W.LiveModel(bank, ws.active_pair_ids())
+    ws = create_demo_workspace("demo", n_images=args.images, per_class=args.per_class)
+    bank = WorkspaceVectors(ws, EmbeddingCache())
+    model = LiveModel(ws, bank)
     out.update(pairs=int(len(bank.pair_ids)), photos=int(bank.img.shape[0]),
-               eval_images=int(len(bank.eval_labels)), build_s=round(time.perf_counter() - t0, 1))
-    cache = ws.path / "state"
+               labeled_pictures=int(len(bank.item_labels)), build_s=round(time.perf_counter() - t0, 1))
+    cache = ws.state_dir
     t0 = time.perf_counter()
     L.layout(bank.img, "umap", cache_dir=cache)
     out["umap_compute_s"] = round(time.perf_counter() - t0, 2)
@@ -302,12 +315,13 @@ def part_page(args) -> dict:
     what = model.what_if_remove(lasso)
     out["what_if_1000_ms"] = round(1000 * (time.perf_counter() - t0), 1)
     t0 = time.perf_counter()
-    model.session.current_model().classify(bank.eval_vecs, bank.prompts, bank.prompt_classes)
+    model.session.current_model().with_pairs_removed(lasso).classify(bank.item_vecs, bank.prompts,
+                                                                     bank.prompt_classes)
     out["full_rescore_baseline_ms"] = round(1000 * (time.perf_counter() - t0), 1)
     out["ratio_full_rescore_vs_what_if"] = round(out["full_rescore_baseline_ms"] / out["what_if_1000_ms"], 1)
-    out["what_if_delta_pts"] = round(100 * what.delta, 2)
+    out["what_if_tuning_delta_pts"] = round(100 * (what.after.tune - what.before.tune), 2)
 
-    enc = get_encoder(bank.settings["text_encoder"])
+    enc = get_encoder(bank.text_encoder)
     t0 = time.perf_counter()
     search = AnchorSearch(model.current_model(), bank.img, bank.pair_img, bank.cap)
     search.by_text(enc.encode_texts(["warm up"])[0])

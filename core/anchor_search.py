@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from core.arrays import l2_normalize
 from core.asif import sparse_scores
-from core.search import ExactIndex, l2_normalize
+from core.search import ExactIndex
 
 
 class AnchorSearch:

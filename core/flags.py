@@ -30,7 +30,8 @@ from typing import Callable
 
 import numpy as np
 
-from core.search import exact_topk, l2_normalize
+from core.arrays import as_float32_2d, l2_normalize
+from core.search import exact_topk
 
 Progress = Callable[[float, str], None] | None
 
@@ -50,10 +51,10 @@ MISMATCH = 0.5
 
 
 def _vectors(x) -> np.ndarray:
-    arr = np.asarray(x, dtype=np.float32)
-    if arr.ndim != 2 or arr.shape[0] < 2:
-        raise ValueError(f"Flags need at least two vectors in a 2-D array [n, d]; got shape {arr.shape}.")
-    return l2_normalize(np.ascontiguousarray(arr))
+    arr = as_float32_2d("The vectors to flag", x)
+    if arr.shape[0] < 2:
+        raise ValueError(f"Flags compare vectors with each other: give at least two; got {arr.shape[0]}.")
+    return l2_normalize(arr)
 
 
 def neighbours(x, k: int = K) -> tuple[np.ndarray, np.ndarray]:

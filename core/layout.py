@@ -31,7 +31,8 @@ from typing import Callable
 
 import numpy as np
 
-from core.search import distinct_rows, exact_topk, l2_normalize
+from core.arrays import as_float32_2d, l2_normalize
+from core.search import distinct_rows, exact_topk
 
 Progress = Callable[[float, str], None] | None
 
@@ -44,12 +45,7 @@ SPREAD = 0.004
 
 
 def _check(x) -> np.ndarray:
-    arr = np.asarray(x, dtype=np.float32)
-    if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise ValueError(f"A layout needs a non-empty 2-D array of vectors [n, d]; got shape {arr.shape}.")
-    if not np.isfinite(arr).all():
-        raise ValueError("The vectors contain NaN or infinite values; re-embed them.")
-    return np.ascontiguousarray(arr)
+    return as_float32_2d("The vectors to lay out", x)
 
 
 def pca_2d(x) -> np.ndarray:

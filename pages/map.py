@@ -18,7 +18,7 @@ from core import flags as F  # noqa: E402
 from core import layout as L  # noqa: E402
 from ui import state  # noqa: E402
 from ui.map_figure import COLOURS, figure  # noqa: E402
-from ui.widgets import accuracy_metric, image_path, pct, thumbnail_url  # noqa: E402
+from ui.widgets import image_path, metrics_header, pct, thumbnail_url  # noqa: E402
 
 st.title("Map")
 st.caption("Every anchor pair on one map: pairs that look alike sit together. Lasso or box-select a "
@@ -27,7 +27,10 @@ st.caption("Every anchor pair on one map: pairs that look alike sit together. La
 
 ws = state.require_workspace()
 model = state.require_model(ws)
-bank = model.bank
+bank = model.vectors
+#: the pairs the map shows: every pair the workspace holds whose vectors exist (a first start on an
+#: empty cache embeds the rest in the background; quarantined pairs have none)
+OK = np.flatnonzero(bank.ok)
 
 SOURCES = {"photos": "photo embeddings", "captions": "caption embeddings",
            "relative": "ASIF relative representation"}
@@ -77,16 +80,23 @@ def _run(key: tuple, work) -> Job:
 
 
 def _key(what: str) -> tuple:
-    return (str(ws.path), bank.key, len(bank.pair_ids), what)
+    return (str(ws.path), bank.key, len(bank.pair_ids), len(OK), what)
+
+
+def _photos() -> tuple[np.ndarray, np.ndarray]:
+    """``(photo rows used by the shown pairs, each shown pair's row among them)``."""
+    used, rows = np.unique(bank.pair_img[OK], return_inverse=True)
+    return used, rows.ravel()
 
 
 def _vectors(source: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """``(vectors, rows)``: what is laid out, and each pair's row in it (None: one row per pair)."""
+    """``(vectors, rows)``: what is laid out, and each shown pair's row in it (None: one row per pair)."""
     if source == "photos":
-        return bank.img, bank.pair_img
+        used, rows = _photos()
+        return bank.img[used], rows
     if source == "captions":
-        return bank.cap, None
-    return L.relative_features(bank.img[bank.pair_img], bank.cap, bank.k, bank.p), None
+        return bank.cap[OK], None
+    return L.relative_features(bank.img[bank.pair_img[OK]], bank.cap[OK], model.k, bank.p), None
 
 
 def _place(xy: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
@@ -94,39 +104,44 @@ def _place(xy: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
 
 
 @st.cache_resource(show_spinner="Drawing the instant map (PCA)…", max_entries=8)
-def _pca(ws_path: str, key: str, n: int) -> np.ndarray:
+def _pca(ws_path: str, key: str, n: int, n_ok: int) -> np.ndarray:
     x, rows = _vectors("photos")
-    return _place(L.layout(x, "pca", cache_dir=ws.path / "state"), rows)
+    return _place(L.layout(x, "pca", cache_dir=ws.state_dir), rows)
 
 
 def _umap(source: str) -> Job:
     def work(progress):
         progress(0.0, "Preparing the vectors")
         x, rows = _vectors(source)
-        return _place(L.layout(x, "umap", cache_dir=ws.path / "state", progress=progress), rows)
+        return _place(L.layout(x, "umap", cache_dir=ws.state_dir, progress=progress), rows)
     return _run(_key(f"umap-{source}"), work)
 
 
 def _flags() -> Job:
-    return _run(_key("flags"), lambda progress: F.pair_flags(
-        bank.img, bank.pair_img, bank.cap, bank.captions, progress=progress))
+    def work(progress):
+        used, rows = _photos()
+        return F.pair_flags(bank.img[used], rows, bank.cap[OK], [bank.captions[i] for i in OK],
+                            progress=progress)
+    return _run(_key("flags"), work)
 
 
 # ------------------------------------------------------------------------------ the pair table
 def _table() -> pd.DataFrame:
-    """One row per pair the workspace ever held: ids, caption, status, influence, class, flags."""
+    """One row per shown pair (``OK``): ids, caption, status, influence on the tuning pictures,
+    nearest class, flags."""
     base = {p.pair_id: p.base for p in ws.all_pairs()}
     active = model.active_ids()
-    ids = bank.pair_ids
+    ids = bank.pair_ids[OK]
     status = np.array(["removed" if int(i) not in active else ("kept" if base.get(int(i), True) else "added")
                        for i in ids])
-    model.start_influence()  # computed in the background (the Curate page's table); NaN until then
-    rows, _, _ = model.influence_snapshot()
+    state.start_influence(model)  # the Curate page's table, computed in the background; NaN until then
+    rows, _, _ = state.influence_snapshot(model)
     influence = {r["pair_id"]: r["loo_delta"] for r in rows or []}
     prompts = bank.prompts / np.linalg.norm(bank.prompts, axis=1, keepdims=True)
-    nearest = np.asarray(bank.prompt_classes)[np.argmax(bank.cap @ prompts.T, axis=1)]
+    nearest = np.asarray(bank.prompt_classes)[np.argmax(bank.cap[OK] @ prompts.T, axis=1)]
     df = pd.DataFrame({
-        "pair_id": ids, "caption": bank.captions, "image": bank.pair_refs, "status": status,
+        "pair_id": ids, "caption": [bank.captions[i] for i in OK], "image": [bank.pair_refs[i] for i in OK],
+        "status": status,
         "influence": [100 * influence.get(int(i), np.nan) for i in ids],
         "nearest class": np.asarray(bank.classes)[nearest],
     })
@@ -154,21 +169,25 @@ def _selected(event) -> list[int]:
 
 
 # ------------------------------------------------------------------------------ edits
+def _step(direction: str, seq: int) -> None:
+    """Undo / redo the edit the user saw (``seq``); a newer edit on top is refused, not undone."""
+    try:
+        (state.undo if direction == "undo" else state.redo)(ws, state.require_model(ws), expected_seq=seq,
+                                                            where="map")
+    except ValueError as error:
+        st.session_state["edit_error"] = str(error)
+
+
 def _edit_bar() -> None:
-    c1, c2, c3, c4 = st.columns([1.4, 1, 0.8, 0.8])
-    accuracy_metric(c1, model, ws)
-    c2.metric("Anchor pairs", f"{model.n_anchors:,}")
-    for column, label, step, pending in ((c3, "Undo", state.undo, ws.peek_undo()),
-                                         (c4, "Redo", state.redo, ws.peek_redo())):
-        with column:
-            st.write("")
-            if st.button(label, icon=f":material/{label.lower()}:", disabled=pending is None,
-                         width="stretch", key=f"map_{label.lower()}"):
-                try:
-                    step(ws, model)
-                    st.rerun()
-                except ValueError as error:
-                    st.error(str(error))
+    metrics_header(model, ws)
+    c1, c2 = st.columns(2)
+    for column, label, pending in ((c1, "Undo", ws.peek_undo()), (c2, "Redo", ws.peek_redo())):
+        column.button(label, icon=f":material/{label.lower()}:", disabled=pending is None, width="stretch",
+                      key=f"map_{label.lower()}", on_click=_step,
+                      args=(label.lower(), None if pending is None else pending.seq))
+    error = st.session_state.pop("edit_error", None)
+    if error:
+        st.error(error)
 
 
 def act_on(chosen: list[int], df: pd.DataFrame, where: str) -> None:
@@ -180,15 +199,15 @@ def act_on(chosen: list[int], df: pd.DataFrame, where: str) -> None:
     if live:
         try:
             what = model.what_if_remove(live)
-            a.info(f"**What if** these {len(live):,} pair(s) were removed: accuracy "
-                   f"{pct(what.accuracy_before)} → **{pct(what.accuracy)}** "
-                   f"({100 * what.delta:+.1f} pts, {what.n_changed} predictions would change).")
+            a.info(f"What if these {len(live):,} pair(s) were removed: tuning {pct(what.before.tune)} → "
+                   f"{pct(what.after.tune)}; test {pct(what.before.test)} → {pct(what.after.test)}. "
+                   f"{what.n_changed:,} prediction(s) would change.")
         except ValueError as error:
             a.warning(str(error))
         if b.button(f"Remove {len(live):,} pair(s)", type="primary", icon=":material/delete:",
-                    width="stretch", key=f"remove_{where}"):
+                    width="stretch", key=state.selection_key(f"remove_{where}")):
             try:
-                state.remove_pairs(ws, model, live, note=f"from Map ({where})")
+                state.remove_pairs(ws, model, live, note=f"from Map ({where})", where="map")
                 st.rerun()
             except ValueError as error:
                 st.error(str(error))
@@ -211,9 +230,7 @@ def act_on(chosen: list[int], df: pd.DataFrame, where: str) -> None:
 _edit_bar()
 last = st.session_state.get("last_edit")
 if last:
-    st.success(f"{last['kind'].capitalize()} of {len(last['pairs']):,} pair(s): accuracy "
-               f"{pct(last['before'])} → **{pct(last['accuracy'])}** (re-scored in {last['ms']:.0f} ms).",
-               icon=":material/check_circle:")
+    st.success(last["message"], icon=":material/check_circle:")
 
 tab_map, tab_search = st.tabs(["Map", "Search anchors"])
 
@@ -232,7 +249,7 @@ def map_panel() -> None:
         xy = job.result
         st.caption(f"UMAP layout of the {SOURCES[source]}.")
     else:
-        xy = _pca(str(ws.path), bank.key, len(bank.pair_ids))
+        xy = _pca(str(ws.path), bank.key, len(bank.pair_ids), len(OK))
         if job.error:
             st.caption(f"Instant PCA layout of the photo embeddings; UMAP could not be computed: {job.error}")
     fjob = _flags()
@@ -252,9 +269,9 @@ def map_panel() -> None:
     shown = df[mask]
     highlight = [int(i) for i in st.session_state.get(HIGHLIGHT, [])]
     event = st.plotly_chart(figure(shown, xy[mask], colour, highlight), on_select="rerun",
-                            selection_mode=("lasso", "box"), key="map_plot", config={"displaylogo": False})
+                            selection_mode=("lasso", "box"), key=state.selection_key("map_plot"), config={"displaylogo": False})
     picked = _selected(event)
-    everything = st.checkbox(f"Select all {len(shown):,} pairs shown", key="map_all",
+    everything = st.checkbox(f"Select all {len(shown):,} pairs shown", key=state.selection_key("map_all"),
                              disabled=len(shown) == len(df))
     chosen = shown["pair_id"].astype(int).tolist() if everything and len(shown) < len(df) else picked
     if chosen:
@@ -284,10 +301,11 @@ def _progress(source: str) -> None:
 
 
 @st.cache_resource(show_spinner="Preparing the search (once per anchor set)…", max_entries=4)
-def _search(ws_path: str, key: str, n: int, version: int):
+def _search(ws_path: str, key: str, n: int, n_ok: int, version: int):
     from core.anchor_search import AnchorSearch
 
-    return AnchorSearch(model.current_model(), bank.img, bank.pair_img, bank.cap)
+    used, rows = _photos()
+    return AnchorSearch(model.current_model(), bank.img[used], rows, bank.cap[OK])
 
 
 @st.cache_resource(show_spinner=False)
@@ -304,19 +322,19 @@ def search_panel() -> None:
         q = st.text_input("Describe what you look for", key="search_text", max_chars=300,
                           placeholder="e.g. children playing in the snow")
         if q.strip():
-            vec = _text_encoder(bank.settings["text_encoder"]).encode_texts([q.strip()])[0]
+            vec = _text_encoder(bank.text_encoder).encode_texts([q.strip()])[0]
     else:
         up = st.file_uploader("A picture", type=["jpg", "jpeg", "png", "webp", "bmp"], key="search_pic")
         if up is not None:
             try:
-                vec = bank.embed_query(up.getvalue())
+                vec = bank.embed_picture(up.getvalue())
             except ValueError as error:
                 st.error(f"That file could not be read as a picture: {error}")
     if vec is None:
         st.caption("Finds pairs by meaning: the encoder's nearest neighbours on the same side, and "
                    "ASIF retrieval across sides (through the anchors' relative representations).")
         return
-    search = _search(str(ws.path), bank.key, len(bank.pair_ids), model.version)
+    search = _search(str(ws.path), bank.key, len(bank.pair_ids), len(OK), model.version)
     t0 = time.perf_counter()
     found = search.by_text(vec) if how == "text" else search.by_image(vec)
     ms = 1000 * (time.perf_counter() - t0)
@@ -329,12 +347,13 @@ def search_panel() -> None:
         pd.DataFrame({"photo": [thumbnail_url(image_path(ws, r), 96) for r in res["image"]],
                       "caption": res["caption"], "score": res["score"], "pair": res["pair_id"],
                       "status": res["status"]}),
-        hide_index=True, row_height=72, on_select="rerun", selection_mode="multi-row", key="search_table",
+        hide_index=True, row_height=72, on_select="rerun", selection_mode="multi-row",
+        key=state.selection_key("search_table"),
         column_config={"photo": st.column_config.ImageColumn("photo", width="small"),
                        "caption": st.column_config.TextColumn("caption", width="large"),
                        "score": st.column_config.NumberColumn(format="%.3f")})
     rows = event.selection.rows if event else []
-    every = st.checkbox(f"Select all {len(res)} results", key="search_all")
+    every = st.checkbox(f"Select all {len(res)} results", key=state.selection_key("search_all"))
     chosen = res["pair_id"].astype(int).tolist() if every else [int(res.iloc[i]["pair_id"]) for i in rows]
     if chosen:
         act_on(chosen, df, "search")

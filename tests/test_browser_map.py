@@ -10,9 +10,11 @@ import pytest
 
 from app_helpers import free_port, metric_value, open_page, start_server, stop_server
 from core import layout as L
-from core import workspace as W
+from core import store
+from core.cache import EmbeddingCache
+from core.live import LiveModel, WorkspaceVectors
 
-ACC = "Accuracy on the evaluation set"
+ACC = "Tuning accuracy"
 
 
 @pytest.fixture
@@ -41,19 +43,21 @@ def test_map_box_select_preview_remove_undo(server):
 
         # a region to select: the pairs left of some x on the map whose removal changes the accuracy
         # by the engine's own what-if (the map's layout is read from the workspace's cache)
-        ws = W.list_workspaces(tmp / "ws")[0]
-        bank = W.Bank(ws)
-        live = W.LiveModel(bank, ws.active_pair_ids())
-        xy = L.spread_copies(L.cached_layout(bank.img, "umap", ws.path / "state"), bank.pair_img)
+        ws = store.Workspace(store.list_workspaces(tmp / "ws")[0])
+        vec = WorkspaceVectors(ws, EmbeddingCache())
+        live = LiveModel(ws, vec)
+        used, rows = np.unique(vec.pair_img[vec.ok], return_inverse=True)
+        ids_shown = vec.pair_ids[vec.ok]
+        xy = L.spread_copies(L.cached_layout(vec.img[used], "umap", ws.state_dir), rows.ravel())
         order = np.sort(xy[:, 0])
         for frac in (0.3, 0.4, 0.2, 0.5, 0.15):
             # cut in the widest gap near that fraction, so no point sits within a pixel of the edge
             lo = int(frac * len(order)) - 10
             i = lo + int(np.argmax(np.diff(order[lo:lo + 21])))
             cut = float(order[i] + order[i + 1]) / 2
-            ids = bank.pair_ids[xy[:, 0] < cut].tolist()
+            ids = ids_shown[xy[:, 0] < cut].tolist()
             what = live.what_if_remove(ids)
-            if what.accuracy != what.accuracy_before:
+            if what.after.tune != what.before.tune:
                 break
         else:
             pytest.fail("no left part of the map changes the accuracy")
@@ -80,14 +84,14 @@ def test_map_box_select_preview_remove_undo(server):
             expect(preview).to_be_visible(timeout=60_000)
         finally:
             page.screenshot(path=str(tmp / "after_select.png"), full_page=True)
-        predicted = re.search(r"→ (\d+\.\d%)", preview.inner_text()).group(1)
+        predicted = re.search(r"tuning \S+ → (\d+\.\d%)", preview.inner_text()).group(1)
         remove = page.get_by_role("button", name=re.compile(r"Remove [\d,]+ pair"))
         n = int(re.search(r"Remove ([\d,]+)", remove.inner_text()).group(1).replace(",", ""))
         remove.click()
         expect(page.get_by_text("re-scored in", exact=False).first).to_be_visible()
         after = metric_value(page, ACC)
         assert n == len(ids)
-        assert after == predicted == f"{100 * what.accuracy:.1f}%" != before, (before, predicted, after)
+        assert after == predicted == f"{100 * what.after.tune:.1f}%" != before, (before, predicted, after)
         assert [e.kind for e in ws.edits()] == ["remove"] and sorted(ws.edits()[0].pair_ids) == sorted(ids)
 
         page.get_by_role("button", name="Undo").click()

@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench.map import paraphrase, plant_photo
+from bench.map import paraphrase, plant_photo, vectors
 from core import flags as F
-from core.cache import embed_images, embed_texts
 
 N_PLANT = 8
 
@@ -33,7 +32,7 @@ def test_planted_photo_copies_are_grouped_with_their_source(flickr_pairs, photos
     for j, s in enumerate(src.tolist()):
         plant_photo(flickr_pairs.images[s], str(tmp_path / f"c{j}.jpg"), rng)
         paths.append(str(tmp_path / f"c{j}.jpg"))
-    x = np.concatenate([photos, embed_images("efficientnet-lite0", paths)])
+    x = np.concatenate([photos, vectors("efficientnet-lite0", paths)])
     group, best = F.near_duplicates(x, F.IMAGE_DUPLICATE)
     copies = len(photos) + np.arange(N_PLANT)
     found = (group[copies] >= 0) & (group[copies] == group[src])
@@ -47,13 +46,13 @@ def test_paraphrased_captions_are_grouped_and_siblings_are_not(flickr_pairs, fli
     rng = np.random.default_rng(3)
     src = rng.choice(len(caps), size=N_PLANT, replace=False)
     texts = caps + [paraphrase(caps[s], rng) for s in src.tolist()]
-    x = np.concatenate([flickr_embeddings[1], embed_texts("minilm", texts[len(caps):])])
+    x = np.concatenate([flickr_embeddings[1], vectors("minilm", texts[len(caps):])])
     group, _ = F.near_duplicate_captions(x, texts, F.CAPTION_DUPLICATE)
     copies = len(caps) + np.arange(N_PLANT)
     assert ((group[copies] >= 0) & (group[copies] == group[src])).all()
     # two captions of one photo that differ by more than one word are not near-duplicates
     a, b = "A dog runs across the green grass .", "A brown dog is running on the grass ."
-    pair = embed_texts("minilm", [a, b])
+    pair = vectors("minilm", [a, b])
     assert (F.near_duplicate_captions(pair, [a, b], 0.0)[0] == -1).all()
     assert (F.near_duplicate_captions(pair, [a, a.upper() + "!"], 0.0)[0] == 0).all()
 
@@ -72,7 +71,7 @@ def test_an_unrelated_picture_is_the_top_outlier(photos, tmp_path):
 
     noise = np.random.default_rng(0).integers(0, 256, size=(224, 224, 3), dtype=np.uint8)
     Image.fromarray(noise).save(tmp_path / "noise.png")
-    x = np.concatenate([photos, embed_images("efficientnet-lite0", [str(tmp_path / "noise.png")])])
+    x = np.concatenate([photos, vectors("efficientnet-lite0", [str(tmp_path / "noise.png")])])
     scores = F.outlier_scores(x)
     assert int(np.argmax(scores)) == len(photos)
     flagged = F.outliers(scores, 0.01)

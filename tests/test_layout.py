@@ -83,7 +83,8 @@ def test_relative_features_follow_the_pairs(flickr_embeddings):
     assert same > other
 
 
-@pytest.mark.parametrize("bad", [np.zeros((0, 4)), np.zeros(5), np.array([[np.nan, 1.0]])])
+@pytest.mark.parametrize("bad", [np.zeros((0, 4)), np.zeros((3, 0)), np.zeros((2, 2, 2)),
+                                 np.array([[np.nan, 1.0]]), np.array([["a", "b"]])])
 def test_bad_input_is_a_value_error(bad, tmp_path):
     with pytest.raises(ValueError):
         L.layout(bad, "pca", cache_dir=tmp_path)

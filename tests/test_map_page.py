@@ -11,11 +11,23 @@ import numpy as np
 from streamlit.testing.v1 import AppTest
 
 from app_helpers import APP, run_ready, texts
-from core import workspace as W
+from core import store
+from core.cache import EmbeddingCache
+from core.live import LiveModel, WorkspaceVectors
 
 
-def _acc(at):
-    return {m.label: m.value for m in at.metric}["Accuracy on the evaluation set"]
+def _acc(at) -> tuple[str, str]:
+    """(tuning, test) accuracy as the page's header shows them."""
+    shown = {m.label.split(" (")[0]: m.value for m in at.metric}
+    return shown["Tuning accuracy"], shown["Test accuracy"]
+
+
+def _ws(root) -> store.Workspace:
+    return store.Workspace(store.list_workspaces(root)[0])
+
+
+def _keyed(widgets, prefix: str):
+    return [w for w in widgets if (w.key or "").startswith(prefix)][0]
 
 
 def _figure(at) -> dict:
@@ -54,7 +66,7 @@ def _open_map(at, timeout: float = 240):
 def test_map_select_preview_remove_undo(demo_root):
     at = run_ready(AppTest.from_file(APP, default_timeout=180))
     at = _open_map(at)
-    ws = W.list_workspaces(demo_root)[0]
+    ws = _ws(demo_root)
     n_pairs = ws.counts()["pairs"]
     spec = _figure(at)
     assert _points(spec) == n_pairs  # every pair is on the map
@@ -71,27 +83,28 @@ def test_map_select_preview_remove_undo(demo_root):
 
     # select every pair whose caption mentions a word, preview, remove, undo; the word is the first of
     # a few whose removal changes the accuracy by the engine's own what-if
-    live = W.LiveModel(W.Bank(ws), ws.active_pair_ids())
+    live = LiveModel(ws, WorkspaceVectors(ws, EmbeddingCache()))
     pairs = ws.pairs()
     word, expected = None, None
     for w in ("dog", "man", "water", "girl", "ball", "red", "grass", "street"):
         ids = [p.pair_id for p in pairs if w in p.caption.lower()]
         what = live.what_if_remove(ids) if 0 < len(ids) < len(pairs) else None
-        if what is not None and what.accuracy != what.accuracy_before:
-            word, expected = w, what.accuracy
+        if what is not None and what.after.tune != what.before.tune:
+            word, expected = w, what.after
             break
     assert word, "no word's pairs change the accuracy on the small demo"
     at.text_input(key="map_text").set_value(word).run()
     shown = _points(_figure(at))
     assert 0 < shown < n_pairs
-    at.checkbox(key="map_all").check().run()
-    assert "**What if** these" in texts(at)
+    _keyed(at.checkbox, "map_all").check().run()
+    assert "What if these" in texts(at)
     assert ws.edits() == []  # a preview commits nothing
-    at.button(key="remove_map").click().run()
+    _keyed(at.button, "remove_map").click().run()
     assert [e.kind for e in ws.edits()] == ["remove"]
     assert len(ws.edits()[0].pair_ids) == shown
     assert ws.counts()["pairs"] == n_pairs - shown
-    assert _acc(at) == f"{100 * expected:.1f}%" != start
+    assert _acc(at) == (f"{100 * expected.tune:.1f}%", f"{100 * expected.test:.1f}%")
+    assert _acc(at)[0] != start[0]
     at.button(key="map_undo").click().run()
     assert _acc(at) == start and ws.counts()["pairs"] == n_pairs
     assert not at.exception
@@ -99,9 +112,10 @@ def test_map_select_preview_remove_undo(demo_root):
 
 def test_map_search_and_hostile_caption(demo_root):
     at = run_ready(AppTest.from_file(APP, default_timeout=180))
-    ws = W.list_workspaces(demo_root)[0]
+    ws = _ws(demo_root)
     hostile = "<b>bold</b> & <script>alert(1)</script> a dog"
-    seq, (pid,) = ws.add_pairs([(ws.all_pairs()[0].image, hostile)], note="test")
+    live = LiveModel(ws, WorkspaceVectors(ws, EmbeddingCache()))
+    (pid,) = live.add([(ws.all_pairs()[0].image, hostile)], note="test").op.pair_ids
     at.switch_page("pages/map.py").run()
     deadline = time.time() + 120
     while not at.get("plotly_chart") and time.time() < deadline:  # the model is rebuilt with the new pair
