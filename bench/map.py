@@ -125,7 +125,10 @@ def _planted(pairs, fraction: float, seed: int, tmp: Path):
     img_truth = np.stack([n_img + np.arange(len(src_img)), src_img], axis=1)
     cap_truth = np.stack([n_cap + np.arange(len(src_cap)), src_cap], axis=1)
     examples = list(zip([pairs.captions[s] for s in src_cap[:3].tolist()], texts[:3]))
-    return (np.concatenate([photos, copies]), img_truth,
+    from core.flags import thumbnails
+
+    thumbs = thumbnails(list(pairs.images) + paths)
+    return (np.concatenate([photos, copies]), thumbs, img_truth,
             np.concatenate([caps, vectors(TEXT_ENCODER, texts)]), list(pairs.captions) + texts,
             cap_truth, examples)
 
@@ -197,23 +200,36 @@ def part_flags(args) -> dict:
         for name, which, seed in (("tune", 0, 0), ("report", 1, 1)):
             half, dropped = _without_natural_duplicate_captions(_half(pairs, which))
             sets[name] = _planted(half, args.fraction, seed, Path(tmp))
-            img, ti, cap, texts, tc, examples = sets[name]
+            img, _, ti, cap, texts, tc, examples = sets[name]
             out[name] = {"half": "AB"[which], "seed": seed, "photos": int(img.shape[0]),
                          "captions": int(cap.shape[0]), "natural_duplicate_captions_dropped": dropped,
                          "planted_photos": len(ti), "planted_captions": len(tc),
                          "caption_examples": examples}
-        img_a, ti_a, cap_a, texts_a, tc_a, _ = sets["tune"]
+        img_a, th_a, ti_a, cap_a, texts_a, tc_a, _ = sets["tune"]
         t_img, curve_img = _tune(lambda t: F.near_duplicates(img_a, t)[0], ti_a,
                                  np.round(np.arange(0.60, 0.991, 0.02), 3))
+        # the embedding alone, then candidates confirmed by thumbnails (both tuned on half A)
+        grid = [(t, c) for t in np.round(np.arange(0.50, 0.81, 0.05), 3) for c in (0.5, 0.6, 0.7, 0.8, 0.9)]
+        curve_both = []
+        for t, c in grid:
+            r = _score(F.near_duplicates(img_a, t, thumbs=th_a, min_thumb_corr=c)[0], ti_a)
+            r.update(threshold=t, thumb_corr=c,
+                     f1=round(2 * r["precision"] * r["recall"] / max(1e-9, r["precision"] + r["recall"]), 4))
+            curve_both.append(r)
+        best = max(curve_both, key=lambda r: (r["f1"], r["threshold"], r["thumb_corr"]))
+        t_both, c_both = best["threshold"], best["thumb_corr"]
         t_cap, curve_cap = _tune(lambda t: F.near_duplicate_captions(cap_a, texts_a, t)[0], tc_a,
                                  np.round(np.arange(0.50, 0.991, 0.05), 3))
-        out["chosen"] = {"image_threshold": t_img, "caption_threshold": t_cap,
-                         "constants_in_core_flags": [F.IMAGE_DUPLICATE, F.CAPTION_DUPLICATE]}
+        out["chosen"] = {"image_threshold_embedding_only": t_img, "image_threshold": t_both,
+                         "thumb_corr": c_both, "caption_threshold": t_cap,
+                         "constants_in_core_flags": [F.IMAGE_DUPLICATE, F.THUMB_CORR, F.CAPTION_DUPLICATE]}
+        out["tune_curve_photos_confirmed"] = curve_both
         out["tune_curve_photos"] = curve_img
         out["tune_curve_captions"] = curve_cap
-        for name, (img, ti, cap, texts, tc, _) in sets.items():
+        for name, (img, thumbs, ti, cap, texts, tc, _) in sets.items():
+            out[name]["photos_embedding_only"] = _score(F.near_duplicates(img, t_img)[0], ti)
             t0 = time.perf_counter()
-            g_img = F.near_duplicates(img, t_img)[0]
+            g_img = F.near_duplicates(img, t_both, thumbs=thumbs, min_thumb_corr=c_both)[0]
             t1 = time.perf_counter()
             g_cap = F.near_duplicate_captions(cap, texts, t_cap)[0]
             t2 = time.perf_counter()

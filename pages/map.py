@@ -120,8 +120,10 @@ def _umap(source: str) -> Job:
 def _flags() -> Job:
     def work(progress):
         used, rows = _photos()
+        progress(0.0, "Thumbnails of the photos (to confirm near-duplicates)")
+        thumbs = F.thumbnails([str(ws.resolve(bank.img_refs[u])) for u in used])
         return F.pair_flags(bank.img[used], rows, bank.cap[OK], [bank.captions[i] for i in OK],
-                            progress=progress)
+                            photo_thumbs=thumbs, progress=progress)
     return _run(_key("flags"), work)
 
 

@@ -33,12 +33,19 @@ def test_planted_photo_copies_are_grouped_with_their_source(flickr_pairs, photos
         plant_photo(flickr_pairs.images[s], str(tmp_path / f"c{j}.jpg"), rng)
         paths.append(str(tmp_path / f"c{j}.jpg"))
     x = np.concatenate([photos, vectors("efficientnet-lite0", paths)])
-    group, best = F.near_duplicates(x, F.IMAGE_DUPLICATE)
+    thumbs = F.thumbnails(list(flickr_pairs.images) + paths)
+    group, best = F.near_duplicates(x, F.IMAGE_DUPLICATE, thumbs=thumbs)
     copies = len(photos) + np.arange(N_PLANT)
     found = (group[copies] >= 0) & (group[copies] == group[src])
     assert found.mean() >= 0.75
     assert (group >= 0).sum() <= 2 * N_PLANT + 2  # few other photos are flagged
     assert best.shape == (len(x),) and (best[copies] >= best[: len(photos)].mean()).all()
+    # thumbnails confirm: a copy correlates with its source far more than with another photo
+    own = np.einsum("ij,ij->i", thumbs[copies], thumbs[src])
+    assert np.median(own) > 0.9 > np.median(thumbs[copies] @ thumbs[: len(photos)].T)
+    # an unreadable file has a zero thumbnail: it confirms nothing
+    (tmp_path / "broken.jpg").write_bytes(b"not a picture")
+    assert not F.thumbnails([str(tmp_path / "broken.jpg")]).any()
 
 
 def test_paraphrased_captions_are_grouped_and_siblings_are_not(flickr_pairs, flickr_embeddings):
