@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core import edits
+from core.edits import neighbours
 from core.asif import AsifModel
 from core.edits import EditSession
 
@@ -38,7 +38,7 @@ def _check_against_full(s: EditSession):
     ("per-template", 5, 24, 256),  # also whole-list merges and filters (more than SEQUENTIAL_MAX)
     ("per-template", 6, 24, 0)])  # the text side's changed anchors found by scanning the lists
 def test_random_edit_sequence_equals_full_recompute(strategy, seed, largest, product_max, monkeypatch):
-    monkeypatch.setattr(edits, "PRODUCT_MAX_ANCHORS", product_max)
+    monkeypatch.setattr(neighbours, "PRODUCT_MAX_ANCHORS", product_max)
     rng, P = _random_problem(seed)
     model = AsifModel(P["img"], P["txt"], k=15, p=3)
     s = EditSession(model, P["q"], P["y"], P["prompts"], P["pc"], strategy=strategy, slack=3)
@@ -84,8 +84,32 @@ def test_removal_finds_a_pair_whose_stored_similarity_is_one_bit_off():
     held = side.rows == row
     side.sims[held] = np.nextafter(side.sims[held], np.float32(np.inf))  # now ranks before itself
     s._full_scores()
-    s.remove([s.bank.ids[row]])
+    s.remove([s.anchors.ids[row]])
     assert not (side.rows == row).any()
+    np.testing.assert_array_equal(s.predictions, s.full_recompute())
+
+
+def test_a_pair_put_back_ties_with_its_twins_when_a_product_rounds_differently():
+    # Flickr8k gives one image five captions: rows with the same image embedding tie exactly, and
+    # ties break by row. A product of another shape (or thread count) may round a similarity one bit
+    # differently: simulate it (every stored image similarity one bit lower), then take out a pair
+    # whose twin sits at the k-th place and put it back; it must land after its twin, as in a full
+    # recompute, not before it.
+    rng, P = _random_problem(11)  # 150 images x 3 captions
+    k = 16  # not a multiple of 3: twin groups straddle the top-k boundary
+    s = EditSession(AsifModel(P["img"], P["txt"], k=k, p=3), P["q"], P["y"], P["prompts"], P["pc"],
+                    slack=4)
+    side = s.img_side
+    side.sims[:] = np.nextafter(side.sims, np.float32(-np.inf))
+    s._full_scores()
+    a, b = side.rows[:, k - 1], side.rows[:, k]
+    straddle = np.flatnonzero((b // 3 == a // 3) & (b > a))  # twins across the top-k boundary
+    assert straddle.size
+    s.remove([s.anchors.ids[b[straddle[0]]]])
+    s.undo()
+    fresh = EditSession(s.current_model(), P["q"], P["y"], P["prompts"], P["pc"], slack=4)
+    np.testing.assert_array_equal(np.sort(s.anchors.ids[side.rows[:, :k]], axis=1),
+                                  np.sort(fresh.anchors.ids[fresh.img_side.rows[:, :k]], axis=1))
     np.testing.assert_array_equal(s.predictions, s.full_recompute())
 
 
