@@ -159,8 +159,9 @@ if go_button:
 
     try:
         if method == METHOD_LIT:
-            result = M.oti_lit(heads, feats, steps=steps, seed=seed, on_loss=on_loss)
-            encoder = M.lit_text_encoder(heads)
+            result = M.oti_lit(heads, feats, steps=steps, seed=seed, on_loss=on_loss,
+                               cache=state.embedding_cache())
+            encoder = M.lit_text_encoder(heads, cache=state.embedding_cache())
             bank = heads.encode_text_features(pairs.text_vectors)
             native = M.nearest_texts(heads.encode_image_features(feats), bank, pairs.captions, 8)[0]
         else:
@@ -169,10 +170,9 @@ if go_button:
                 anchors = anchors[pairs.pair_image != image_index]
             k = min(int(settings["k"]), max(1, len(anchors) // 2))  # the workspace rule for small sets
             result = M.asif_oti(feats, pairs.pair_image_vectors[anchors], pairs.text_vectors[anchors], k,
-                                float(settings["p"]), steps=steps, seed=seed, on_loss=on_loss)
-            from core.contrastive import MiniLMTextEncoder
-
-            encoder = MiniLMTextEncoder()
+                                float(settings["p"]), steps=steps, seed=seed, on_loss=on_loss,
+                                cache=state.embedding_cache())
+            encoder = M.minilm_tokens(state.embedding_cache())
             bank = pairs.text_vectors
             native = None
         from core.inversion import nearest_vocabulary

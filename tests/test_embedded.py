@@ -69,7 +69,8 @@ def test_labeled_equal_direct_encoder_calls(cifar_small, fresh_cache, image_enco
     assert emb.encoder == IMAGE and emb.skipped == () and len(emb) == 10
     part = emb.subset([3, 1])
     np.testing.assert_array_equal(part.vectors, emb.vectors[[3, 1]])
-    assert part.paths == [small.paths[3], small.paths[1]] and part.labels.tolist() == small.labels[[3, 1]].tolist()
+    assert part.paths == [small.paths[3], small.paths[1]]
+    assert part.labels.tolist() == small.labels[[3, 1]].tolist()
 
 
 def test_embed_by_name_of_cached_items_loads_no_model(flickr_pairs, tmp_path):
