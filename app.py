@@ -14,6 +14,7 @@ if str(ROOT) not in sys.path:
 import streamlit as st  # noqa: E402
 
 from ui import boot, state  # noqa: E402
+from ui.safe import plain  # noqa: E402
 
 boot.mark()
 
@@ -46,7 +47,7 @@ with st.sidebar:
         ws = state.current_workspace()
     except Exception as error:  # noqa: BLE001 - a broken workspace folder must not hide the app
         ws = None
-        st.warning(f"Could not open the workspaces: {error}")
+        st.warning(f"Could not open the workspaces: {plain(error)}")
     if ws is not None:
         from core import workspace as W
 
@@ -61,6 +62,6 @@ with st.sidebar:
         s = ws.settings()
         c = ws.counts()
         st.caption(f"{c['pairs']:,} anchor pairs · {c['eval']:,} test images · "
-                   f"{s['image_encoder']} + {s['text_encoder']} · k={s['k']}, p={s['p']:g}")
+                   f"{plain(s['image_encoder'])} + {plain(s['text_encoder'])} · k={s['k']}, p={s['p']:g}")
 
 nav.run()

@@ -16,6 +16,7 @@ boot.ensure_app()
 
 from core import cka, matching  # noqa: E402
 from ui import state  # noqa: E402
+from ui.safe import plain  # noqa: E402
 from ui.widgets import thumbnail_url  # noqa: E402
 
 st.title("Align")
@@ -78,7 +79,7 @@ with st.container(border=True):
             with st.spinner("Embedding the pairs (cached after the first time)…"):
                 data = _demo_pairs(ienc, tenc, int(limit))
         except ValueError as error:
-            st.error(str(error))
+            st.error(plain(error))
             st.stop()
 
 n = len(data["ids"])
@@ -168,7 +169,7 @@ if st.session_state.pop("align_want_matching", False):
             st.session_state["align_match_result"] = (
                 key, _matching(data["img"], data["txt"], data["groups"], key, int(n_base), int(n_query), int(seeds), tuple(methods)))
     except ValueError as error:
-        st.error(str(error))
+        st.error(plain(error))
 res = st.session_state.get("align_match_result")
 if res and res[0] == key:
     names = {"qap": "QAP (seeded)", "local_cka": "Local CKA", "linear": "Linear map", "relative": "Relative reps"}
@@ -208,7 +209,7 @@ if st.session_state.pop("align_want_suspicion", False):
             st.session_state["align_suspicion"] = (
                 key, _suspicion(data["img"], data["txt"], data["groups"], key, SUS_METHODS[sus_label]))
     except ValueError as error:
-        st.error(str(error))
+        st.error(plain(error))
 sus = st.session_state.get("align_suspicion")
 if sus and sus[0] == key:
     scores = sus[1]

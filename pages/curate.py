@@ -9,6 +9,7 @@ from ui import boot
 boot.ensure_app()
 
 from ui import state
+from ui.safe import plain
 from ui.widgets import image_path, pct, thumbnail_url
 
 st.title("Curate")
@@ -53,7 +54,7 @@ def curate_panel():
                     step(ws, model)
                     st.rerun()  # only on success: a rerun would wipe the message below
                 except ValueError as error:
-                    st.error(str(error))
+                    st.error(plain(error))
     last = st.session_state.get("last_edit")
     if last:
         st.success(f"{last['kind'].capitalize()} of {len(last['pairs'])} pair(s): accuracy "
@@ -82,7 +83,7 @@ def curate_panel():
             scores = _suspicion(str(ws.path), model.bank.key, len(model.bank.pair_ids), model.bank)
             df["suspicious"] = df["pair_id"].map(scores)
         except ValueError as error:  # e.g. too few pairs to compare neighbourhoods
-            st.caption(f"Suspicious-pair scores unavailable: {error}")
+            st.caption(f"Suspicious-pair scores unavailable: {plain(error)}")
     f1, f2 = st.columns([2, 1])
     search = f1.text_input("Find pairs whose caption contains", key="curate_search",
                            placeholder="e.g. dog, skateboard, water")
@@ -138,7 +139,7 @@ def curate_panel():
                     f"{pct(what.accuracy_before)} → **{pct(what.accuracy)}** "
                     f"({_fmt_pts(what.delta)}, {what.n_changed} predictions would change).")
         except ValueError as error:
-            c1.warning(str(error))
+            c1.warning(plain(error))
         if c2.button(f"Remove {len(chosen)} pair(s)", type="primary", icon=":material/delete:",
                      width="stretch", key="remove_selected"):
             try:
@@ -146,7 +147,7 @@ def curate_panel():
                 st.session_state.pop("curate_ids", None)
                 st.rerun()  # only on success: a rerun would wipe the message below
             except ValueError as error:
-                st.error(str(error))
+                st.error(plain(error))
     else:
         c1.caption("Select one or more rows to preview the accuracy without them.")
     if not st.session_state.get("suspicion_on"):
@@ -213,13 +214,13 @@ with tab_up:
                 data = f.getvalue()
                 try:
                     load_image(data)
-                except ValueError as error:
-                    bad.append(f"{f.name}: {error}")
+                except ValueError:
+                    bad.append(f"{f.name}: not a readable image, or over the pixel limit")
                     continue
                 suffix = "." + f.name.rsplit(".", 1)[-1] if "." in f.name else ".jpg"
                 good.append((ws.store_file(data, suffix), template.replace("{}", cls)))
             for msg in bad:
-                st.warning(f"Skipped {msg}")
+                st.warning(f"Skipped {plain(msg)}")
             if not good:
                 st.error("No readable photo to add.")
             else:
@@ -229,7 +230,7 @@ with tab_up:
                     st.success(f"Added {len(good)} pair(s): accuracy {pct(r.accuracy_before)} → "
                                f"{pct(r.accuracy)}.")
                 except ValueError as error:
-                    st.error(str(error))
+                    st.error(plain(error))
 with tab_demo:
     from core import workspace as W
 
@@ -263,4 +264,4 @@ with tab_demo:
                     st.success(f"Added {len(pairs)} pairs: accuracy {pct(r.accuracy_before)} → "
                                f"**{pct(r.accuracy)}**.")
                 except ValueError as error:
-                    st.error(str(error))
+                    st.error(plain(error))

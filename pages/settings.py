@@ -9,6 +9,7 @@ boot.ensure_app()
 
 from core import encoders
 from ui import state
+from ui.safe import plain
 
 st.title("Settings")
 st.caption("How the model is built from the pairs. Changing a setting recomputes the model; "
@@ -56,7 +57,7 @@ with st.form("settings"):
             error = (f"k = {int(k):,} is larger than the {n_pairs:,} anchor pairs of this workspace; "
                      f"use at most {n_pairs:,}.")
         if error:
-            st.error(error)
+            st.error(plain(error))
         else:
             try:
                 ws.update_settings(**changes)
@@ -64,13 +65,13 @@ with st.form("settings"):
                 st.session_state.pop("last_edit", None)
                 st.success("Saved. The model is being recomputed (cached embeddings are reused).")
             except ValueError as exc:
-                st.error(str(exc))
+                st.error(plain(exc))
 
 job = state.model_job(ws)
 if not job.done:
     st.progress(min(max(job.fraction, 0.0), 1.0), text=f"Recomputing: {job.message}")
 elif job.error:
-    st.error(f"The model could not be built with these settings: {job.error}")
+    st.error(f"The model could not be built with these settings: {plain(job.error)}")
 else:
     st.success(f"Model ready: accuracy {100 * job.model.accuracy:.1f}% with "
                f"{job.model.n_anchors:,} anchor pairs (k = {job.model.k}).")

@@ -13,6 +13,7 @@ boot.ensure_app()
 
 from core import workspace as W
 from ui import state
+from ui.safe import plain
 
 st.title("Workspaces")
 st.caption("A workspace is a set of anchor pairs, a labeled test set, the encoders, k and p, and the "
@@ -36,7 +37,7 @@ else:
     st.info("No workspace yet.")
 
 if current is not None:
-    st.subheader(f"Current: {current.name}")
+    st.subheader(f"Current: {plain(current.name)}")
     a, b, c = st.columns(3)
     with a.form("duplicate"):
         new_name = st.text_input("Duplicate as", f"{current.name} copy")
@@ -46,9 +47,9 @@ if current is not None:
                 state.set_workspace(dup.id)
                 st.rerun()
             except ValueError as error:
-                st.error(str(error))
+                st.error(plain(error))
     with b.form("delete"):
-        sure = st.checkbox(f"Yes, delete “{current.name}” and its edit history")
+        sure = st.checkbox(f"Yes, delete “{plain(current.name)}” and its edit history")
         if st.form_submit_button("Delete", icon=":material/delete:"):
             if not sure:
                 st.warning("Tick the box to confirm.")
@@ -95,9 +96,9 @@ with t1:
                     state.set_workspace(ws.id)
                     st.rerun()
                 except ValueError as error:
-                    st.error(str(error))
+                    st.error(plain(error))
     except ValueError as error:
-        st.warning(str(error))
+        st.warning(plain(error))
 with t2:
     st.caption("Upload photos with captions, or point to a folder on this computer, on the Data page.")
     st.page_link("pages/data.py", label="Bring your own pairs", icon=":material/photo_library:")
