@@ -67,8 +67,8 @@ with st.container(border=True):
     if source == SOURCE_WS:
         ws = state.require_workspace()
         data, ienc, tenc = _workspace_pairs(ws)
-        c2.markdown(f"**{ws.name}**: {len(data['ids']):,} active pairs · image encoder `{ienc}` · "
-                    f"text encoder `{tenc}` (change them in Settings).")
+        c2.markdown(f"**{plain(ws.name)}**: {len(data['ids']):,} active pairs · image encoder "
+                    f"*{plain(ienc)}* · text encoder *{plain(tenc)}* (change them in Settings).")
     else:
         i_opts, t_opts = _builtin("image"), _builtin("text")
         cc = c2.columns(3)
