@@ -8,7 +8,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from app_helpers import APP, run_ready, texts
-from core import workspace as W
+from core import store as W
 
 
 def _jpeg(color, size=(48, 40)) -> bytes:
@@ -85,8 +85,8 @@ def test_bad_uploads_give_messages_not_tracebacks(demo_root):
     shown = _upload(at, [("fake.zip", b"this is not a zip", "application/zip")])
     assert "Nothing could be loaded" in shown or "zip" in shown.lower()
     # nothing of the current workspace was lost
-    assert [w.id for w in W.list_workspaces(demo_root)] == ["demo"]
-    assert W.list_workspaces(demo_root)[0].counts()["pairs"] > 0
+    assert [p.name for p in W.list_workspaces(demo_root)] == ["demo"]
+    assert W.Workspace(W.list_workspaces(demo_root)[0]).counts()["pairs"] > 0
 
 
 def test_folder_field_refuses_files_and_places_outside_the_allowed_roots(demo_root, tmp_path, monkeypatch):

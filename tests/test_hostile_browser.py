@@ -11,7 +11,7 @@ import pytest
 
 from app_helpers import free_port, open_page, start_server, stop_server
 from core import data as D
-from core import workspace as W
+from core import demo, store
 
 TITLE_PAYLOAD = "<iframe srcdoc=\"<script>parent.document.title='x'</script>\">"
 PAYLOADS = [TITLE_PAYLOAD, "<img src=x onerror=alert(1)>", "![x](http://127.0.0.1:9/leak.png)",
@@ -35,7 +35,7 @@ def hostile_server(data_root, tmp_path):
     pairs = D.load_pairs_folder(folder)
     assert len(pairs) == N_IMAGES, pairs.report.rows()
     ws_root = tmp_path / "ws"
-    W.create_from_pairset(NAME_PAYLOADS[0], pairs, W.demo_eval_items(5), copy=True, root=ws_root)
+    store.create_from_pairset(NAME_PAYLOADS[0], pairs, demo.demo_labeled_items(5), copy=True, root=ws_root)
     port = free_port()
     proc = start_server(port, ws_root, tmp_path / "server.log")
     yield f"http://127.0.0.1:{port}"
