@@ -44,8 +44,8 @@ if current is not None:
         if st.form_submit_button("Duplicate", icon=":material/content_copy:"):
             try:
                 dup = store.duplicate_workspace(current, new_name)
-                state.set_workspace(dup.id, f"Created {dup.name} as a copy of {current.name}; you are now "
-                                            "working in the copy.")
+                state.set_workspace(dup.id, f"Created {plain(dup.name)} as a copy of {plain(current.name)}; "
+                                            "you are now working in the copy.")
                 st.rerun()
             except ValueError as error:
                 st.error(plain(error))
@@ -96,7 +96,7 @@ with t1:
             if st.form_submit_button("Create", type="primary"):
                 try:
                     ws = demo.create_demo_workspace(name, int(n_images), int(per_class))
-                    state.set_workspace(ws.id, f"Created {ws.name}; you are now working in it.")
+                    state.set_workspace(ws.id, f"Created {plain(ws.name)}; you are now working in it.")
                     st.rerun()
                 except ValueError as error:
                     st.error(plain(error))
