@@ -67,8 +67,9 @@ with left:
                 st.button(plain(classes[labels[i]]) + ("" if ok else " ✗"), key=f"pick_{i}",
                           on_click=_set_query, args=({"kind": "eval", "index": int(i)},),
                           width="stretch",
-                          help=f"Labeled picture #{i} ({'tuning' if vec.is_tune[i] else 'test'}): true class "
-                               f"{plain(classes[labels[i]])}, predicted {plain(classes[preds[i]])}")
+                          help=f"Labeled picture #{i} ({'tuning' if vec.is_tune[i] else 'test'} part): "
+                               f"true class {plain(classes[labels[i]])}, "
+                               f"predicted {plain(classes[preds[i]])}")
         if st.button("More pictures", icon=":material/refresh:"):
             st.session_state["gallery_page"] = page + 1
             st.rerun()
@@ -125,7 +126,8 @@ with right:
     a, b = st.columns([1, 1.3])
     with a:
         st.image(qimage, width="stretch",
-                 caption=plain(query["name"]) if query.get("name") else f"test picture #{query['index']}")
+                 caption=plain(query["name"]) if query.get("name") else
+                 f"labeled picture #{query['index']} ({'tuning' if vec.is_tune[query['index']] else 'test'} part)")
     with b:
         verdict = ""
         if truth is not None:
