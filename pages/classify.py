@@ -155,7 +155,7 @@ def pairs_panel():
     order = np.argsort(-expl.scores, kind="stable")
     last = st.session_state.get("last_edit")
     if last and last.get("where") == "classify":
-        st.success(plain(last["message"]), icon=":material/check_circle:")
+        st.success(last["message"], icon=":material/check_circle:")
     tabs = st.tabs([f"{plain(classes[c])} · {expl.scores[c]:.3f}" for c in order[:3]])
     for tab, c in zip(tabs, order[:3]):
         with tab:

@@ -54,7 +54,7 @@ def _history_buttons() -> None:
                       key=f"curate_{label}", on_click=_step,
                       args=(label.lower(), None if pending is None else pending.seq))
         column.caption("Nothing to " + label.lower() if pending is None
-                       else f"{label}: {plain(pending.describe())}")
+                       else f"{label}: {pending.describe()}")
     error = st.session_state.pop("edit_error", None)
     if error:
         st.error(plain(error))
@@ -66,7 +66,7 @@ def curate_panel():
     _history_buttons()
     last = st.session_state.get("last_edit")
     if last:
-        st.success(plain(last["message"]), icon=":material/check_circle:")
+        st.success(last["message"], icon=":material/check_circle:")
 
     # ---------------------------------------------------------------- influence table
     st.subheader("Anchor pairs, most harmful first")
@@ -233,7 +233,7 @@ with tab_up:
                 try:
                     with st.spinner("Embedding the new photos…"):
                         r = state.add_pairs(ws, model, good, note="uploaded", where="add")
-                    st.success(plain(r.message()))
+                    st.success(r.message())
                 except ValueError as error:
                     st.error(plain(error))
 with tab_demo:
@@ -267,6 +267,6 @@ with tab_demo:
                 try:
                     with st.spinner(f"Embedding {len(pairs)} photos…"):
                         r = state.add_pairs(ws, model, pairs, note="in-domain CIFAR-10 train", where="add")
-                    st.success(plain(r.message()))
+                    st.success(r.message())
                 except ValueError as error:
                     st.error(plain(error))

@@ -140,7 +140,7 @@ def use_pairset(pairset, copy: bool, source: dict) -> None:
                 rows = store.refs_from_pairset(pairset, ws, copy=copy)
                 with st.spinner(f"Embedding {len(rows):,} pairs…"):
                     r = state.add_pairs(ws, model, rows, note=f"from {source['kind']}")
-                st.success(plain(r.message()))
+                st.success(r.message())
             except ValueError as error:
                 st.error(plain(error))
 
