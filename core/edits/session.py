@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import scipy.sparse as sp
 
-from core.asif import (AsifModel, ClassReducer, argmax_tolerant, class_candidates, per_class_accuracy,
-                       signed_power64, sparse_scores)
+from core.arrays import as_float32_2d, l2_normalize
+from core.asif import (AsifModel, ClassReducer, ProgressFn, argmax_tolerant, class_candidates,
+                       per_class_accuracy, signed_power64, sparse_scores)
 from core.edits.influence import Influence, leave_one_out
 from core.edits.neighbours import AnchorRows, NeighbourLists
-from core.arrays import as_float32_2d, l2_normalize
-
-ProgressFn = Callable[[float, str], None]
 
 
 def _scatter_add_rows(D: np.ndarray, rows: np.ndarray, cols: np.ndarray, weights: np.ndarray,
