@@ -285,7 +285,7 @@ class EditOutcome:
 
 
 def _pct(x: float) -> str:
-    return "–" if x is None or x != x else f"{100 * x:.1f} %"
+    return "–" if x is None or x != x else f"{100 * x:.1f}%"
 
 
 @dataclass(frozen=True)

@@ -267,14 +267,14 @@ def test_edit_results_carry_predictions_for_any_part():
 
 # ------------------------------------------------------------------ real embeddings
 
-def test_real_session_curation(flickr_embeddings, cifar_small, cifar_small_embeddings):
+def test_real_session_curation(flickr_embeddings, cifar_small, cifar_small_embeddings, embedding_cache):
     from core.asif import build_prompts
-    from core.cache import embed_texts
+    from core.embedded import embed
 
     img, txt = flickr_embeddings
     prompts, pc = build_prompts(cifar_small.class_names, ["a photo of a {}.", "a picture of a {}."])
     s = EditSession(AsifModel(img, txt, k=50, p=8), cifar_small_embeddings, cifar_small.labels,
-                    embed_texts("minilm", prompts), pc, class_names=cifar_small.class_names)
+                    embed("minilm", prompts, cache=embedding_cache).vectors, pc, class_names=cifar_small.class_names)
     inf = s.influence()
     worst = inf.rows()[:3]
     assert worst[0]["loo_delta"] >= worst[-1]["loo_delta"]
@@ -290,8 +290,7 @@ def test_real_session_curation(flickr_embeddings, cifar_small, cifar_small_embed
             s.undo() if s.can_undo else None
         np.testing.assert_array_equal(s.predictions, s.full_recompute())
     # "adjust in seconds": add in-domain pairs captioned with the class name -> accuracy rises
-    from core.cache import embed_texts as et
     caps = [f"a photo of a {cifar_small.class_names[c]}" for c in cifar_small.labels[::10]]
-    add = s.add(cifar_small_embeddings[::10], et("minilm", caps))
+    add = s.add(cifar_small_embeddings[::10], embed("minilm", caps, cache=embedding_cache).vectors)
     assert add.accuracy > add.accuracy_before
     np.testing.assert_array_equal(s.predictions, s.full_recompute())

@@ -211,7 +211,7 @@ def current_workspace() -> store.Workspace | None:
 def set_workspace(ws_id: str, message: str | None = None) -> None:
     """Switch this session to workspace ``ws_id`` (``message``: a confirmation shown once)."""
     st.session_state["ws_id"] = ws_id
-    for key in ("query", "last_edit", "explain_cache"):
+    for key in ("query", "last_edit", "explain_cache", "sidebar_ws"):
         st.session_state.pop(key, None)
     clear_selection()
     if message:
