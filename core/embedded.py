@@ -255,6 +255,10 @@ class EmbeddedPairs:
         """``[P]`` the image path (or ref) of every pair."""
         return [self.images[i] for i in self.pair_image.tolist()]
 
+    def pairs_of_image(self, image_row: int) -> np.ndarray:
+        """int64 positions of the pairs (captions) of image row ``image_row``."""
+        return np.flatnonzero(self.pair_image == image_row)
+
     def subset(self, pair_indices: Iterable[int]) -> "EmbeddedPairs":
         """The chosen pairs, in the given order; images no chosen pair uses are dropped (rows
         renumbered by first use)."""

@@ -137,9 +137,10 @@ def caption_relevance(pair_image: Sequence[int]):
     each caption). Returns ``(query_rows [Q], relevance_fn, exclude_fn)``: the first caption of each
     image is a query; the gallery is all captions; the image's other captions are relevant; the query
     caption itself is excluded from its own ranking."""
+    from core.embedded import first_pair_per_image
+
     g = np.asarray(pair_image)
-    _, first = np.unique(g, return_index=True)
-    queries = np.sort(first)
+    queries = first_pair_per_image(g)
 
     def rel(lo: int, hi: int) -> np.ndarray:
         return g[queries[lo:hi], None] == g[None, :]

@@ -35,6 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_embed(args: argparse.Namespace) -> int:
     from core import cache as C
     from core import data as D
+    from core.embedded import embed
 
     started = time.perf_counter()
     cache = C.default_cache()
@@ -49,14 +50,15 @@ def run_embed(args: argparse.Namespace) -> int:
             raise ValueError(f"nothing to embed in {args.labeled}: {report.summary()}")
         bar = ProgressBar(f"{args.image_encoder} images", show)
         try:
-            result = C.embed(args.image_encoder, labeled.paths, labeled.keys, cache, bar,
-                             args.batch_size)
+            result = embed(args.image_encoder, labeled.paths, cache=cache, keys=labeled.keys,
+                           progress=bar, batch_size=args.batch_size)
         finally:
             bar.close()
         summary.update({"kind": "labeled", "source": args.labeled, "images": len(labeled),
                         "classes": labeled.class_names, "image_encoder": args.image_encoder,
                         "dim": int(result.vectors.shape[1]), "cached_before": result.hits,
-                        "computed": result.computed})
+                        "computed": result.computed,
+                        "failed": [str(f) for f in result.failed]})
     else:
         source = args.pairs
         if source is None:
@@ -71,12 +73,14 @@ def run_embed(args: argparse.Namespace) -> int:
             raise ValueError(f"nothing to embed in {source}: {report.summary()}")
         bar = ProgressBar(f"{args.image_encoder} images", show)
         try:
-            img = C.embed(args.image_encoder, pairs.images, pairs.image_keys, cache, bar, args.batch_size)
+            img = embed(args.image_encoder, pairs.images, cache=cache, keys=pairs.image_keys,
+                        progress=bar, batch_size=args.batch_size)
         finally:
             bar.close()
         bar = ProgressBar(f"{args.text_encoder} captions", show)
         try:
-            txt = C.embed(args.text_encoder, pairs.captions, None, cache, bar, args.batch_size)
+            txt = embed(args.text_encoder, pairs.captions, cache=cache, progress=bar,
+                        batch_size=args.batch_size)
         finally:
             bar.close()
         summary.update({"kind": "pairs", "source": str(source), "pairs": len(pairs),
@@ -84,7 +88,8 @@ def run_embed(args: argparse.Namespace) -> int:
                         "text_encoder": args.text_encoder, "image_dim": int(img.vectors.shape[1]),
                         "text_dim": int(txt.vectors.shape[1]),
                         "cached_before": {"images": img.hits, "captions": txt.hits},
-                        "computed": {"images": img.computed, "captions": txt.computed}})
+                        "computed": {"images": img.computed, "captions": txt.computed},
+                        "failed": [str(f) for f in img.failed + txt.failed]})
     summary["seconds"] = round(time.perf_counter() - started, 3)
     summary["report"] = report.to_dict()
     if args.json:
@@ -97,6 +102,10 @@ def run_embed(args: argparse.Namespace) -> int:
         if len(report.problems) > 20:
             print(f"  … and {len(report.problems) - 20} more (see --json)")
         print(f"computed: {summary['computed']}; already cached: {summary['cached_before']}")
+        for failure in summary["failed"][:20]:
+            print(f"  skipped {failure}")
+        if len(summary["failed"]) > 20:
+            print(f"  … and {len(summary['failed']) - 20} more skipped (see --json)")
         print(f"cache: {summary['cache']}  ({summary['seconds']} s)")
     return 0
 
