@@ -148,3 +148,49 @@ def test_bad_rows_and_bad_files_get_one_sentence(anchors, tmp_path):
         import_pairs(tmp_path / "ragged.parquet", image_encoder="a", text_encoder="b")
     with pytest.raises(ValueError, match="not a precomputed-vector source"):
         import_pairs(tmp_path / "nothing-here")
+
+
+def test_cli_eval_from_an_imported_copy_equals_eval_from_the_files(flickr_pairs, data_root, cache, tmp_path,
+                                                                   capsys):
+    import csv
+
+    from core.__main__ import main
+    from core.data import load_pairs
+
+    folder = tmp_path / "pairs"
+    (folder / "images").mkdir(parents=True)
+    sub = flickr_pairs.first_images(30)
+    with open(folder / "captions.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "caption"])
+        for path, caption in zip(sub.pair_paths, sub.captions):
+            w.writerow([path.split("/")[-1], caption])
+    for path in sub.images:
+        shutil.copy(path, folder / "images")
+    test = str(data_root / "cifar10" / "test")
+
+    def run(*argv) -> dict:
+        assert main(["asif", "eval", "--test", test, "--per-class", "5", "--k", "60", "--json", *argv]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    original = run("--anchors", str(folder))
+    pairs = EmbeddedPairs.from_pairset(load_pairs(folder), IMAGE, TEXT, cache=cache)
+    copy = export_pairs(pairs, tmp_path / "copy", "clip-retrieval", dtype="float32")
+    imported = run("--anchors", str(copy))
+    assert imported["accuracy"] == original["accuracy"] and imported["n_anchors"] == original["n_anchors"] == 150
+    assert imported["per_class_accuracy"] == original["per_class_accuracy"]
+    assert (imported["image_encoder"], imported["text_encoder"]) == (IMAGE, TEXT)
+
+    labeled = EmbeddedLabeled.from_labeled(labeled_imagefolder(test).per_class(5), IMAGE, cache=cache)
+    vectors = export_labeled(labeled, tmp_path / "test.parquet", dtype="float32")
+    assert main(["asif", "eval", "--anchors", str(copy), "--test", str(vectors), "--k", "60", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] == original["accuracy"]
+
+    (copy / "encoders.json").write_text(json.dumps({"image_encoder": IMAGE, "text_encoder": "their-text-model"}))
+    assert main(["asif", "eval", "--anchors", str(copy), "--test", str(vectors), "--k", "60", "--json"]) == 2
+    assert "their-text-model" in capsys.readouterr().err                   # says which encoder is missing
+    prompts, _ = embed_prompts(labeled.class_names, DEFAULT_TEMPLATES, TEXT, cache=cache)
+    np.save(tmp_path / "prompts.npy", prompts)
+    assert main(["asif", "eval", "--anchors", str(copy), "--test", str(vectors), "--k", "60", "--json",
+                 "--prompt-embeddings", str(tmp_path / "prompts.npy")]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] == original["accuracy"]
