@@ -167,7 +167,7 @@ def require_encoder(name: str, purpose: str) -> None:
 # ------------------------------------------------------------------------------------------ reading
 
 def _vectors_from_arrow(column, source: str, name: str) -> np.ndarray:
-    """``[n, d]`` numpy from an arrow list / fixed-size-list column (float16/32/64)."""
+    """``[n, d]`` float32 numpy (a writable copy) from an arrow list / fixed-size-list column."""
     import pyarrow as pa
 
     col = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
@@ -191,7 +191,7 @@ def _vectors_from_arrow(column, source: str, name: str) -> np.ndarray:
     values = col.flatten()
     if not (pa.types.is_floating(values.type) or pa.types.is_integer(values.type)):
         raise ValueError(f"{source}: column {name!r} holds {values.type}, not numbers.")
-    return np.asarray(values.to_numpy(zero_copy_only=False)).reshape(len(col), d)
+    return np.array(values.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(len(col), d)  # writable
 
 
 def _pick(names: Sequence[str], wanted: str | None, candidates: Sequence[str], source: str,
@@ -257,39 +257,60 @@ def _table_batches(path: Path, fmt: str, split: str | None) -> tuple[list[str], 
     raise ValueError(f"unknown precomputed format {fmt!r}; one of {', '.join(FORMATS)}.")
 
 
-def _resolve_ref(ref: str, root: Path) -> str:
-    """An image reference as the app can show it: a local file made absolute when it exists under
-    ``root`` (or absolutely), else the reference as given (a URL, or a file not reachable here)."""
-    if not ref or "://" in ref:
-        return ref
-    candidate = Path(ref) if os.path.isabs(ref) else root / ref
-    return str(candidate.resolve()) if candidate.is_file() else ref
+def _ref_resolver(root: Path) -> Callable[[str], str]:
+    """Image references as the app can show them: URLs and absolute paths as given; relative paths
+    joined to ``root`` when the first one exists there (one look, not one per row), else as given
+    (the app shows the caption alone where a picture is not reachable)."""
+    decided: list[bool] = []
+
+    def resolve(ref: str) -> str:
+        if not ref or "://" in ref or os.path.isabs(ref):
+            return ref
+        if not decided:
+            decided.append((root / ref).is_file())
+        return os.path.normpath(os.path.join(os.path.abspath(root), ref)) if decided[0] else ref
+    return resolve
 
 
-def _finish_pairs(image_rows: np.ndarray, text: np.ndarray, captions: list[str], refs: list[str] | None,
-                  image_encoder: str, text_encoder: str, source: str) -> EmbeddedPairs:
-    """Group pairs by image, normalise, drop unusable rows: the :class:`EmbeddedPairs`."""
-    from core.search import l2_normalize
+def _normalize_rows(x: np.ndarray) -> np.ndarray:
+    """L2-normalise float32 rows in place, in blocks (as :func:`core.search.l2_normalize`: rows
+    within 1e-6 of unit norm and zero rows are left bit-for-bit as they are)."""
+    for r0 in range(0, x.shape[0], READ_BATCH_ROWS):
+        block = x[r0:r0 + READ_BATCH_ROWS]
+        norms = np.sqrt(np.einsum("ij,ij->i", block, block, dtype=np.float64))[:, None]
+        norms[(norms == 0) | (np.abs(norms - 1.0) <= 1e-6)] = 1.0
+        np.divide(block, norms, out=block, casting="same_kind")
+    return x
 
-    n = len(captions)
-    skipped: list[Skipped] = []
-    finite = np.isfinite(text).all(axis=1) & np.isfinite(image_rows).all(axis=1)
-    nonzero = (np.abs(text).max(axis=1) > 0) & (np.abs(image_rows).max(axis=1) > 0)
-    bad = np.flatnonzero(~(finite & nonzero))
-    for i in bad[:1000].tolist():
-        skipped.append(Skipped(i, captions[i], "its image or text vector is zero, NaN or infinite"))
-    if refs is not None:
-        groups: dict[str, int] = {}
-        pair_image = np.fromiter((groups.setdefault(r, len(groups)) for r in refs), dtype=np.int64, count=n)
-        _, first = np.unique(pair_image, return_index=True)   # rows numbered by first use
-        images = list(groups)
-    else:
+
+def _group_images(refs: list[str] | None, image_rows: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """``(pair_image [P], first [U])``: pairs grouped by image reference (numbered by first use),
+    or, without references, by bit-identical image vectors."""
+    if refs is None:
         first, pair_image = distinct_rows(np.ascontiguousarray(image_rows))
-        images = [f"{source}#image{j}" for j in range(first.size)]
-    out = EmbeddedPairs(image_vectors=l2_normalize(np.asarray(image_rows[first], dtype=np.float32)),
-                        pair_image=pair_image, text_vectors=l2_normalize(np.asarray(text, dtype=np.float32)),
-                        captions=captions, images=images, image_encoder=image_encoder,
-                        text_encoder=text_encoder, pair_ids=list(range(n)), skipped=tuple(skipped))
+        return pair_image, first
+    groups: dict[str, int] = {}
+    pair_image = np.fromiter((groups.setdefault(r, len(groups)) for r in refs), dtype=np.int64, count=len(refs))
+    _, first = np.unique(pair_image, return_index=True)
+    return pair_image, first
+
+
+def _finish_pairs(image_vectors: np.ndarray, pair_image: np.ndarray, text: np.ndarray, captions: list[str],
+                  images: list[str], image_encoder: str, text_encoder: str) -> EmbeddedPairs:
+    """Normalise (in place), drop pairs whose image or text vector is zero or not finite (listed in
+    ``skipped``): the :class:`EmbeddedPairs`. ``image_vectors [U, di]`` float32, one per image."""
+    n = len(captions)
+    bad_image = ~np.isfinite(image_vectors).all(axis=1) | ~(np.abs(image_vectors).max(axis=1) > 0)
+    bad_text = ~np.isfinite(text).all(axis=1) | ~(np.abs(text).max(axis=1) > 0)
+    bad = np.flatnonzero(bad_text | bad_image[pair_image])
+    image_vectors[bad_image] = 0
+    text[bad] = 0
+    skipped = tuple(Skipped(i, captions[i], "its image or text vector is zero, NaN or infinite")
+                    for i in bad[:1000].tolist())
+    out = EmbeddedPairs(image_vectors=_normalize_rows(image_vectors), pair_image=pair_image,
+                        text_vectors=_normalize_rows(text), captions=captions, images=images,
+                        image_encoder=image_encoder, text_encoder=text_encoder, pair_ids=list(range(n)),
+                        skipped=skipped)
     return out if bad.size == 0 else out.subset(np.setdiff1d(np.arange(n), bad))
 
 
@@ -332,8 +353,8 @@ def import_pairs(path: str | os.PathLike, *, image_encoder: str | None = None,
             break
         if limit is not None:
             table = table.slice(0, limit - n)
-        img_parts.append(_vectors_from_arrow(table.column(img_col), source, img_col).astype(np.float32, copy=False))
-        txt_parts.append(_vectors_from_arrow(table.column(txt_col), source, txt_col).astype(np.float32, copy=False))
+        img_parts.append(_vectors_from_arrow(table.column(img_col), source, img_col))
+        txt_parts.append(_vectors_from_arrow(table.column(txt_col), source, txt_col))
         captions += [str(c) if c is not None else "" for c in table.column(caption_col).to_pylist()]
         if ref_col is not None:
             refs += [str(r) if r is not None else "" for r in table.column(ref_col).to_pylist()]
@@ -344,8 +365,11 @@ def import_pairs(path: str | os.PathLike, *, image_encoder: str | None = None,
     txt = np.concatenate(txt_parts) if len(txt_parts) > 1 else txt_parts[0]
     ie = _resolve_encoder("image_encoder", image_encoder, recorded, img.shape[1], source)
     te = _resolve_encoder("text_encoder", text_encoder, recorded, txt.shape[1], source)
-    refs_out = [_resolve_ref(r, root) for r in refs] if ref_col is not None else None
-    return _finish_pairs(img, txt, captions, refs_out, ie, te, source)
+    resolve = _ref_resolver(root)
+    refs_out = [resolve(r) for r in refs] if ref_col is not None else None
+    pair_image, first = _group_images(refs_out, img)
+    images = list(dict.fromkeys(refs_out)) if refs_out is not None else [f"{source}#image{j}" for j in range(first.size)]
+    return _finish_pairs(np.array(img[first], dtype=np.float32), pair_image, txt, captions, images, ie, te)
 
 
 def _import_clip_retrieval(p: Path, image_encoder, text_encoder, recorded, limit, ref_column) -> EmbeddedPairs:
@@ -376,17 +400,13 @@ def _import_clip_retrieval(p: Path, image_encoder, text_encoder, recorded, limit
     te = _resolve_encoder("text_encoder", text_encoder, recorded, dt, source)
     total = sum(len(x) for x, _, _ in maps)
     n = total if limit is None else min(limit, total)
-    img = np.empty((n, di), dtype=np.float32)
-    txt = np.empty((n, dt), dtype=np.float32)
     captions: list[str] = []
     refs: list[str] | None = []
-    r0 = 0
-    for x, y, m in maps:
-        if r0 >= n:
+    resolve = _ref_resolver(p)
+    for x, _, m in maps:                                    # captions and image references first
+        if len(captions) >= n:
             break
-        take = min(len(x), n - r0)
-        img[r0:r0 + take] = x[:take]
-        txt[r0:r0 + take] = y[:take]
+        take = min(len(x), n - len(captions))
         names = pq.read_schema(m).names
         cap_col = _pick(names, None, CAPTION_COLUMNS, str(m), "caption")
         ref_col = _pick(names, ref_column, IMAGE_REF_COLUMNS, str(m), "image path or URL", required=False)
@@ -395,9 +415,29 @@ def _import_clip_retrieval(p: Path, image_encoder, text_encoder, recorded, limit
         if ref_col is None:
             refs = None
         elif refs is not None:
-            refs += [_resolve_ref(str(r) if r is not None else "", p) for r in table.column(ref_col).to_pylist()]
+            refs += [resolve(str(r) if r is not None else "") for r in table.column(ref_col).to_pylist()]
+    txt = np.empty((n, dt), dtype=np.float32)
+    if refs is None:                                        # group by vector: every image row needed
+        rows = np.empty((n, di), dtype=np.float32)
+    r0 = 0
+    for x, y, _ in maps:
+        take = min(len(x), n - r0)
+        if take <= 0:
+            break
+        txt[r0:r0 + take] = y[:take]
+        if refs is None:
+            rows[r0:r0 + take] = x[:take]
         r0 += take
-    return _finish_pairs(img, txt, captions, refs, ie, te, source)
+    pair_image, first = _group_images(refs, rows if refs is None else None)
+    img = np.empty((first.size, di), dtype=np.float32)      # only one row per image is read
+    starts = np.cumsum([0] + [len(x) for x, _, _ in maps])
+    shard_of = np.searchsorted(starts, first, side="right") - 1
+    for s_no, (x, _, _) in enumerate(maps):
+        sel = np.flatnonzero(shard_of == s_no)
+        if sel.size:
+            img[sel] = x[first[sel] - starts[s_no]]
+    images = list(dict.fromkeys(refs)) if refs is not None else [f"{source}#image{j}" for j in range(first.size)]
+    return _finish_pairs(img, pair_image, txt, captions, images, ie, te)
 
 
 def _embed_imagefolder(p: Path, batches, caption_col, ref_col, image_encoder, text_encoder, recorded,
@@ -473,12 +513,13 @@ def import_labeled(path: str | os.PathLike, *, image_encoder: str | None = None,
     lab_col = _pick(names, label_column, LABEL_COLUMNS, source, "label")
     ref_col = _pick(names, image_ref_column, IMAGE_REF_COLUMNS, source, "image path or URL", required=False)
     parts, labels, refs = [], [], []
+    resolve = _ref_resolver(root)
     class_names = _class_label_names(p, fmt, split, lab_col)
     for table in batches:
-        parts.append(_vectors_from_arrow(table.column(img_col), source, img_col).astype(np.float32, copy=False))
+        parts.append(_vectors_from_arrow(table.column(img_col), source, img_col))
         labels += table.column(lab_col).to_pylist()
         if ref_col is not None:
-            refs += [_resolve_ref(str(r), root) for r in table.column(ref_col).to_pylist()]
+            refs += [resolve(str(r)) for r in table.column(ref_col).to_pylist()]
     vectors = np.concatenate(parts)
     if class_names is None:
         class_names = sorted({str(x) for x in labels})
