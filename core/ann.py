@@ -56,7 +56,7 @@ ProgressFn = Callable[[float, str], None]
 ANN_MIN_ANCHORS = 200_000
 #: Probed lists per query and shortlist factor (shortlist = factor · distinct rows needed + 64).
 DEFAULT_NPROBE = 32
-DEFAULT_SHORTLIST = 2.0
+DEFAULT_SHORTLIST = 1.25
 #: Queries re-ranked together: their shortlists' union is scored by one product.
 RERANK_GROUP = 16
 INDEX_FORMAT = "ivfsq8-v1"
@@ -90,13 +90,14 @@ def default_nlist(n_distinct: int) -> int:
     return int(max(1, min(n_distinct // 40, round(2 * math.sqrt(n_distinct)))))
 
 
-def fingerprint(rows: np.ndarray) -> str:
-    """A short hex digest of ``rows [U, d]`` (float32): shape, 16 probe columns of every row and
-    every 97th row in full. Names a saved index; a changed anchor set gets another name."""
-    h = hashlib.sha256(f"{rows.shape}".encode())
-    probe = np.unique(np.linspace(0, rows.shape[1] - 1, 16).astype(int))
-    h.update(np.ascontiguousarray(rows[:, probe]).tobytes())
-    h.update(np.ascontiguousarray(rows[::97]).tobytes())
+def fingerprint(base: np.ndarray, rows: np.ndarray) -> str:
+    """A short hex digest of ``base[rows]`` (``base [N, d]`` float32, ``rows [U]``): shape, 16
+    probe columns of every row and every 97th row in full. Names a saved index; a changed anchor
+    set gets another name."""
+    h = hashlib.sha256(f"{(rows.size, base.shape[1])}".encode())
+    probe = np.unique(np.linspace(0, base.shape[1] - 1, 16).astype(int))
+    h.update(np.ascontiguousarray(base[np.ix_(rows, probe)]).tobytes())
+    h.update(np.ascontiguousarray(base[rows[::97]]).tobytes())
     return h.hexdigest()[:16]
 
 
@@ -116,7 +117,8 @@ class AnnIndex:
         first, inverse = distinct if distinct is not None else distinct_rows(self.base)
         self.n, self.d = self.base.shape
         self.has_copies = first.size < self.n
-        self.unique = np.ascontiguousarray(self.base[first]) if self.has_copies else self.base
+        self.first = np.asarray(first, dtype=np.int64)          # distinct row u is base[first[u]]
+        self.n_distinct = int(self.first.size)
         self.counts = np.bincount(inverse, minlength=first.size)
         self.packed = np.argsort(inverse, kind="stable")       # copies of row u: packed[starts[u]:…]
         self.starts = np.cumsum(self.counts) - self.counts
@@ -131,27 +133,27 @@ class AnnIndex:
         faiss = _faiss()
         path = None
         if self.settings.folder is not None:
-            name = f"{INDEX_FORMAT}-{fingerprint(self.unique)}-nlist{self.nlist}-seed{self.settings.seed}.faiss"
+            name = f"{INDEX_FORMAT}-{fingerprint(self.base, self.first)}-nlist{self.nlist}-seed{self.settings.seed}.faiss"
             path = Path(self.settings.folder) / name
             if path.is_file():
                 try:
                     index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP)
-                    if index.ntotal == self.unique.shape[0] and index.d == self.d:
+                    if index.ntotal == self.n_distinct and index.d == self.d:
                         return path, index, False
                 except RuntimeError:
                     pass  # unreadable (e.g. cut short): rebuilt below
         index = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(self.d), self.d, self.nlist,
                                               faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
-        u = self.unique.shape[0]
+        u = self.n_distinct
         rng = np.random.default_rng(self.settings.seed)
         n_train = min(u, 40 * self.nlist)
-        sample = self.unique if n_train == u else self.unique[np.sort(rng.choice(u, n_train, replace=False))]
+        sample = self.base[self.first if n_train == u else self.first[np.sort(rng.choice(u, n_train, replace=False))]]
         if progress:
             progress(0.0, f"training the FAISS index ({self.nlist} lists)")
         index.train(sample)
         step = 65_536
         for r0 in range(0, u, step):
-            index.add(self.unique[r0:r0 + step])
+            index.add(self.base[self.first[r0:r0 + step]])
             if progress:
                 progress(min(1.0, (r0 + step) / u), "adding anchors to the FAISS index")
         if path is None:
@@ -168,11 +170,11 @@ class AnnIndex:
         """Distinct rows that surely hold the top-``k`` positions (the m best rows have at least as
         many copies as the m rarest), plus one to see a tie at the boundary."""
         m = int(np.searchsorted(self._rarest_cumsum, k)) + 1
-        return min(self.unique.shape[0], m + 1)
+        return min(self.n_distinct, m + 1)
 
     def shortlist_size(self, k: int) -> int:
         """Rows kept from the FAISS search for the exact re-rank."""
-        return min(self.unique.shape[0], int(math.ceil(self.settings.shortlist * self.distinct_rows_needed(k))) + 64)
+        return min(self.n_distinct, int(math.ceil(self.settings.shortlist * self.distinct_rows_needed(k))) + 64)
 
     def topk(self, queries, k: int, *, device: str | None = "cpu",
              memory_bytes: int = DEFAULT_MEMORY_BYTES, progress: ProgressFn | None = None,
@@ -189,12 +191,20 @@ class AnnIndex:
         params = faiss.SearchParametersIVF(nprobe=int(min(self.settings.nprobe, self.nlist)))
         out_i = np.empty((q.shape[0], k), dtype=np.int64)
         out_v = np.empty((q.shape[0], k), dtype=np.float32)
+        # queries of one coarse list share most of their shortlists: re-ranked side by side, the
+        # union their product covers is smaller (measured: 11,000 rows instead of 17,000 per 16)
+        _, lists = self.index.quantizer.search(q, 1)
+        order = np.argsort(lists[:, 0], kind="stable")
         step = max(RERANK_GROUP, (2 ** 26 // max(1, r * 8)) // RERANK_GROUP * RERANK_GROUP)
         for q0 in range(0, q.shape[0], step):
-            qs = q[q0:q0 + step]
+            rows = order[q0:q0 + step]
+            qs = q[rows]
             _, cand = self.index.search(qs, r, params=params)
             ui, us = self._rerank(qs, cand, ku)
-            out_i[q0:q0 + step], out_v[q0:q0 + step] = self._expand(ui, us, k)
+            out_i[rows], out_v[rows] = self._expand(ui, us, k)
+            short = np.flatnonzero(np.isneginf(us[:, -1]))      # probed lists held too few rows
+            if short.size:
+                out_i[rows[short]], out_v[rows[short]] = exact_topk(qs[short], self.base, k)
             if progress:
                 progress(min(1.0, (q0 + step) / q.shape[0]), "approximate image search")
         return out_i, out_v
@@ -208,11 +218,11 @@ class AnnIndex:
         for g0 in range(0, b, RERANK_GROUP):
             c = cand[g0:g0 + RERANK_GROUP]
             union = np.unique(c[c >= 0])
-            sims = similarity_block(qs[g0:g0 + RERANK_GROUP], self.unique[union])   # [g, |union|]
+            sims = similarity_block(qs[g0:g0 + RERANK_GROUP], self.base[self.first[union]])  # [g, |union|]
             cols = np.searchsorted(union, np.maximum(c, 0))
             v = np.take_along_axis(sims, cols, 1)
             v[c < 0] = -np.inf
-            rows = np.where(c >= 0, c, self.unique.shape[0])                       # padding sorts last
+            rows = np.where(c >= 0, c, self.n_distinct)                           # padding sorts last
             rows, v = canonical_order(rows, v)
             idx[g0:g0 + RERANK_GROUP], val[g0:g0 + RERANK_GROUP] = rows[:, :ku], v[:, :ku]
         return idx, val
@@ -221,7 +231,7 @@ class AnnIndex:
         """Every copy (anchor position) of each query's ranked distinct rows, canonical order, first k."""
         if not self.has_copies:
             return ranked[:, :k], sims[:, :k]
-        ranked = np.minimum(ranked, self.unique.shape[0] - 1)
+        ranked = np.minimum(ranked, self.n_distinct - 1)
         counts = self.counts[ranked]                                   # [b, ku]
         width = int(counts.sum(axis=1).max())
         flat_counts = counts.ravel()
