@@ -616,7 +616,7 @@ class AsifModel:
         if class_names is not None and len(class_names) != n_classes:
             raise ValueError(f"{len(class_names)} class names for {n_classes} classes.")
         all_img = (q @ self.image_embeddings.T)[0]
-        img_pos, img_sim = exact_topk(q, self.image_embeddings, self.k)
+        img_pos, img_sim = self.search_index("image").topk(q, self.k)  # as classify (core.ann above the threshold)
         img_pos, img_sim = img_pos[0], img_sim[0]
         img_w = process_similarities(img_sim[None], self.p)[0]
         all_cap = cand @ self.text_embeddings.T  # [P', N]

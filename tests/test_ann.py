@@ -86,3 +86,14 @@ def test_model_classifies_through_the_ann_index(base):
     assert prediction_agreement(a.predictions, b.predictions) >= 0.95
     with pytest.raises(ValueError):
         prediction_agreement(a.predictions, b.predictions[:3])
+
+
+def test_explain_uses_the_same_image_search_as_classify(base):
+    text = clustered(base.shape[0], d=48, seed=6)
+    model = AsifModel(base, text, k=50, p=8)
+    model.ann = AnnSettings(min_anchors=0, nlist=32, nprobe=2)        # few probes: some rows missed
+    image, prompts = clustered(1, seed=8), text[:4]
+    explanation = model.explain(image, prompts)
+    scores = model.classify(image, prompts).scores[0]
+    np.testing.assert_allclose(explanation.scores, scores, rtol=1e-6)
+    np.testing.assert_array_equal(np.sort(explanation.positions), np.sort(model.represent_images(image)[0][0]))
