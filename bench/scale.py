@@ -41,7 +41,6 @@ from core.asif import AsifModel  # noqa: E402
 from core.interchange import import_pairs  # noqa: E402
 
 TOPICS, SUBTOPICS, CLASSES, TEMPLATES = 60, 3000, 10, 8
-PAPER_PAIRS = 1_600_000
 
 
 def peak_gb() -> float:
@@ -189,10 +188,6 @@ def run_synthetic(args) -> dict:
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
-    scale = PAPER_PAIRS / args.pairs
-    info["extrapolated_to_1.6M_linear"] = {
-        key: info[key] * scale for key in ("open_s", "classify_ann_s", "classify_exact_s", "explain_one_s",
-                                           "edit_session_s", "peak_gb", "index_build_s") if info.get(key)}
     return info
 
 
