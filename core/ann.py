@@ -45,8 +45,9 @@ from typing import Callable
 
 import numpy as np
 
-from core.search import (DEFAULT_MEMORY_BYTES, ExactIndex, _as_float32_2d, canonical_order, distinct_rows,
-                         exact_topk, recall_at_k, similarity_block)
+from core.arrays import as_float32_2d
+from core.search import (DEFAULT_MEMORY_BYTES, ExactIndex, canonical_order, distinct_rows, exact_topk,
+                         recall_at_k, similarity_block)
 
 ProgressFn = Callable[[float, str], None]
 
@@ -114,7 +115,7 @@ class AnnIndex:
                  distinct: tuple[np.ndarray, np.ndarray] | None = None,
                  progress: ProgressFn | None = None):
         self.settings = settings or AnnSettings()
-        self.base = _as_float32_2d("base", base)
+        self.base = as_float32_2d("base", base)
         first, inverse = distinct if distinct is not None else distinct_rows(self.base)
         self.n, self.d = self.base.shape
         self.has_copies = first.size < self.n
@@ -182,7 +183,7 @@ class AnnIndex:
              ) -> tuple[np.ndarray, np.ndarray]:
         """``(indices [Q, k] int64, similarities [Q, k] float32)`` like :func:`core.search.exact_topk`
         (``device`` and ``memory_bytes`` are accepted for the same signature; FAISS runs on CPU)."""
-        q = _as_float32_2d("queries", queries, self.d)
+        q = as_float32_2d("queries", queries, self.d)
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= self.n:
             raise ValueError(f"k must be an integer between 1 and the number of base vectors ({self.n}); got {k}.")
         k = int(k)
@@ -255,7 +256,7 @@ def image_search_index(anchors, settings: AnnSettings | None = None, *,
     from ``settings.min_anchors`` distinct rows (default :data:`ANN_MIN_ANCHORS`), else the exact
     :class:`core.search.ExactIndex`."""
     settings = settings or AnnSettings()
-    base = _as_float32_2d("anchors", anchors)
+    base = as_float32_2d("anchors", anchors)
     if settings.min_anchors is None or base.shape[0] < settings.min_anchors:
         return ExactIndex(base)
     first, inverse = distinct_rows(base)
@@ -269,7 +270,7 @@ def measure(index: AnnIndex, queries, k: int, *, sample: int = 200, seed: int = 
     seconds of both paths on that sample: ``{"recall", "k", "n_queries", "ann_seconds",
     "exact_seconds", "speedup", "nprobe", "nlist", "shortlist"}``. Exact search runs over the
     distinct rows (as :class:`core.search.ExactIndex` does), so the ratio is against the best exact path."""
-    q = _as_float32_2d("queries", queries, index.d)
+    q = as_float32_2d("queries", queries, index.d)
     rng = np.random.default_rng(seed)
     if q.shape[0] > sample:
         q = q[np.sort(rng.choice(q.shape[0], sample, replace=False))]

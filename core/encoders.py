@@ -48,6 +48,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from core.arrays import l2_normalize
+
 Progress = Callable[[int, int], None]
 
 #: Bump when a preprocessing change alters the vectors an encoder produces (invalidates the cache).
@@ -125,13 +127,6 @@ def default_device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
-    """Rows of ``x`` ``[n, d]`` scaled to unit L2 norm, float32."""
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return (x / np.maximum(norms, eps)).astype(np.float32, copy=False)
 
 
 def load_image(item: Any, max_pixels: int = DEFAULT_MAX_PIXELS):

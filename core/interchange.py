@@ -498,7 +498,7 @@ def import_labeled(path: str | os.PathLike, *, image_encoder: str | None = None,
     with a label column and an image vector column, or from an imagefolder with class sub-folders
     (embedded by ``image_encoder`` through ``cache``). Class names: the ``ClassLabel`` names, else
     the sorted distinct string labels."""
-    from core.search import l2_normalize
+    from core.arrays import l2_normalize
 
     p = Path(path).expanduser()
     fmt = detect_format(p)

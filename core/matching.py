@@ -35,6 +35,8 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment, quadratic_assignment
 
 from core import cka as _cka
+from core.arrays import as_float64_2d as _f64
+from core.arrays import l2_normalize as _rownorm
 from core.embedded import first_pair_per_image
 
 __all__ = [
@@ -58,15 +60,6 @@ __all__ = [
 METHODS = ("qap", "local_cka", "linear", "relative")
 
 Progress = Callable[[float], None] | None
-
-
-def _f64(name: str, A) -> np.ndarray:
-    A = np.asarray(A, dtype=np.float64)
-    if A.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D array [n, d]; got shape {A.shape}.")
-    if not np.isfinite(A).all():
-        raise ValueError(f"{name} contains NaN or infinite values.")
-    return A
 
 
 def _check_sets(src_base, tgt_base, src_query, tgt_query):
@@ -253,7 +246,7 @@ class _Side:
             nz = self.D_upper[self.D_upper != 0]
             self.S_sorted = np.sort(nz)
             if sigma == "base":
-                self.fixed_sigma = float(np.sqrt(_cka._lower_median(nz)))
+                self.fixed_sigma = float(np.sqrt(_cka.lower_median(nz)))
             elif sigma is None or sigma == "auto":
                 self.fixed_sigma = None
             else:
@@ -421,10 +414,6 @@ def local_cka_scores(src_base, tgt_base, src_query, tgt_query, *, kernel: str = 
 
 # --------------------------------------------------------------------------------------------------
 # baselines
-
-
-def _rownorm(X: np.ndarray) -> np.ndarray:
-    return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
 
 
 def linear_map_scores(src_base, tgt_base, src_query, tgt_query) -> np.ndarray:

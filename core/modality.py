@@ -91,8 +91,10 @@ def get_model(path: str | Path = DEFAULT_HEADS, train_if_missing: bool = True,
     ``cache``) if absent."""
     path = Path(path)
     if not path.exists():
-        if not train_if_missing or cache is None:
+        if not train_if_missing:
             raise ValueError(f"No trained heads at {path}; run `python -m core train-contrastive`.")
+        if cache is None:
+            raise ValueError("Training the heads reads the Flickr8k embeddings: pass cache=.")
         train_on_flickr(progress=progress, save_to=path, cache=cache)
     return load_heads(path)
 

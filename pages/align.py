@@ -15,7 +15,6 @@ from ui import boot
 boot.ensure_app()
 
 from core import cka, matching  # noqa: E402
-from core.cache import default_cache  # noqa: E402
 from core.embedded import first_pair_per_image  # noqa: E402
 from ui import state  # noqa: E402
 from ui.widgets import thumbnail_url  # noqa: E402
@@ -33,14 +32,9 @@ SOURCE_DEMO = "Flickr8k demo pairs (pick encoders)"
 
 
 # ------------------------------------------------------------------------------------- data
-@st.cache_resource(show_spinner=False)
-def _embedding_cache():
-    return default_cache()
-
-
 @st.cache_data(show_spinner=False, max_entries=4)
 def _demo_pairs(image_encoder: str, text_encoder: str, limit: int):
-    pairs = matching.pair_embeddings(None, image_encoder, text_encoder, cache=_embedding_cache(),
+    pairs = matching.pair_embeddings(None, image_encoder, text_encoder, cache=state.embedding_cache(),
                                      one_caption_per_image=True, limit=limit, seed=0)
     return {"img": pairs.pair_image_vectors, "txt": pairs.text_vectors, "paths": pairs.pair_paths,
             "captions": pairs.captions, "ids": pairs.pair_ids, "groups": pairs.pair_image,
@@ -49,7 +43,7 @@ def _demo_pairs(image_encoder: str, text_encoder: str, limit: int):
 
 def _workspace_pairs(ws):
     model = state.require_model(ws)
-    b = model.bank
+    b = model.vectors
     active = sorted(model.active_ids())
     pos = np.array([b.pos_of[i] for i in active], dtype=np.int64)
     return {"img": b.img[b.pair_img[pos]], "txt": b.cap[pos],

@@ -66,7 +66,8 @@ with left:
                 st.button(f"{classes[labels[i]]}" + ("" if ok else " ✗"), key=f"pick_{i}",
                           on_click=_set_query, args=({"kind": "eval", "index": int(i)},),
                           width="stretch",
-                          help=f"Labeled picture #{i} ({'tuning' if vec.is_tune[i] else 'test'}): true class {classes[labels[i]]}, "
+                          help=f"Labeled picture #{i} ({'tuning' if vec.is_tune[i] else 'test'} part): "
+                               f"true class {classes[labels[i]]}, "
                                f"predicted {classes[preds[i]]}")
         if st.button("More pictures", icon=":material/refresh:"):
             st.session_state["gallery_page"] = page + 1
@@ -123,7 +124,8 @@ with right:
     a, b = st.columns([1, 1.3])
     with a:
         st.image(qimage, width="stretch",
-                 caption=query.get("name") or f"test picture #{query['index']}")
+                 caption=query.get("name") or f"labeled picture #{query['index']} "
+                                                 f"({'tuning' if vec.is_tune[query['index']] else 'test'} part)")
     with b:
         verdict = ""
         if truth is not None:

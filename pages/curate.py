@@ -36,25 +36,32 @@ def _suspicion(ws_path: str, key: str, n_pairs: int, _bank) -> dict:
     return {int(i): float(s) for i, s in zip(b.pair_ids, scores)}
 
 
-def _history_buttons(model) -> None:
-    """Undo / Redo, each naming the edit it acts on (a stale view is told so, never acts blindly)."""
+def _step(direction: str, seq: int) -> None:
+    """Undo / redo the edit the user saw (``seq``); a newer edit on top is refused, not undone."""
+    try:
+        model = state.require_model(ws)
+        (state.undo if direction == "undo" else state.redo)(ws, model, expected_seq=seq, where="curate")
+    except ValueError as error:
+        st.session_state["edit_error"] = str(error)
+
+
+def _history_buttons() -> None:
+    """Undo / Redo, each naming the edit it acts on (bound when drawn, so a stale view is told)."""
     c1, c2 = st.columns(2)
-    for column, label, step, pending in ((c1, "Undo", state.undo, ws.peek_undo()),
-                                         (c2, "Redo", state.redo, ws.peek_redo())):
-        text = label if pending is None else f"{label} {pending.describe()}"
-        if column.button(text, icon=f":material/{label.lower()}:", disabled=pending is None,
-                         width="stretch", key=f"curate_{label}"):
-            try:
-                step(ws, model, expected_seq=pending.seq, where="curate")
-                st.rerun()  # only on success: a rerun would wipe the message below
-            except ValueError as error:
-                st.error(str(error))
+    for column, label, pending in ((c1, "Undo", ws.peek_undo()), (c2, "Redo", ws.peek_redo())):
+        column.button(label, icon=f":material/{label.lower()}:", disabled=pending is None, width="stretch",
+                      key=f"curate_{label}", on_click=_step,
+                      args=(label.lower(), None if pending is None else pending.seq))
+        column.caption("Nothing to " + label.lower() if pending is None else f"{label}: {pending.describe()}")
+    error = st.session_state.pop("edit_error", None)
+    if error:
+        st.error(error)
 
 
 def curate_panel():
     model = state.require_model(ws)
     metrics_header(model, ws)
-    _history_buttons(model)
+    _history_buttons()
     last = st.session_state.get("last_edit")
     if last:
         st.success(last["message"], icon=":material/check_circle:")

@@ -15,8 +15,8 @@ from ui import boot
 boot.ensure_app()
 
 from core import modality as M  # noqa: E402
-from core.cache import default_cache  # noqa: E402
 from core.embedded import embed  # noqa: E402
+from ui import state  # noqa: E402
 
 st.title("Invert")
 st.caption(
@@ -38,8 +38,6 @@ def _settings() -> dict:
     out = {"image_encoder": M.IMAGE_ENCODER, "text_encoder": M.TEXT_ENCODER, "k": DEFAULT_K, "p": DEFAULT_P,
            "workspace": None}
     try:
-        from ui import state
-
         ws = state.current_workspace()
         if ws is not None:
             s = ws.settings()
@@ -57,20 +55,15 @@ def _model():
 
 
 @st.cache_resource(show_spinner=False)
-def _embedding_cache():
-    return default_cache()
-
-
-@st.cache_resource(show_spinner=False)
 def _flickr(image_encoder: str, text_encoder: str, n_images: int | None):
     """The demo pairs, embedded (:class:`core.embedded.EmbeddedPairs`)."""
-    return M.flickr_embedded(n_images, image_encoder, text_encoder, cache=_embedding_cache())
+    return M.flickr_embedded(n_images, image_encoder, text_encoder, cache=state.embedding_cache())
 
 
 def _train_model():
     bar = st.progress(0.0, text="Training the heads on the Flickr8k pairs…")
     M.train_on_flickr(progress=lambda d, t: bar.progress(d / max(t, 1), text=f"Training step {d}/{t}"),
-                      save_to=M.DEFAULT_HEADS, cache=_embedding_cache())
+                      save_to=M.DEFAULT_HEADS, cache=state.embedding_cache())
     _model.clear()
     bar.empty()
 
@@ -149,7 +142,7 @@ def _curve_figure(values: list[float], total: int) -> go.Figure:
 
 if go_button:
     if upload is not None:
-        embedded = embed(M.IMAGE_ENCODER, [upload.getvalue()], cache=_embedding_cache())
+        embedded = embed(M.IMAGE_ENCODER, [upload.getvalue()], cache=state.embedding_cache())
         if embedded.failed:
             st.error("That picture could not be read; try a JPEG or PNG file.")
             st.stop()

@@ -39,14 +39,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     info.set_defaults(run=run_info)
 
 
+def _embed(label: str, encoder: str, items, keys, cache, show: bool, batch_size: int | None,
+           engine: str = "local"):
+    """:func:`core.embedded.embed` (or, ``engine="ray"``, :func:`core.distributed.embed`: the same
+    encoders on Ray Data workers, the same cache) behind a progress bar on stderr."""
+    if engine == "ray":  # core.distributed hook
+        from core.distributed import embed
+    else:
+        from core.embedded import embed
+
+    bar = ProgressBar(label, show)
+    try:
+        return embed(encoder, items, cache=cache, keys=keys, progress=bar, batch_size=batch_size)
+    finally:
+        bar.close()
+
+
 def run_embed(args: argparse.Namespace) -> int:
     from core import cache as C
     from core import data as D
-    from core.embedded import embed
     from core.interchange import detect_format
 
-    if args.engine == "ray":  # core.distributed hook: the same encoders on Ray Data workers
-        from core.distributed import embed
     started = time.perf_counter()
     cache = C.default_cache()
     show = sys.stderr.isatty() or not args.json
@@ -62,12 +75,8 @@ def run_embed(args: argparse.Namespace) -> int:
             labeled = labeled.subset(range(min(args.limit, len(labeled))))
         if not len(labeled):
             raise ValueError(f"nothing to embed in {args.labeled}: {report.summary()}")
-        bar = ProgressBar(f"{args.image_encoder} images", show)
-        try:
-            result = embed(args.image_encoder, labeled.paths, cache=cache, keys=labeled.keys,
-                           progress=bar, batch_size=args.batch_size)
-        finally:
-            bar.close()
+        result = _embed(f"{args.image_encoder} images", args.image_encoder, labeled.paths,
+                        labeled.keys, cache, show, args.batch_size, args.engine)
         summary.update({"kind": "labeled", "source": args.labeled, "images": len(labeled),
                         "classes": labeled.class_names, "image_encoder": args.image_encoder,
                         "dim": int(result.vectors.shape[1]), "cached_before": result.hits,
@@ -85,18 +94,10 @@ def run_embed(args: argparse.Namespace) -> int:
             pairs = pairs.first_images(args.limit)
         if not len(pairs):
             raise ValueError(f"nothing to embed in {source}: {report.summary()}")
-        bar = ProgressBar(f"{args.image_encoder} images", show)
-        try:
-            img = embed(args.image_encoder, pairs.images, cache=cache, keys=pairs.image_keys,
-                        progress=bar, batch_size=args.batch_size)
-        finally:
-            bar.close()
-        bar = ProgressBar(f"{args.text_encoder} captions", show)
-        try:
-            txt = embed(args.text_encoder, pairs.captions, cache=cache, progress=bar,
-                        batch_size=args.batch_size)
-        finally:
-            bar.close()
+        img = _embed(f"{args.image_encoder} images", args.image_encoder, pairs.images,
+                     pairs.image_keys, cache, show, args.batch_size, args.engine)
+        txt = _embed(f"{args.text_encoder} captions", args.text_encoder, pairs.captions, None,
+                     cache, show, args.batch_size, args.engine)
         summary.update({"kind": "pairs", "source": str(source), "pairs": len(pairs),
                         "images": len(pairs.images), "image_encoder": args.image_encoder,
                         "text_encoder": args.text_encoder, "image_dim": int(img.vectors.shape[1]),
