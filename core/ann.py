@@ -52,9 +52,10 @@ from core.search import (DEFAULT_MEMORY_BYTES, ExactIndex, canonical_order, dist
 ProgressFn = Callable[[float, str], None]
 
 #: Distinct anchor images from which the image side uses an :class:`AnnIndex`. Measured by
-#: ``bench/scale.py`` (docs/RESULTS.md, "## Paper scale"; d = 768, k = 800, 200 queries): the ANN
-#: image search is 1.6x exact at 75,000 distinct pictures and 2.7x at 150,000, while at 50,000 exact
-#: search (compute-bound GEMM tiles) is as fast as re-ranking ~1,000 gathered rows per query.
+#: ``bench/scale.py`` (docs/RESULTS.md, "## Paper scale"; d = 768, k = 800): the ANN image search is
+#: 1.6x exact at 50,000 and 75,000 distinct pictures and 2.7x at 150,000; whole classifications of
+#: 1,000 pictures 1.0x at 50,000 and 1.3x at 150,000 (exact search is compute-bound GEMM tiles, the
+#: re-rank gathers ~1,000 rows per query).
 ANN_MIN_ANCHORS = 100_000
 #: Probed lists per query and shortlist factor (shortlist = factor · distinct rows needed + 64).
 DEFAULT_NPROBE = 32
