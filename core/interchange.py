@@ -198,14 +198,14 @@ def _pick(names: Sequence[str], wanted: str | None, candidates: Sequence[str], s
           what: str, required: bool = True) -> str | None:
     if wanted:
         if wanted not in names:
-            raise ValueError(f"{source} has no column {wanted!r}; its columns: {', '.join(names)}.")
+            raise ValueError(f"{source} has no column {wanted!r}; check the column name.")
         return wanted
     for c in candidates:
         if c in names:
             return c
     if required:
-        raise ValueError(f"{source} has no {what} column (looked for {', '.join(candidates)}); its columns: "
-                         f"{', '.join(names)}. Name it with the matching option.")
+        raise ValueError(f"{source} has no {what} column (looked for {', '.join(candidates)}); "
+                         "name it with the matching option.")
     return None
 
 
@@ -231,7 +231,7 @@ def _table_batches(path: Path, fmt: str, split: str | None) -> tuple[list[str], 
             splits = list(ds)
             chosen = split or ("train" if "train" in splits else splits[0] if len(splits) == 1 else None)
             if chosen not in ds:
-                raise ValueError(f"{path} holds the splits {', '.join(splits)}; choose one.")
+                raise ValueError(f"{path} holds {len(splits)} splits; choose one.")
             ds = ds[chosen]
         ds = ds.with_format("arrow")
 
@@ -462,7 +462,7 @@ def _embed_imagefolder(p: Path, batches, caption_col, ref_col, image_encoder, te
     for r in refs:
         full = os.path.normpath(os.path.join(root, r))
         if not full.startswith(root + os.sep):
-            raise ValueError(f"{p}: metadata names a file outside the folder ({r!r}).")
+            raise ValueError(f"{p}: its metadata names a file outside the folder; fix the file_name column.")
         pair_image.append(groups.setdefault(full, len(groups)))
     return EmbeddedPairs.from_items(list(groups), pair_image, captions, ie, te, cache=cache, progress=progress)
 
@@ -483,7 +483,7 @@ def labeled_imagefolder(folder: str | os.PathLike, split: str | None = None):
     if splits and len(splits) == len(subs):
         chosen = split or ("test" if "test" in splits else splits[0] if len(splits) == 1 else None)
         if chosen not in splits:
-            raise ValueError(f"{root} holds the splits {', '.join(splits)}; choose one.")
+            raise ValueError(f"{root} holds the split folders {', '.join(splits)}; choose one.")
         root = root / chosen
     elif split:
         raise ValueError(f"{root} has no split folders; leave the split out.")

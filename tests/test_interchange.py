@@ -106,7 +106,7 @@ def test_labeled_imagefolder_with_split_folders(data_root, tmp_path):
     (tmp_path / "train").mkdir()
     labeled = labeled_imagefolder(tmp_path)                     # "test" is chosen
     assert labeled.class_names == ["cat", "dog"] and len(labeled) == 6
-    with pytest.raises(ValueError, match="splits"):
+    with pytest.raises(ValueError, match="split folders"):
         labeled_imagefolder(tmp_path, split="validation")
 
 
