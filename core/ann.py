@@ -161,10 +161,15 @@ class AnnIndex:
                 progress(min(1.0, (r0 + step) / u), "adding anchors to the FAISS index")
         if path is None:
             return None, index, True
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
-        faiss.write_index(index, str(tmp))
-        os.replace(tmp, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            faiss.write_index(index, str(tmp))
+            os.replace(tmp, path)
+        except (OSError, RuntimeError):   # a read-only or full disk: keep the index in memory
+            if tmp.is_file():
+                tmp.unlink()
+            return None, index, True
         del index
         return path, faiss.read_index(str(path), faiss.IO_FLAG_MMAP), True
 

@@ -97,3 +97,13 @@ def test_explain_uses_the_same_image_search_as_classify(base):
     scores = model.classify(image, prompts).scores[0]
     np.testing.assert_allclose(explanation.scores, scores, rtol=1e-6)
     np.testing.assert_array_equal(np.sort(explanation.positions), np.sort(model.represent_images(image)[0][0]))
+
+
+def test_an_unwritable_folder_keeps_the_index_in_memory(base, tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the index folder should be")
+    ann = AnnIndex(base, AnnSettings(min_anchors=0, folder=str(blocker / "ann"), nlist=16, nprobe=16,
+                                     shortlist=100.0))
+    assert ann.path is None and ann.built
+    np.testing.assert_array_equal(ann.topk(clustered(5, seed=9), 20)[0],
+                                  ExactIndex(base).topk(clustered(5, seed=9), 20)[0])
