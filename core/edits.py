@@ -29,6 +29,8 @@ Typical use (dashboard)::
     session.add(img_emb_new, txt_emb_new, metadata=[{"caption": "a photo of a cat"}, ...])
     table = session.influence()                           # per-pair influence, leave-one-out
     session.most_harmful(20)                              # rows sorted for curation
+    session.influence(eval_mask=tune)                     # scored on the tuning part only
+    session.accuracy_on(test), r.predictions              # any part, after an edit or what-if
     model_now = session.current_model()                   # AsifModel of the live pairs
 
 Canonical order: live anchors are ranked by (similarity desc, bank row asc); bank rows never move
@@ -81,8 +83,9 @@ def _scatter_add_rows(D: np.ndarray, rows: np.ndarray, cols: np.ndarray, weights
 class EditResult:
     """Outcome of an edit (or of a what-if, when ``committed`` is False).
 
-    ``accuracy`` overall; ``per_class_accuracy [C]``; ``accuracy_before``; ``n_changed``
-    predictions that changed; ``n_anchors`` live pairs after the edit; ``elapsed_ms`` wall time of
+    ``accuracy`` overall; ``per_class_accuracy [C]``; ``accuracy_before``; ``predictions [Q]`` after
+    the edit (or what-if) and ``predictions_before [Q]``, to score any part of the evaluation set
+    (tuning / test); ``n_changed`` predictions that changed; ``n_anchors`` live pairs after the edit; ``elapsed_ms`` wall time of
     the re-scoring; ``kind`` "remove" | "add" | "undo" | "redo"; ``pair_ids`` the pairs involved;
     ``touched_queries`` evaluation images whose sparse vector changed; ``recomputed_queries``
     images recomputed exactly because their slack ran out.
@@ -92,6 +95,8 @@ class EditResult:
     accuracy: float
     accuracy_before: float
     per_class_accuracy: np.ndarray
+    predictions: np.ndarray
+    predictions_before: np.ndarray
     n_changed: int
     n_anchors: int
     elapsed_ms: float
@@ -672,6 +677,40 @@ class EditSession:
         """Current accuracy per true class ``[C]``."""
         return per_class_accuracy(self.predictions, self.labels, self.n_classes)
 
+    def eval_index(self, eval_mask=None) -> np.ndarray:
+        """Sorted indices of the evaluation images that ``eval_mask`` selects: a boolean ``[Q]``
+        array or an array of image indices; ``None`` selects every image. An empty selection, a
+        mask of the wrong length or an index out of range raises ``ValueError``."""
+        Q = self.labels.size
+        if eval_mask is None:
+            return np.arange(Q)
+        m = np.asarray(eval_mask)
+        if m.dtype == bool:
+            if m.shape != (Q,):
+                raise ValueError(f"the evaluation mask has shape {m.shape}; expected ({Q},).")
+            idx = np.flatnonzero(m)
+        elif np.issubdtype(m.dtype, np.integer):
+            idx = np.unique(m.ravel()).astype(np.int64)
+            if idx.size and (idx[0] < 0 or idx[-1] >= Q):
+                raise ValueError(f"evaluation image indices must lie in 0..{Q - 1}.")
+        else:
+            raise ValueError("the evaluation mask must be a boolean array or an array of indices.")
+        if idx.size == 0:
+            raise ValueError("the evaluation mask selects no image.")
+        return idx
+
+    def accuracy_on(self, eval_mask) -> float:
+        """Current accuracy on the evaluation images ``eval_mask`` selects (see :meth:`eval_index`),
+        e.g. the tuning or the test part."""
+        idx = self.eval_index(eval_mask)
+        return float(np.mean(self.predictions[idx] == self.labels[idx]))
+
+    def per_class_accuracy_on(self, eval_mask) -> np.ndarray:
+        """Current accuracy per true class ``[C]`` on the selected images (NaN for a class with no
+        selected image)."""
+        idx = self.eval_index(eval_mask)
+        return per_class_accuracy(self.predictions[idx], self.labels[idx], self.n_classes)
+
     @property
     def n_anchors(self) -> int:
         """Live anchor pairs."""
@@ -747,6 +786,7 @@ class EditSession:
         touched, rec = self._apply(kind, rows)
         res = EditResult(kind=label, pair_ids=self.bank.ids[rows].copy(), accuracy=self.accuracy,
                          accuracy_before=before_acc, per_class_accuracy=self.per_class_accuracy,
+                         predictions=self.predictions.copy(), predictions_before=before_pred.copy(),
                          n_changed=int((self.predictions != before_pred).sum()),
                          n_anchors=self.bank.n_alive, elapsed_ms=0.0, touched_queries=touched,
                          recomputed_queries=rec, committed=commit)
@@ -868,8 +908,14 @@ class EditSession:
         return argmax_tolerant(cls)
 
     # ------------------------------------------------------------------ influence
-    def influence(self, pair_ids=None, progress: ProgressFn | None = None) -> Influence:
+    def influence(self, pair_ids=None, progress: ProgressFn | None = None, *,
+                  eval_mask=None) -> Influence:
         """Per-pair influence on the evaluation set (all live pairs, or ``pair_ids``).
+
+        ``eval_mask`` (boolean ``[Q]`` or image indices, see :meth:`eval_index`) scores influence on
+        those images only: ``loo_delta`` is then the exact accuracy change on them, and the counts
+        cover them only. Nothing reads the labels of the other images, so a held-out test part can
+        sit in the same session without leaking into what curation chooses.
 
         ``loo_delta`` is exact: pairs outside every text candidate's top-k change only the images
         whose top-k holds them, and all those images then swap in their next neighbour, so one extra
@@ -880,43 +926,49 @@ class EditSession:
         k, p = self.k, self.p
         rows_all = self.bank.alive_rows() if pair_ids is None else self._rows_of(pair_ids, True)
         cap = self.bank.img.shape[0]
+        idx = self.eval_index(eval_mask)
+        n_eval = idx.size
         Q = self.labels.size
-        correct = self.predictions == self.labels
-        top_rows = self.img_side.rows[:, :k]
+        inside = np.zeros(Q, dtype=bool)
+        inside[idx] = True
+        pred = self.predictions[idx]
+        correct_in = pred == self.labels[idx]  # the only labels read: the masked images'
+        top_rows = self.img_side.rows[idx, :k]
         valid = top_rows >= 0
         # participation: nonzero product with the predicted class's winning candidate
         cls = self.cand_classes
         if self.strategy == "mean" and np.array_equal(cls, np.arange(self.n_classes)):
-            win = self.predictions
+            win = pred
         else:
-            win = np.empty(Q, dtype=np.int64)
+            win = np.empty(n_eval, dtype=np.int64)
+            scores = self.cand_scores[idx]
             for c in range(self.n_classes):
                 cols = np.flatnonzero(cls == c)
-                sel = self.predictions == c
+                sel = pred == c
                 if sel.any():
-                    win[sel] = cols[self.cand_scores[sel][:, cols].argmax(axis=1)]
+                    win[sel] = cols[scores[sel][:, cols].argmax(axis=1)]
         part = valid & (self.Bd[win[:, None], np.where(valid, top_rows, 0)] != 0)
         flat_rows = np.where(valid, top_rows, cap)
         in_topk = np.bincount(flat_rows.ravel(), minlength=cap + 1)[:cap]
         participated = np.bincount(flat_rows[part], minlength=cap + 1)[:cap]
-        sup_ok = np.bincount(flat_rows[part & correct[:, None]], minlength=cap + 1)[:cap]
-        sup_bad = np.bincount(flat_rows[part & ~correct[:, None]], minlength=cap + 1)[:cap]
+        sup_ok = np.bincount(flat_rows[part & correct_in[:, None]], minlength=cap + 1)[:cap]
+        sup_bad = np.bincount(flat_rows[part & ~correct_in[:, None]], minlength=cap + 1)[:cap]
         # leave-one-out, fast path
         in_text = np.zeros(cap, dtype=bool)
         tr = self.txt_side.rows[:, :k]
         in_text[tr[tr >= 0]] = True
-        has_slack = self.img_side.length > k
-        nxt_row = self.img_side.rows[:, k] if self.img_side.K > k else np.full(Q, -1)
+        has_slack = self.img_side.length[idx] > k
+        nxt_row = self.img_side.rows[idx, k] if self.img_side.K > k else np.full(n_eval, -1)
         nxt_w = np.where(has_slack & (nxt_row >= 0),
-                         _raw(self.img_side.sims[:, min(k, self.img_side.K - 1)], p), 0.0)
-        D_alt = self.D + nxt_w[:, None] * self.Bd[:, np.where(nxt_row >= 0, nxt_row, 0)].T
+                         _raw(self.img_side.sims[idx, min(k, self.img_side.K - 1)], p), 0.0)
+        D_alt = self.D[idx] + nxt_w[:, None] * self.Bd[:, np.where(nxt_row >= 0, nxt_row, 0)].T
         with np.errstate(invalid="ignore", divide="ignore"):
             nb = self.nb
             s_alt = np.where(nb[None, :] > 0, D_alt / np.where(nb > 0, nb, 1.0)[None, :], 0.0)
         cls_alt = self._class_scores(s_alt)
         pred_alt = argmax_tolerant(cls_alt)
-        gain = (pred_alt == self.labels).astype(np.int64) - correct.astype(np.int64)
-        flip = (pred_alt != self.predictions).astype(np.int64)
+        gain = (pred_alt == self.labels[idx]).astype(np.int64) - correct_in.astype(np.int64)
+        flip = (pred_alt != pred).astype(np.int64)
         loo_gain = np.zeros(cap + 1, dtype=np.int64)
         loo_flip = np.zeros(cap + 1, dtype=np.int64)
         rr = flat_rows.ravel()
@@ -927,7 +979,7 @@ class EditSession:
         if (~has_slack).any():
             r_ns = top_rows[~has_slack]
             slow[r_ns[r_ns >= 0]] = True
-        delta = loo_gain[:cap].astype(np.float64) / Q
+        delta = loo_gain[:cap].astype(np.float64) / n_eval
         changed = loo_flip[:cap].copy()
         slow_rows = rows_all[slow[rows_all]]
         if self.bank.n_alive - 1 < k:
@@ -935,14 +987,15 @@ class EditSession:
             slow_rows = slow_rows[:0]
         n_alg = 0
         for i, r in enumerate(slow_rows):
-            out = self._loo_algebraic(int(r), correct)
+            out = self._loo_algebraic(int(r), idx, inside)
             if out is None:  # a neighbour list without slack: go through the edit path
                 res = self._run("remove", np.asarray([r]), "remove", False)
-                delta[r] = res.accuracy - res.accuracy_before
-                changed[r] = res.n_changed
+                after = res.predictions[idx]
+                delta[r] = ((after == self.labels[idx]).sum() - correct_in.sum()) / n_eval
+                changed[r] = (after != pred).sum()
             else:
                 n_alg += 1
-                delta[r], changed[r] = out[0] / Q, out[1]
+                delta[r], changed[r] = out[0] / n_eval, out[1]
             if progress and i % 50 == 0:
                 progress(i / max(1, slow_rows.size), "leave-one-out")
         if progress:
@@ -964,8 +1017,9 @@ class EditSession:
         ok = hit.any(axis=1)
         return qs[ok], hit[ok].argmax(axis=1)
 
-    def _loo_algebraic(self, r: int, correct: np.ndarray):
-        """Exact effect of removing bank row r alone, without touching state.
+    def _loo_algebraic(self, r: int, idx: np.ndarray, inside: np.ndarray):
+        """Exact effect of removing bank row r alone on the evaluation images ``idx`` (``inside``:
+        the same as a boolean ``[Q]`` mask), without touching state.
 
         D' = D + ΔA·Bᵀ + A·ΔBᵀ + ΔA·ΔBᵀ where ΔA (ΔB) drops r from the image (text) top-k lists that
         hold it and brings in each list's next neighbour. Returns (Δ correct count, n changed) or
@@ -973,6 +1027,7 @@ class EditSession:
         k, p = self.k, self.p
         img, txt = self.img_side, self.txt_side
         qr, _ = self._holders(img, r)
+        qr = qr[inside[qr]]
         pr, _ = self._holders(txt, r)
         if qr.size and (img.length[qr] <= k).any():
             return None
@@ -1031,8 +1086,8 @@ class EditSession:
             denom = na_r[:, None] * nbv[None, :]
             Srow = np.where(denom > 0, Dr / np.where(denom > 0, denom, 1.0), 0.0)
             pred[qr] = argmax_tolerant(self._class_scores(Srow))
-        new_correct = pred == self.labels
-        return int(new_correct.sum() - correct.sum()), int((pred != self.predictions).sum())
+        before, after, y = self.predictions[idx], pred[idx], self.labels[idx]
+        return int((after == y).sum() - (before == y).sum()), int((after != before).sum())
 
     def _class_scores_needs_full(self) -> bool:
         return not (self.strategy == "mean" and np.array_equal(self.cand_classes, np.arange(self.n_classes)))
@@ -1046,8 +1101,9 @@ class EditSession:
             out[:, c] = s[:, cols].max(axis=1)
         return out
 
-    def most_harmful(self, n: int = 20, influence: Influence | None = None) -> list[dict]:
+    def most_harmful(self, n: int = 20, influence: Influence | None = None, *,
+                     eval_mask=None) -> list[dict]:
         """The ``n`` pairs whose removal helps accuracy most (rows of :meth:`Influence.rows`, with
-        metadata)."""
-        inf = influence or self.influence()
+        metadata); ``influence`` is computed (on ``eval_mask``'s images) when not given."""
+        inf = influence or self.influence(eval_mask=eval_mask)
         return inf.rows(inf.order_most_harmful()[:n], self.metadata_by_id())

@@ -168,6 +168,79 @@ def test_influence_leave_one_out_is_exact(strategy):
     assert s.accuracy - before == pytest.approx(top[0]["loo_delta"], abs=1e-12)
 
 
+def _fields(inf):
+    return {f: getattr(inf, f) for f in ("pair_ids", "in_topk", "participated", "supported_correct",
+                                          "supported_wrong", "loo_delta", "loo_changed")}
+
+
+@pytest.mark.parametrize("strategy,slack", [("mean", 3), ("per-template", 3), ("per-template", 1)])
+def test_influence_on_a_mask_equals_a_session_of_the_masked_images(strategy, slack):
+    rng, P = _random_problem(8, n=240, q=150)
+    model = AsifModel(P["img"], P["txt"], k=10, p=4)
+    mask = rng.random(150) < 0.5
+    full = EditSession(model, P["q"], P["y"], P["prompts"], P["pc"], strategy=strategy, slack=slack)
+    part = EditSession(model, P["q"][mask], P["y"][mask], P["prompts"], P["pc"], strategy=strategy,
+                       slack=slack)
+    for ids in (full.pair_ids[:4], full.pair_ids[10:12]):  # some history, slack partly spent
+        full.remove(ids)
+        part.remove(ids)
+    inf_full, inf_part = full.influence(eval_mask=mask), part.influence()
+    assert inf_full.n_fast > 0 and inf_full.n_algebraic + inf_full.n_edit_path > 0
+    for name, value in _fields(inf_part).items():
+        np.testing.assert_array_equal(_fields(inf_full)[name], value, err_msg=name)
+    # the same selection given as indices
+    idx_inf = full.influence(eval_mask=np.flatnonzero(mask))
+    np.testing.assert_array_equal(idx_inf.loo_delta, inf_part.loo_delta)
+    assert full.accuracy_on(mask) == part.accuracy
+    np.testing.assert_array_equal(full.per_class_accuracy_on(mask), part.per_class_accuracy)
+
+
+def test_influence_on_a_mask_never_reads_the_other_labels():
+    rng, P = _random_problem(9, n=240, q=150)
+    model = AsifModel(P["img"], P["txt"], k=10, p=4)
+    mask = rng.random(150) < 0.4
+    shuffled = P["y"].copy()
+    shuffled[~mask] = rng.permutation(shuffled[~mask])
+    shuffled[np.flatnonzero(~mask)[:10]] = (shuffled[np.flatnonzero(~mask)[:10]] + 1) % 4
+    assert (shuffled != P["y"]).any()
+    a = EditSession(model, P["q"], P["y"], P["prompts"], P["pc"], strategy="per-template", slack=2)
+    b = EditSession(model, P["q"], shuffled, P["prompts"], P["pc"], strategy="per-template", slack=2)
+    inf_a, inf_b = a.influence(eval_mask=mask), b.influence(eval_mask=mask)
+    for name, value in _fields(inf_a).items():
+        np.testing.assert_array_equal(_fields(inf_b)[name], value, err_msg=name)
+    assert a.most_harmful(10, eval_mask=mask) == b.most_harmful(10, eval_mask=mask)
+    assert a.accuracy_on(mask) == b.accuracy_on(mask)
+    assert a.accuracy_on(~mask) != b.accuracy_on(~mask)  # the other labels did change
+
+
+def test_edit_results_carry_predictions_for_any_part():
+    rng, P = _random_problem(10)
+    s = EditSession(AsifModel(P["img"], P["txt"], k=15, p=3), P["q"], P["y"], P["prompts"], P["pc"])
+    mask = np.zeros(160, dtype=bool)
+    mask[::3] = True
+    before = s.predictions.copy()
+    w = s.what_if_remove(s.pair_ids[:30])
+    np.testing.assert_array_equal(w.predictions_before, before)
+    np.testing.assert_array_equal(s.predictions, before)  # nothing committed
+    r = s.remove(s.pair_ids[:30])
+    np.testing.assert_array_equal(r.predictions, s.predictions)
+    np.testing.assert_array_equal(w.predictions, r.predictions)
+    np.testing.assert_array_equal(r.predictions_before, before)
+    assert r.n_changed == (r.predictions != r.predictions_before).sum()
+    on_mask = np.mean(r.predictions[mask] == s.labels[mask])
+    assert s.accuracy_on(mask) == on_mask
+    a = s.add(rng.normal(size=(3, 12)), rng.normal(size=(3, 10)))
+    np.testing.assert_array_equal(a.predictions, s.predictions)
+    np.testing.assert_array_equal(a.predictions_before, r.predictions)
+    # a class with no selected image has NaN accuracy
+    one_class = s.labels == 0
+    per = s.per_class_accuracy_on(one_class)
+    assert not np.isnan(per[0]) and np.isnan(per[1:]).all()
+    for bad in (np.zeros(160, dtype=bool), np.ones(5, dtype=bool), np.array([0, 160]), [0.5]):
+        with pytest.raises(ValueError):
+            s.accuracy_on(bad)
+
+
 # ------------------------------------------------------------------ real embeddings
 
 def test_real_session_curation(flickr_embeddings, cifar_small, cifar_small_embeddings):
