@@ -1,9 +1,17 @@
-"""Curation you can trust: split a labeled set into a tuning part that chooses and a test part that scores.
+"""Curation you can trust: a tuning part that chooses, a test part that only scores.
 
-Every choice a curator makes (the influence ranking, what-if previews, automatic pruning) must be
-made on data that does not score it (ASIF, ``shared/papers/asif.md``, section 4: the anchor set is
-the model, so editing it is training, and the accuracy that guided the edits is a training figure).
-:func:`stratified_split` gives every labeled image a stable place: tuning or test.
+Every choice a curator makes (the influence ranking, what-if previews, automatic pruning, suggested
+additions) must be made on data that does not score it (ASIF, ``shared/papers/asif.md``: the anchor
+set is the model, so editing it is training, and the accuracy that guided the edits is a training
+figure).
+
+* :func:`stratified_split` gives every labeled image a stable place: tuning or test.
+* :func:`auto_curate` prunes anchor pairs greedily by exact leave-one-out influence measured on part
+  of the tuning images, stopping by a held-back slice of the tuning images (:data:`STOP_RULE`).
+* :func:`suggest_additions` proposes in-domain pairs (pool images captioned with the class prompt,
+  :func:`class_caption`) for the classes the tuning part gets wrong most.
+
+Nothing here reads a label outside the tuning mask; callers report the test part beside it.
 """
 from __future__ import annotations
 
