@@ -32,7 +32,7 @@ def _stable_rank_key(seed: int, key: str) -> bytes:
 
 
 def stratified_split(keys: Sequence[str], labels: np.ndarray, tune_fraction: float = 0.5,
-                     seed: int = 0) -> np.ndarray:
+                     seed: int = 0, class_names: Sequence[str] | None = None) -> np.ndarray:
     """Split labeled items into tuning and test, stratified by class, seeded and stable.
 
     Within each class the items are ordered by a hash of ``f"{seed}:{key}"`` and the first
@@ -45,6 +45,7 @@ def stratified_split(keys: Sequence[str], labels: np.ndarray, tune_fraction: flo
         labels: ``[N]`` class index (or any hashable label) per item.
         tune_fraction: share of each class that goes to tuning, strictly between 0 and 1.
         seed: changes the split.
+        class_names: names of integer labels, for messages.
 
     Returns:
         ``bool [N]``: True where the item is in the tuning part, False where it is in the test part.
@@ -76,7 +77,8 @@ def stratified_split(keys: Sequence[str], labels: np.ndarray, tune_fraction: flo
         idx = np.flatnonzero(inverse == c)
         n = idx.size
         if n < 2:
-            raise ValueError(f"Class {str(cls)!r} has {n} labeled item; each class needs at least 2 "
+            name = class_names[int(cls)] if class_names is not None else cls
+            raise ValueError(f"Class {str(name)!r} has {n} labeled item; each class needs at least 2 "
                              "so that it has one in the tuning part and one in the test part.")
         order = sorted(idx.tolist(), key=lambda i: _stable_rank_key(seed, keys[i]))
         n_tune = min(max(int(np.floor(n * f + 0.5)), 1), n - 1)

@@ -231,3 +231,18 @@ def test_cli_curate_json(data_root, flickr_embeddings, cifar_small, cifar_small_
     bad = subprocess.run([sys.executable, "-m", "core", "asif", "curate", "--max-additions", "5", "--json"],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "--add-pool" in bad.stderr
+
+
+def test_cli_names_a_class_too_small_to_split(data_root, tmp_path):
+    import shutil
+
+    src = data_root / "cifar10" / "test"
+    for cls, n in (("cat", 3), ("dog", 1)):
+        (tmp_path / cls).mkdir()
+        for f in sorted((src / cls).iterdir())[:n]:
+            shutil.copy(f, tmp_path / cls / f.name)
+    out = subprocess.run([sys.executable, "-m", "core", "asif", "curate", "--test", str(tmp_path),
+                          "--limit-anchors", "300", "--json"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 2 and out.stdout == ""
+    assert "Class 'dog' has 1 labeled item" in out.stderr

@@ -105,7 +105,8 @@ def run_curate(args) -> int:
         labeled = labeled.per_class(args.per_class)
     if len(labeled) == 0:
         raise ValueError(f"No usable labeled images in {test}.")
-    tune = stratified_split(split_keys(labeled), labeled.labels, args.tune_fraction, args.seed)
+    tune = stratified_split(split_keys(labeled), labeled.labels, args.tune_fraction, args.seed,
+                            class_names=labeled.class_names)
     k = args.k if args.k is not None else min(DEFAULT_K, len(pairs))
     p = args.p if args.p is not None else DEFAULT_P
     templates = args.template or list(DEFAULT_TEMPLATES)
