@@ -5,7 +5,7 @@ VENV := .venv
 PYTHON := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo test install browser
+.PHONY: demo test install browser screenshot
 
 demo: $(INSTALLED)
 	$(VENV)/bin/streamlit run app.py
@@ -24,3 +24,7 @@ $(INSTALLED): requirements.txt requirements-nodeps.txt
 # The browser test drives Debian's chromium (Playwright cannot download browsers offline).
 browser:
 	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+
+# Refresh the README screenshot (tests never write into the repository).
+screenshot: $(INSTALLED) browser
+	ROSETTA_SCREENSHOT=assets/dashboard.jpg $(PYTHON) -m pytest -q tests/test_browser.py

@@ -46,11 +46,9 @@ with st.sidebar:
         ws = state.current_workspace()
     except Exception as error:  # noqa: BLE001 - a broken workspace folder must not hide the app
         ws = None
-        st.warning(f"Could not open the workspaces: {error}")
+        st.warning(f"Could not open the workspaces ({type(error).__name__}); see the server log.")
     if ws is not None:
-        from core import workspace as W
-
-        spaces = W.list_workspaces()
+        spaces = state.all_workspaces()
         ids = [w.id for w in spaces]
         names = {w.id: w.name for w in spaces}
         choice = st.selectbox("Workspace", ids, index=ids.index(ws.id), format_func=names.get,
@@ -58,9 +56,7 @@ with st.sidebar:
         if choice != ws.id:
             state.set_workspace(choice)
             st.rerun()
-        s = ws.settings()
-        c = ws.counts()
-        st.caption(f"{c['pairs']:,} anchor pairs · {c['eval']:,} test images · "
-                   f"{s['image_encoder']} + {s['text_encoder']} · k={s['k']}, p={s['p']:g}")
+        state.sidebar_summary(ws)
+    state.flash()
 
 nav.run()

@@ -26,9 +26,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.asif_common import CIFAR_TEMPLATES, machine  # noqa: E402
-from core.asif import (AsifModel, argmax_tolerant, build_prompts, class_candidates,  # noqa: E402
+from bench.asif_common import machine  # noqa: E402
+from core.asif import (DEFAULT_TEMPLATES, AsifModel, argmax_tolerant, class_candidates,  # noqa: E402
                        class_scores_from_candidates, process_similarities, sparse_scores)
+from core.embedded import embed  # noqa: E402
 from core.search import ExactIndex, exact_topk  # noqa: E402
 
 KS = [25, 50, 100, 200, 400, 800, 1600, 3200]
@@ -36,39 +37,31 @@ PS = [1, 2, 4, 6, 8, 12, 16]
 
 
 def load(image_encoder: str, text_encoder: str, allow_partial: bool):
-    from core.cache import default_cache, embed_texts, text_key
+    from core.cache import default_cache
     from core.data import data_dir, load_labeled, load_pairs_folder
-    from core.encoders import cache_id_of
+    from core.embedded import EmbeddedLabeled, EmbeddedPairs, embed_prompts
 
     cache = default_cache()
     root = data_dir(required=True)
     pairs = load_pairs_folder(root / "flickr8k")
-    ikeys = [bytes(k) for k in pairs.image_keys]
-    ckeys = [text_key(c) for c in pairs.captions]
-    iv, ifound = cache.lookup(cache_id_of(image_encoder), ikeys, count=False)
-    tv, tfound = cache.lookup(cache_id_of(text_encoder), ckeys, count=False)
-    if iv is None or tv is None:
+    anchors = EmbeddedPairs.from_pairset(pairs, image_encoder, text_encoder, cache=cache, compute=False)
+    if not len(anchors):
         raise SystemExit("no cached Flickr8k embeddings for this encoder pair yet.")
-    ok = ifound[pairs.pair_image] & tfound
-    if not ok.all() and not allow_partial:
-        raise SystemExit(f"only {int(ok.sum())} of {len(ok)} pairs are cached; use --allow-partial.")
-    sel = np.flatnonzero(ok)
-    img = iv[pairs.pair_image[sel]]
-    txt = tv[sel]
-    out = {}
-    lab = load_labeled(root / "cifar10" / "test")
-    v, f = cache.lookup(cache_id_of(image_encoder), [bytes(k) for k in lab.keys], count=False)
-    if v is None or (not f.all() and not allow_partial) or not f.any():
+    if len(anchors) < len(pairs) and not allow_partial:
+        raise SystemExit(f"only {len(anchors)} of {len(pairs)} pairs are cached; use --allow-partial.")
+    test = EmbeddedLabeled.from_labeled(load_labeled(root / "cifar10" / "test"), image_encoder,
+                                        cache=cache, compute=False)
+    if not len(test) or (test.skipped and not allow_partial):
         raise SystemExit(f"CIFAR-10 test is not fully cached for {image_encoder}; use --allow-partial.")
-    out["test"] = (v[f], lab.labels[f], list(lab.class_names))
     # "adjust" pool: the first 20 training images of each class (encoded through the cache if needed)
-    from core.cache import embed_labeled
-    train = load_labeled(root / "cifar10" / "train").per_class(20)
-    out["train"] = (embed_labeled(train, image_encoder), train.labels, list(train.class_names))
-    prompts, pc = build_prompts(out["test"][2], CIFAR_TEMPLATES)
-    pe = embed_texts(text_encoder, prompts)
-    return dict(img=img, txt=txt, n_total_pairs=len(pairs), pairs_used=sel, test=out["test"],
-                train=out["train"], prompts=pe, pc=pc, class_names=out["test"][2])
+    train = EmbeddedLabeled.from_labeled(load_labeled(root / "cifar10" / "train").per_class(20),
+                                         image_encoder, cache=cache)
+    prompts, pc = embed_prompts(test.class_names, DEFAULT_TEMPLATES, text_encoder, cache=cache)
+    caps = embed(text_encoder, [f"a photo of a {c}" for c in test.class_names], cache=cache).vectors
+    return dict(img=anchors.pair_image_vectors, txt=anchors.text_vectors, n_total_pairs=len(pairs),
+                test=(test.vectors, test.labels, list(test.class_names)),
+                train=(train.vectors, train.labels, list(train.class_names)), prompts=prompts, pc=pc,
+                class_names=list(test.class_names), captions=caps)
 
 
 def scores_from_topk(ii, si, it, st, k, p, n, cand_cls, n_classes):
@@ -95,7 +88,7 @@ def main(argv=None) -> int:
     res = {"machine": machine(), "image_encoder": args.image_encoder, "text_encoder": args.text_encoder,
            "n_anchors": N, "n_pairs_in_dataset": D["n_total_pairs"], "n_test": len(y),
            "n_test_per_class": np.bincount(y, minlength=C).tolist(),
-           "templates": CIFAR_TEMPLATES}
+           "templates": list(DEFAULT_TEMPLATES)}
     print(f"{N} anchors, {len(y)} test images", file=sys.stderr, flush=True)
     if "strategies" in args.parts or "heatmap" in args.parts:
         kmax = min(max(KS), N)
@@ -138,7 +131,6 @@ def main(argv=None) -> int:
                 break
         res["anchors_curve"] = curve
     if "adjust" in args.parts:
-        from core.cache import embed_texts
         from core.edits import EditSession
 
         tx, ty, _ = D["train"]
@@ -146,7 +138,7 @@ def main(argv=None) -> int:
         t = time.perf_counter()
         sess = EditSession(model, q, y, D["prompts"], D["pc"], class_names=names)
         res["session_build_s"] = round(time.perf_counter() - t, 1)
-        caps = embed_texts(args.text_encoder, [f"a photo of a {c}" for c in names])
+        caps = D["captions"]
         trials = []
         for trial in range(5):
             r = np.random.default_rng(100 + trial)

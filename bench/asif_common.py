@@ -8,10 +8,6 @@ import time
 
 import numpy as np
 
-CIFAR_TEMPLATES = ["a photo of a {}.", "a blurry photo of a {}.", "a photo of the {}.",
-                   "a close-up photo of a {}.", "a photo of a small {}.", "a photo of a big {}.",
-                   "a low resolution photo of a {}.", "a picture of a {}."]
-
 
 def machine() -> str:
     import os
@@ -22,51 +18,39 @@ def machine() -> str:
             f"{torch.get_num_threads()}, load avg {load:.1f} at start")
 
 
-def _cached(encoder: str, items, keys):
-    from core.cache import default_cache
-    from core.encoders import cache_id_of
-
-    cache = default_cache()
-    vecs, found = cache.lookup(cache_id_of(encoder), keys, count=False)
-    if vecs is None or not found.all():
-        missing = int((~found).sum()) if vecs is not None else len(keys)
-        raise SystemExit(f"{missing} of {len(keys)} {encoder} embeddings are not cached yet; run "
-                         f"`python -m core embed` for this data first.")
-    return vecs
-
-
 def real_inputs(image_encoder: str = "efficientnet-lite0", text_encoder: str = "minilm",
                 n_anchors: int | None = None, split: str = "test", partial_queries: bool = False):
     """Flickr8k pairs (all or first n) + CIFAR-10 ``split`` images, all from the cache.
 
     Returns dict(anchor_img, anchor_txt, meta, q, y, class_names, prompts_emb, prompt_classes)."""
-    from core.cache import text_key
+    from core.asif import DEFAULT_TEMPLATES
+    from core.cache import default_cache
     from core.data import data_dir, load_labeled, load_pairs_folder
+    from core.embedded import EmbeddedLabeled, EmbeddedPairs, embed_prompts
 
-    from core.asif import build_prompts
-
+    cache = default_cache()
     root = data_dir(required=True)
     pairs = load_pairs_folder(root / "flickr8k")
     if n_anchors:
         pairs = pairs.subset(range(min(n_anchors, len(pairs))))
-    img_u = _cached(image_encoder, pairs.images, [bytes(k) for k in pairs.image_keys])
-    img = img_u[np.asarray(pairs.pair_image)]
-    txt = _cached(text_encoder, pairs.captions, [text_key(c) for c in pairs.captions])
-    lab = load_labeled(root / "cifar10" / split)
-    if partial_queries:  # only the CIFAR-10 images already cached
-        from core.cache import default_cache
-        from core.encoders import cache_id_of
-        found = default_cache().contains(cache_id_of(image_encoder), [bytes(k) for k in lab.keys])
-        lab = lab.subset(np.flatnonzero(found))
-    q = _cached(image_encoder, lab.paths, [bytes(k) for k in lab.keys])
-    prompts, pc = build_prompts(lab.class_names, CIFAR_TEMPLATES)
-    from core.cache import embed_texts
-    pe = embed_texts(text_encoder, prompts)  # 80 short prompts: computed if needed (seconds)
-    meta = [{"image": pairs.image_names[i], "caption": c}
-            for i, c in zip(pairs.pair_image.tolist(), pairs.captions)]
-    return dict(anchor_img=img, anchor_txt=txt, meta=meta, q=q, y=lab.labels,
-                class_names=list(lab.class_names), prompts_emb=pe, prompt_classes=pc, root=root,
-                labeled=lab)
+    anchors = EmbeddedPairs.from_pairset(pairs, image_encoder, text_encoder, cache=cache, compute=False)
+    _require_cached(anchors.skipped, "anchor")
+    test = EmbeddedLabeled.from_labeled(load_labeled(root / "cifar10" / split), image_encoder,
+                                        cache=cache, compute=False)
+    if not partial_queries:  # else: only the CIFAR-10 images already cached
+        _require_cached(test.skipped, "query")
+    pe, pc = embed_prompts(test.class_names, DEFAULT_TEMPLATES, text_encoder, cache=cache)
+    name_of = dict(zip(pairs.images, pairs.image_names))
+    meta = [{"image": name_of[path], "caption": c} for path, c in zip(anchors.pair_paths, anchors.captions)]
+    return dict(anchor_img=anchors.pair_image_vectors, anchor_txt=anchors.text_vectors, meta=meta,
+                q=test.vectors, y=test.labels, class_names=list(test.class_names), prompts_emb=pe,
+                prompt_classes=pc)
+
+
+def _require_cached(skipped, what: str) -> None:
+    if skipped:
+        raise SystemExit(f"{len(skipped)} {what} items have no cached embedding yet (e.g. "
+                         f"{skipped[0]}); run `python -m core embed` for this data first.")
 
 
 def synthetic_inputs(n: int, q: int, d_img: int, d_txt: int, n_classes: int = 10,

@@ -19,7 +19,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.asif_common import machine  # noqa: E402
-from core.search import build_faiss_index, exact_topk, faiss_search, l2_normalize, recall_at_k  # noqa: E402
+from core.arrays import l2_normalize  # noqa: E402
+from core.search import build_faiss_index, exact_topk, faiss_search, recall_at_k  # noqa: E402
 
 CONFIGS = [("faiss-flat", "flat", {}, {}),
            ("faiss-ivf", "ivf", {}, {"nprobe": 16}),

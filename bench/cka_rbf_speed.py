@@ -56,10 +56,11 @@ def load(n, synthetic):
         return (Z @ rng.normal(size=(32, 1280)) + 3 * rng.normal(size=(n, 1280)),
                 np.tanh(Z @ rng.normal(size=(32, 384))) + rng.normal(size=(n, 384)), "synthetic")
     from core import matching as mt
+    from core.cache import default_cache
 
-    img, txt, _ = mt.pair_embeddings(None, "efficientnet-lite0", "minilm", one_caption_per_image=False,
-                                     limit=n, seed=0)
-    return img, txt, "flickr8k pairs (all captions) efficientnet-lite0 x minilm"
+    pairs = mt.pair_embeddings(None, "efficientnet-lite0", "minilm", cache=default_cache(),
+                               one_caption_per_image=False, limit=n, seed=0)
+    return pairs.pair_image_vectors, pairs.text_vectors, "flickr8k pairs (all captions) efficientnet-lite0 x minilm"
 
 
 def main() -> int:

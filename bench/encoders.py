@@ -10,7 +10,7 @@ Measures, on this machine (and on CUDA when present, or with ``--device``):
 * time to load 35,000 cached vectors (384-d and 1280-d) written through the cache's own ``put`` path
   (shards of 4,096, as ``embed`` writes them) into a fresh :class:`EmbeddingCache` object (a new
   process's view), against the cold baseline of computing them (35,000 / measured rate), and the
-  end-to-end ``embed_texts`` of 35,000 distinct captions from a warm cache (hashing included).
+  end-to-end ``core.embedded.embed`` of 35,000 distinct captions from a warm cache (hashing included).
 
     python bench/encoders.py [--images 64] [--captions 512] [--encoders efficientnet-lite0,...]
                              [--device cpu|cuda] [--json]
@@ -34,6 +34,7 @@ sys.path.insert(0, ROOT)
 from core import cache as C  # noqa: E402
 from core import data as D  # noqa: E402
 from core import encoders as E  # noqa: E402
+from core.embedded import embed  # noqa: E402
 
 
 def import_time(statement: str, repeats: int = 3) -> float:
@@ -89,19 +90,19 @@ def cached_load(n: int, dim: int, repeats: int = 5) -> dict:
             got, found = fresh.lookup(f"bench-{dim}|v1", keys)
             times.append(time.perf_counter() - t0)
             assert found.all() and np.array_equal(got, vecs)
-        # end to end: hash 35k texts + lookup, through embed_texts by name (no model load)
+        # end to end: hash 35k texts + lookup, through embed by name (no model load)
         texts = [f"caption {i}" for i in range(n)]
         e2e = []
         if dim == 384:
-            C.EmbeddingCache(tmp).put(E.cache_id_of("minilm"), keys, vecs)
+            C.EmbeddingCache(tmp).put(E.BUILTIN_ENCODERS["minilm"].cache_id, keys, vecs)
             for _ in range(repeats):
                 fresh = C.EmbeddingCache(tmp)
                 t0 = time.perf_counter()
-                out = C.embed_texts("minilm", texts, cache=fresh)
+                out = embed("minilm", texts, cache=fresh).vectors
                 e2e.append(time.perf_counter() - t0)
-                assert out.shape == (n, dim)
+                assert out.shape == (n, dim) and fresh.encoders.loads == 0
     return {"n": n, "dim": dim, "lookup_seconds": round(statistics.median(times), 4),
-            "embed_texts_seconds": round(statistics.median(e2e), 4) if e2e else None}
+            "embed_seconds": round(statistics.median(e2e), 4) if e2e else None}
 
 
 def real_cached(pairs) -> dict | None:
@@ -109,16 +110,16 @@ def real_cached(pairs) -> dict | None:
     object serving all 35,000 captions (minilm, hashing included) and 7,000 images (lite0)."""
     cache = C.EmbeddingCache(C.cache_root())
     caption_keys = [C.text_key(t) for t in pairs.captions]
-    if not cache.contains(E.cache_id_of("minilm"), caption_keys).all() or \
-            not cache.contains(E.cache_id_of("efficientnet-lite0"), pairs.image_keys).all():
+    if not cache.contains(E.BUILTIN_ENCODERS["minilm"].cache_id, caption_keys).all() or \
+            not cache.contains(E.BUILTIN_ENCODERS["efficientnet-lite0"].cache_id, pairs.image_keys).all():
         return None
     out = {}
     fresh = C.EmbeddingCache(C.cache_root())
     t0 = time.perf_counter()
-    txt = C.embed_texts("minilm", pairs.captions, cache=fresh)
+    txt = embed("minilm", pairs.captions, cache=fresh).vectors
     out["captions_35k_minilm_seconds"] = round(time.perf_counter() - t0, 4)
     t0 = time.perf_counter()
-    img = C.embed_images("efficientnet-lite0", pairs.images, keys=pairs.image_keys, cache=fresh)
+    img = embed("efficientnet-lite0", pairs.images, cache=fresh, keys=pairs.image_keys).vectors
     out["images_7k_lite0_seconds"] = round(time.perf_counter() - t0, 4)
     out["computed"] = fresh.misses
     assert txt.shape == (len(pairs), 384) and img.shape == (len(pairs.images), 1280)
@@ -190,8 +191,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['cpu_ms_per_item']} | {r['loadavg']} | {r['load_seconds']} |")
     for load in loads:
         print(f"35,000 cached {load['dim']}-d vectors: lookup {load['lookup_seconds'] * 1000:.0f} ms"
-              + (f", embed_texts end to end {load['embed_texts_seconds'] * 1000:.0f} ms"
-                 if load["embed_texts_seconds"] else "")
+              + (f", embed by name end to end {load['embed_seconds'] * 1000:.0f} ms"
+                 if load["embed_seconds"] else "")
               + (f"; cold compute with {load['cold_baseline']} ≈ {load['cold_compute_seconds']} s "
                  f"({load['speedup']}x)" if "speedup" in load else ""))
     real = result["real_flickr_cached"]

@@ -23,6 +23,7 @@ for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from core import cka, matching as mt  # noqa: E402
+from core.cache import default_cache  # noqa: E402
 
 ALIASES = {"lite0": "efficientnet-lite0", "lite2": "efficientnet-lite2"}
 DEFAULT_PAIRS = ["lite0:minilm", "lite0:mpnet", "lite2:minilm", "lite2:mpnet"]
@@ -39,12 +40,14 @@ def main() -> int:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     results = []
+    cache = default_cache()
     for spec in args.pairs:
         ie, te = spec.split(":")
         ie = ALIASES.get(ie, ie)
         t0 = time.perf_counter()
         try:
-            img, txt, _ = mt.pair_embeddings(None, ie, te, limit=args.limit)
+            pairs = mt.pair_embeddings(None, ie, te, cache=cache, limit=args.limit)
+            img, txt = pairs.pair_image_vectors, pairs.text_vectors
         except ValueError as error:
             print(f"skip {spec}: {error}", file=sys.stderr)
             continue

@@ -87,7 +87,11 @@ def load(args):
         img = Z @ rng.normal(size=(32, 1280)) + 3 * rng.normal(size=(n, 1280))
         txt = np.tanh(Z @ rng.normal(size=(32, 384))) + rng.normal(size=(n, 384))
         return img, txt, "synthetic"
-    img, txt, _ = mt.pair_embeddings(None, args.image_encoder, args.text_encoder, first_images=args.first_images)
+    from core.cache import default_cache
+
+    pairs = mt.pair_embeddings(None, args.image_encoder, args.text_encoder, cache=default_cache(),
+                               first_images=args.first_images)
+    img, txt = pairs.pair_image_vectors, pairs.text_vectors
     return img, txt, f"flickr8k {args.image_encoder} x {args.text_encoder}, {img.shape[0]} pairs (one caption per image)"
 
 

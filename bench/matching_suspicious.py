@@ -25,6 +25,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from core import matching as mt  # noqa: E402
+from core.cache import default_cache  # noqa: E402
 from core.cli.align import detection_metrics, swap_captions  # noqa: E402
 
 
@@ -39,11 +40,12 @@ def main() -> int:
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    cache = default_cache()
     out = []
     for setting in args.settings:
-        img, txt, pairs = mt.pair_embeddings(None, args.image_encoder, args.text_encoder,
-                                             one_caption_per_image=(setting == "one"), limit=args.limit)
-        groups = np.asarray(pairs.pair_image)
+        pairs = mt.pair_embeddings(None, args.image_encoder, args.text_encoder, cache=cache,
+                                   one_caption_per_image=(setting == "one"), limit=args.limit)
+        img, txt, groups = pairs.pair_image_vectors, pairs.text_vectors, pairs.pair_image
         rng = np.random.default_rng(1000 + args.seed)
         txt_sw, _, swapped = swap_captions(txt, list(pairs.captions), args.fraction, rng)
         for method in args.methods:

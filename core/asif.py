@@ -35,7 +35,8 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import scipy.sparse as sp
 
-from core.search import DEFAULT_MEMORY_BYTES, ExactIndex, _as_float32_2d, exact_topk, l2_normalize
+from core.arrays import as_float32_2d, l2_normalize
+from core.search import DEFAULT_MEMORY_BYTES, ExactIndex, exact_topk
 
 ProgressFn = Callable[[float, str], None]
 
@@ -153,8 +154,8 @@ def relative_representation(x, anchors, k: int = DEFAULT_K, p: float = DEFAULT_P
     >>> print(idx, val.round(3))
     [[1 0]] [[0.872 0.49 ]]
     """
-    xa = _as_float32_2d("queries", x)
-    aa = _as_float32_2d("anchors", anchors, xa.shape[1])
+    xa = as_float32_2d("queries", x)
+    aa = as_float32_2d("anchors", anchors, xa.shape[1])
     k, p = _check_kp(k, p, aa.shape[0])
     idx, sims = exact_topk(l2_normalize(xa), l2_normalize(aa), k, device=device,
                            memory_bytes=memory_bytes, progress=progress)
@@ -264,7 +265,7 @@ def class_candidates(prompt_embeddings, prompt_classes, strategy: str = DEFAULT_
     "mean": one candidate per class, the L2-normalised mean of its normalised prompt embeddings.
     "per-template": the prompts themselves. Returns ``(candidates [P', d], candidate_classes [P'])``.
     """
-    emb = l2_normalize(_as_float32_2d("prompt embeddings", prompt_embeddings))
+    emb = l2_normalize(as_float32_2d("prompt embeddings", prompt_embeddings))
     classes = np.asarray(prompt_classes, dtype=np.int64).ravel()
     if classes.shape[0] != emb.shape[0]:
         raise ValueError(f"{emb.shape[0]} prompt embeddings but {classes.shape[0]} prompt classes.")
@@ -284,23 +285,86 @@ def class_candidates(prompt_embeddings, prompt_classes, strategy: str = DEFAULT_
     return l2_normalize(sums.astype(np.float32)), np.arange(n_classes, dtype=np.int64)
 
 
+class ClassReducer:
+    """Candidate scores ``[Q, P']`` -> class scores ``[Q, C]``: a class scores the max over its
+    text candidates (the "per-template" strategy, as the reference code; with one candidate per
+    class, as "mean" gives, the scores pass through unchanged). The one reduction used by
+    :meth:`AsifModel.classify`, :class:`core.edits.EditSession` and its influence.
+
+    >>> r = ClassReducer(np.array([0, 1, 1]), 2)
+    >>> r(np.array([[0.1, 0.5, 0.3]]))
+    array([[0.1, 0.5]])
+    >>> r.best_candidate(np.array([[0.1, 0.2, 0.3]])), r.identity
+    (array([[0, 2]]), False)
+    """
+
+    def __init__(self, candidate_classes, n_classes: int):
+        self.candidate_classes = np.asarray(candidate_classes, dtype=np.int64).ravel()
+        self.n_classes = int(n_classes)
+        #: candidate columns of each class
+        self.columns = [np.flatnonzero(self.candidate_classes == c) for c in range(self.n_classes)]
+        #: one candidate per class, in class order: class scores are the candidate scores
+        self.identity = bool(np.array_equal(self.candidate_classes, np.arange(self.n_classes)))
+
+    def __call__(self, candidate_scores: np.ndarray) -> np.ndarray:
+        """Class scores ``[Q, C]`` (the input's dtype; -inf for a class without candidates)."""
+        s = np.asarray(candidate_scores)
+        if self.identity:
+            return s
+        out = np.full((s.shape[0], self.n_classes), -np.inf, dtype=s.dtype)
+        for c, cols in enumerate(self.columns):
+            if cols.size:
+                out[:, c] = s[:, cols].max(axis=1)
+        return out
+
+    def best_candidate(self, candidate_scores: np.ndarray) -> np.ndarray:
+        """``[Q, C]`` the winning candidate of every class (index into the candidates; the first
+        of equal scores; 0 for a class without candidates)."""
+        s = np.asarray(candidate_scores)
+        if self.identity:
+            return np.broadcast_to(np.arange(self.n_classes), (s.shape[0], self.n_classes)).copy()
+        out = np.zeros((s.shape[0], self.n_classes), dtype=np.int64)
+        for c, cols in enumerate(self.columns):
+            if cols.size:
+                out[:, c] = cols[s[:, cols].argmax(axis=1)]
+        return out
+
+    def winner_of(self, candidate_scores: np.ndarray, classes: np.ndarray) -> np.ndarray:
+        """``[Q]`` the winning candidate of class ``classes[q]`` for each row ``q``."""
+        classes = np.asarray(classes, dtype=np.int64)
+        if self.identity:
+            return classes.copy()
+        s = np.asarray(candidate_scores)
+        out = np.zeros(classes.size, dtype=np.int64)
+        for c, cols in enumerate(self.columns):
+            sel = classes == c
+            if sel.any():
+                out[sel] = cols[s[sel][:, cols].argmax(axis=1)]
+        return out
+
+    def with_columns(self, class_scores: np.ndarray, candidate_scores: np.ndarray,
+                     columns: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """The class scores after candidate ``columns`` take ``values [Q, len(columns)]`` (only
+        their classes are reduced again; the inputs are left unchanged)."""
+        out = np.array(class_scores, copy=True)
+        if self.identity:
+            out[:, columns] = values
+            return out
+        for c in np.unique(self.candidate_classes[columns]).tolist():
+            cols = self.columns[c]
+            sub = candidate_scores[:, cols]  # a copy (fancy index)
+            mine = self.candidate_classes[columns] == c
+            sub[:, np.searchsorted(cols, columns[mine])] = values[:, mine]
+            out[:, c] = sub.max(axis=1)
+        return out
+
+
 def class_scores_from_candidates(candidate_scores: np.ndarray, candidate_classes: np.ndarray,
                                  n_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Class scores ``[Q, C]`` = max over each class's candidates; also the winning candidate per
-    (query, class) ``[Q, C]`` (index into the candidates)."""
-    s = np.asarray(candidate_scores)
-    cls = np.asarray(candidate_classes)
-    out = np.full((s.shape[0], n_classes), -np.inf, dtype=np.float32)
-    arg = np.zeros((s.shape[0], n_classes), dtype=np.int64)
-    for c in range(n_classes):
-        cols = np.flatnonzero(cls == c)
-        if cols.size == 0:
-            continue
-        sub = s[:, cols]
-        j = sub.argmax(axis=1)
-        out[:, c] = sub[np.arange(s.shape[0]), j]
-        arg[:, c] = cols[j]
-    return out, arg
+    """Class scores ``[Q, C]`` (float32) = max over each class's candidates, and the winning
+    candidate per (query, class) ``[Q, C]``: :class:`ClassReducer` in one call."""
+    reducer = ClassReducer(candidate_classes, n_classes)
+    return np.array(reducer(candidate_scores), dtype=np.float32), reducer.best_candidate(candidate_scores)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -454,8 +518,8 @@ class AsifModel:
                  k: int = DEFAULT_K, p: float = DEFAULT_P, info: Mapping[str, Any] | None = None,
                  template_strategy: str = DEFAULT_TEMPLATE_STRATEGY,
                  temperature: float = DEFAULT_TEMPERATURE, device: str | None = "cpu"):
-        img = _as_float32_2d("anchor image embeddings", image_embeddings)
-        txt = _as_float32_2d("anchor text embeddings", text_embeddings)
+        img = as_float32_2d("anchor image embeddings", image_embeddings)
+        txt = as_float32_2d("anchor text embeddings", text_embeddings)
         if img.shape[0] != txt.shape[0]:
             raise ValueError(f"{img.shape[0]} anchor images but {txt.shape[0]} anchor texts: pairs must "
                              "line up one to one.")
@@ -524,7 +588,7 @@ class AsifModel:
     def _represent(self, modality: str, queries, progress: ProgressFn | None):
         """ASIF recipe (:func:`relative_representation`) against this model's anchors."""
         index = self.search_index(modality)
-        x = l2_normalize(_as_float32_2d("queries", queries, index.base.shape[1]))
+        x = l2_normalize(as_float32_2d("queries", queries, index.base.shape[1]))
         idx, sims = index.topk(x, self.k, device=self.device, progress=progress)
         return idx, process_similarities(sims, self.p)
 
@@ -541,7 +605,7 @@ class AsifModel:
         ``self.template_strategy``. Returns a :class:`Classification`.
         """
         strategy = strategy or self.template_strategy
-        pe = _as_float32_2d("prompt embeddings", prompt_embeddings, self.text_embeddings.shape[1])
+        pe = as_float32_2d("prompt embeddings", prompt_embeddings, self.text_embeddings.shape[1])
         pc = np.arange(pe.shape[0]) if prompt_classes is None else np.asarray(prompt_classes)
         cand, cand_cls = class_candidates(pe, pc, strategy, n_classes)
         n_classes = int(n_classes if n_classes is not None else cand_cls.max() + 1)
@@ -598,10 +662,10 @@ class AsifModel:
         ``explanation.scatter_data()`` the Fig. 7 points.
         """
         strategy = strategy or self.template_strategy
-        q = l2_normalize(_as_float32_2d("image embedding", image_embedding, self.image_embeddings.shape[1]))
+        q = l2_normalize(as_float32_2d("image embedding", image_embedding, self.image_embeddings.shape[1]))
         if q.shape[0] != 1:
             raise ValueError("explain takes one image embedding; call it once per image.")
-        pe = _as_float32_2d("prompt embeddings", prompt_embeddings, self.text_embeddings.shape[1])
+        pe = as_float32_2d("prompt embeddings", prompt_embeddings, self.text_embeddings.shape[1])
         pc = np.arange(pe.shape[0]) if prompt_classes is None else np.asarray(prompt_classes)
         cand, cand_cls = class_candidates(pe, pc, strategy, n_classes)
         n_classes = int(n_classes if n_classes is not None else cand_cls.max() + 1)
@@ -651,8 +715,8 @@ class AsifModel:
 
     def with_pairs_added(self, image_embeddings, text_embeddings, pair_ids=None, metadata=None) -> "AsifModel":
         """A new model with extra pairs appended (ids default to ``max(id)+1 …``)."""
-        img = _as_float32_2d("new image embeddings", image_embeddings, self.image_embeddings.shape[1])
-        txt = _as_float32_2d("new text embeddings", text_embeddings, self.text_embeddings.shape[1])
+        img = as_float32_2d("new image embeddings", image_embeddings, self.image_embeddings.shape[1])
+        txt = as_float32_2d("new text embeddings", text_embeddings, self.text_embeddings.shape[1])
         m = img.shape[0]
         if pair_ids is None:
             start = int(self.pair_ids.max()) + 1 if self.n_anchors else 0

@@ -14,13 +14,16 @@ load in a few tens of milliseconds. :meth:`EmbeddingCache.compact` merges shards
 
 A file's key is the SHA-256 of its bytes (a renamed file hits, an edited one misses); a text's key
 is the SHA-256 of its UTF-8 encoding; an in-memory ``PIL.Image`` is keyed by its mode, size and
-pixels. Nothing cached is recomputed: :func:`embed` computes only the missing unique keys.
+pixels.
 
-Typical use::
+A cache is an object its owner passes in (the app keeps one with ``st.cache_resource``); it also
+owns the :class:`core.encoders.EncoderRegistry` that loads the models filling it, so a fully cached
+set is read without loading any model. Embedding through the cache is :mod:`core.embedded`::
 
-    from core.cache import embed_images, embed_texts
-    X = embed_images("efficientnet-lite0", paths, progress=cb)   # float32 [n, 1280]
-    T = embed_texts("minilm", captions)                           # float32 [m, 384]
+    from core.cache import EmbeddingCache
+    from core.embedded import embed
+    cache = EmbeddingCache()                                  # ROSETTA_CACHE_DIR or the user cache
+    X = embed("efficientnet-lite0", paths, cache=cache).vectors   # float32 [n, 1280]
 """
 from __future__ import annotations
 
@@ -33,11 +36,11 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-Progress = Callable[[int, int], None]
+from core.encoders import EncoderRegistry, rosetta_cache_dir
 
 KEY_BYTES = 32
 #: Shards written while embedding are flushed at least every this many vectors …
@@ -50,8 +53,6 @@ AUTO_COMPACT_SHARDS = 64
 
 def cache_root() -> Path:
     """``ROSETTA_CACHE_DIR`` or the per-user cache directory (``platformdirs``), ``…/rosetta``."""
-    from core.encoders import rosetta_cache_dir
-
     return rosetta_cache_dir()
 
 
@@ -66,40 +67,24 @@ def text_key(text: str) -> bytes:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
 
 
-_FILE_KEYS: dict[tuple, bytes] = {}
-_FILE_KEYS_LOCK = threading.Lock()
-
-
 def file_key(path: str | os.PathLike) -> bytes:
-    """SHA-256 digest of a file's bytes (memoised per process on path, size, mtime, inode)."""
+    """SHA-256 digest of a file's bytes (:meth:`EmbeddingCache.file_key` memoises it)."""
     path = os.fspath(path)
+    h = hashlib.sha256()
     try:
-        st = os.stat(path)
+        with open(path, "rb") as f:
+            while block := f.read(1 << 20):
+                h.update(block)
     except OSError as error:
         raise ValueError(f"cannot read {path}: {error.strerror or error}") from error
-    memo = (os.path.abspath(path), st.st_size, st.st_mtime_ns, st.st_ino)
-    with _FILE_KEYS_LOCK:
-        hit = _FILE_KEYS.get(memo)
-    if hit is not None:
-        return hit
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    digest = h.digest()
-    with _FILE_KEYS_LOCK:
-        _FILE_KEYS[memo] = digest
-    return digest
+    return h.digest()
 
 
 def item_key(item: Any) -> bytes:
-    """Key of an image (path, bytes or PIL image) or a text."""
-    if isinstance(item, str):
-        raise TypeError("a str is ambiguous here: use text_key() or file_key()")
+    """Key of an in-memory image: bytes or a ``PIL.Image`` (paths: :func:`file_key`, texts:
+    :func:`text_key`)."""
     if isinstance(item, (bytes, bytearray)):
         return sha256_bytes(bytes(item))
-    if isinstance(item, os.PathLike):
-        return file_key(item)
     try:
         from PIL import Image
     except ImportError:  # pragma: no cover
@@ -111,8 +96,9 @@ def item_key(item: Any) -> bytes:
     raise TypeError(f"cannot key an item of type {type(item).__name__}")
 
 
-def hex_to_key(hexdigest: str) -> bytes:
-    return bytes.fromhex(hexdigest)
+def as_key(key: bytes | str) -> bytes:
+    """A 32-byte digest from bytes or its hex spelling."""
+    return bytes.fromhex(key) if isinstance(key, str) else bytes(key)
 
 
 # --------------------------------------------------------------------------------------- storage
@@ -129,15 +115,39 @@ class _ModelIndex:
 
 
 class EmbeddingCache:
-    """Append-only, memory-mapped, multi-process-safe vector store with hit/miss counts."""
+    """Append-only, memory-mapped, multi-process-safe vector store with hit/miss counts.
 
-    def __init__(self, root: str | os.PathLike | None = None):
+    ``root`` defaults to :func:`cache_root`; ``encoders`` (default: a new
+    :class:`core.encoders.EncoderRegistry`) loads the models that compute what is missing.
+    """
+
+    def __init__(self, root: str | os.PathLike | None = None,
+                 encoders: EncoderRegistry | None = None):
         self.root = Path(root).expanduser() if root is not None else cache_root()
         self.dir = self.root / "embeddings"
+        self.encoders = encoders if encoders is not None else EncoderRegistry()
         self.hits = 0
         self.misses = 0
         self._models: dict[str, _ModelIndex] = {}
+        self._file_keys: dict[tuple, bytes] = {}
         self._lock = threading.RLock()
+
+    # ----- keys
+    def file_key(self, path: str | os.PathLike) -> bytes:
+        """:func:`file_key`, memoised by this object on (path, size, mtime, inode)."""
+        path = os.fspath(path)
+        try:
+            st = os.stat(path)
+        except OSError as error:
+            raise ValueError(f"cannot read {path}: {error.strerror or error}") from error
+        memo = (os.path.abspath(path), st.st_size, st.st_mtime_ns, st.st_ino)
+        with self._lock:
+            hit = self._file_keys.get(memo)
+        if hit is None:
+            hit = file_key(path)
+            with self._lock:
+                self._file_keys[memo] = hit
+        return hit
 
     # ----- paths
     @staticmethod
@@ -369,155 +379,9 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-_DEFAULT: dict[str, EmbeddingCache] = {}
-
-
 def default_cache() -> EmbeddingCache:
-    """The process-wide cache at :func:`cache_root` (re-created if ``ROSETTA_CACHE_DIR`` changes)."""
-    root = str(cache_root())
-    if root not in _DEFAULT:
-        _DEFAULT[root] = EmbeddingCache(root)
-    return _DEFAULT[root]
+    """A new cache object at :func:`cache_root` (``ROSETTA_CACHE_DIR`` or the user cache dir).
 
-
-# ------------------------------------------------------------------------------------ embedding
-
-@dataclass
-class EmbedResult:
-    """Vectors plus what the cache did for them."""
-
-    vectors: np.ndarray  # float32 [n, d]
-    hits: int
-    computed: int
-
-
-def embed(encoder: Any, items: Sequence[Any], keys: Sequence[bytes] | None = None,
-          cache: EmbeddingCache | None = None, progress: Progress | None = None,
-          batch_size: int | None = None, flush_every: int = FLUSH_EVERY) -> EmbedResult:
-    """Encode ``items`` through the cache: only unique missing keys are computed, then stored.
-
-    ``encoder`` is an encoder name or object; ``keys`` (32-byte digests, e.g. from
-    :class:`core.data.PairSet`) skip hashing. ``progress(done, total)`` counts items to compute.
-    Returns :class:`EmbedResult` with ``vectors`` float32 ``[n, d]``.
+    A constructor, not a singleton: whoever wants one cache for a process keeps the object.
     """
-    from core.encoders import BUILTIN_ENCODERS, cache_id_of, get_encoder
-
-    name = encoder if isinstance(encoder, str) else None
-    cache = cache or default_cache()
-    items = list(items)
-    if name is not None and name in BUILTIN_ENCODERS:
-        model_id, modality = cache_id_of(name), BUILTIN_ENCODERS[name].modality
-    else:
-        if name is not None:
-            encoder = get_encoder(name)
-        model_id, modality = encoder.cache_id, encoder.modality
-    if keys is None:
-        if modality == "text":
-            keys = [text_key(t) for t in items]
-        else:
-            keys = [file_key(x) if isinstance(x, str) else item_key(x) for x in items]
-    keys = [bytes(k) if not isinstance(k, str) else hex_to_key(k) for k in keys]
-    if len(keys) != len(items):
-        raise ValueError("keys and items differ in length")
-    vectors, found = cache.lookup(model_id, keys)
-    missing = np.nonzero(~found)[0]
-    if len(missing) and isinstance(encoder, str):
-        encoder = get_encoder(encoder)  # loaded only when something must be computed
-    if vectors is None:
-        dim = encoder.dim if not isinstance(encoder, str) else BUILTIN_ENCODERS[encoder].dim
-        vectors = np.zeros((len(items), dim), dtype=np.float32)
-    # unique missing keys, first occurrence computes
-    first: dict[bytes, int] = {}
-    for i in missing.tolist():
-        first.setdefault(keys[i], i)
-    todo = list(first.values())
-    total = len(todo)
-    if progress is not None:
-        progress(0, total)
-    done = 0
-    step = max(1, min(flush_every, int(batch_size or getattr(encoder, "batch_size", 32)) * 4))
-    pending: list[int] = []
-    last_flush = time.monotonic()
-    for start in range(0, total, step):
-        chunk = todo[start:start + step]
-        offset = done
-
-        def chunk_progress(d: int, _n: int, offset: int = offset) -> None:
-            if progress is not None:
-                progress(offset + d, total)
-
-        vecs = encoder.encode([items[i] for i in chunk], batch_size=batch_size,
-                              progress=chunk_progress)
-        vectors[chunk] = vecs
-        pending.extend(chunk)
-        done += len(chunk)
-        # flush every `flush_every` vectors or FLUSH_SECONDS, so an interruption loses little
-        if len(pending) >= flush_every or time.monotonic() - last_flush >= FLUSH_SECONDS \
-                or done == total:
-            cache.put(model_id, [keys[i] for i in pending], vectors[pending])
-            pending = []
-            last_flush = time.monotonic()
-    if total:
-        # fill duplicates of computed keys
-        computed = {keys[i]: vectors[i] for i in todo}
-        for i in missing.tolist():
-            vectors[i] = computed[keys[i]]
-    return EmbedResult(vectors=vectors, hits=int(found.sum()), computed=total)
-
-
-def embed_images(encoder: Any, images: Sequence[Any], keys: Sequence[bytes] | None = None,
-                 cache: EmbeddingCache | None = None, progress: Progress | None = None,
-                 batch_size: int | None = None) -> np.ndarray:
-    """Image embeddings ``[n, d]`` float32 (unit rows) through the cache."""
-    return embed(encoder, images, keys, cache, progress, batch_size).vectors
-
-
-def embed_texts(encoder: Any, texts: Sequence[str], cache: EmbeddingCache | None = None,
-                progress: Progress | None = None, batch_size: int | None = None) -> np.ndarray:
-    """Text embeddings ``[n, d]`` float32 (unit rows) through the cache."""
-    return embed(encoder, texts, None, cache, progress, batch_size).vectors
-
-
-def embed_pairs(pairs: Any, image_encoder: Any, text_encoder: Any,
-                cache: EmbeddingCache | None = None, progress: Progress | None = None
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-pair embeddings of a :class:`core.data.PairSet`: ``(images [P, d_i], captions [P, d_t])``.
-
-    Each distinct image is encoded once; image rows are gathered per pair. ``progress(done, total)``
-    counts the images and captions that need computing (images first).
-    """
-    from core.encoders import cache_id_of
-
-    cache = cache or default_cache()
-
-    def cid(enc: Any) -> str:
-        return cache_id_of(enc) if isinstance(enc, str) else enc.cache_id
-
-    image_keys = [bytes(k) if not isinstance(k, str) else hex_to_key(k) for k in pairs.image_keys]
-    caption_keys = [text_key(t) for t in pairs.captions]
-    todo_img = len(_missing_unique(cache, cid(image_encoder), image_keys))
-    todo_txt = len(_missing_unique(cache, cid(text_encoder), caption_keys))
-    total = todo_img + todo_txt
-
-    def p_img(d: int, _t: int) -> None:
-        if progress is not None:
-            progress(d, total)
-
-    def p_txt(d: int, _t: int) -> None:
-        if progress is not None:
-            progress(todo_img + d, total)
-
-    img = embed(image_encoder, pairs.images, image_keys, cache, p_img).vectors
-    txt = embed(text_encoder, pairs.captions, caption_keys, cache, p_txt).vectors
-    return img[np.asarray(pairs.pair_image, dtype=np.int64)], txt
-
-
-def _missing_unique(cache: EmbeddingCache, model_id: str, keys: Sequence[bytes]) -> set[bytes]:
-    found = cache.contains(model_id, keys)
-    return {keys[i] for i in np.nonzero(~found)[0].tolist()}
-
-
-def embed_labeled(labeled: Any, image_encoder: Any, cache: EmbeddingCache | None = None,
-                  progress: Progress | None = None) -> np.ndarray:
-    """Image embeddings ``[n, d]`` of a :class:`core.data.LabeledSet`, through the cache."""
-    return embed(image_encoder, labeled.paths, labeled.keys, cache, progress).vectors
+    return EmbeddingCache(cache_root())

@@ -30,6 +30,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from core.arrays import as_2d, check_same_rows
+
 __all__ = [
     "center_gram",
     "hsic",
@@ -37,6 +39,7 @@ __all__ = [
     "linear_kernel",
     "rbf_kernel",
     "median_sigma",
+    "lower_median",
     "linear_cka",
     "feature_linear_cka",
     "rbf_cka",
@@ -52,30 +55,13 @@ FEATURE_SPACE_MIN_N = 4096
 # validation helpers
 
 
-def _as_2d(name: str, A) -> np.ndarray:
-    A = np.asarray(A)
-    if A.ndim == 1:
-        A = A[:, None]
-    if A.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D array [n, d]; got shape {A.shape}.")
-    if A.shape[0] == 0:
-        raise ValueError(f"{name} is empty: CKA needs at least a few paired rows.")
-    if not np.issubdtype(A.dtype, np.number):
-        raise ValueError(f"{name} must be numeric; got dtype {A.dtype}.")
-    return A
-
-
 def _check_pair(X, Y, min_n: int = 2) -> tuple[np.ndarray, np.ndarray]:
-    X = _as_2d("X", X)
-    Y = _as_2d("Y", Y)
-    if X.shape[0] != Y.shape[0]:
-        raise ValueError(
-            f"X and Y must have the same number of rows (paired items); got {X.shape[0]} and {Y.shape[0]}."
-        )
+    """Paired feature matrices (a 1-D array is one feature of n items), finite, at least ``min_n`` rows."""
+    X = as_2d("X", X, dtype=None, vector="column")
+    Y = as_2d("Y", Y, dtype=None, vector="column")
+    check_same_rows(("X", "Y"), X, Y)
     if X.shape[0] < min_n:
         raise ValueError(f"this estimator needs at least {min_n} paired rows; got {X.shape[0]}.")
-    if not (np.isfinite(X).all() and np.isfinite(Y).all()):
-        raise ValueError("X and Y must not contain NaN or infinite values.")
     return X, Y
 
 
@@ -107,8 +93,12 @@ def squared_distances(X) -> np.ndarray:
     return D
 
 
-def _lower_median(values: np.ndarray) -> float:
-    """The lower median (element ``(m-1)//2`` of the sorted values), as ``torch.median`` returns."""
+def lower_median(values: np.ndarray) -> float:
+    """The lower median (element ``(m-1)//2`` of the sorted values), as ``torch.median`` returns.
+
+    >>> lower_median(np.array([4.0, 1.0, 3.0, 2.0]))
+    2.0
+    """
     m = values.size
     if m == 0:
         raise ValueError("cannot take the median of no distances (all points coincide?).")
@@ -124,7 +114,7 @@ def median_sigma(X=None, *, sq_dists: np.ndarray | None = None) -> float:
     Pass ``sq_dists`` to reuse a squared-distance matrix already computed.
     """
     if sq_dists is None:
-        X = _as_2d("X", X)
+        X = as_2d("X", X, dtype=None, vector="column")
         sq_dists = squared_distances(X)
     n = sq_dists.shape[0]
     iu = np.triu_indices(n, k=1)
@@ -132,7 +122,7 @@ def median_sigma(X=None, *, sq_dists: np.ndarray | None = None) -> float:
     vals = vals[vals != 0]
     if vals.size == 0:
         raise ValueError("cannot choose an RBF bandwidth: all rows are identical. Pass sigma explicitly.")
-    return float(np.sqrt(_lower_median(vals)))
+    return float(np.sqrt(lower_median(vals)))
 
 
 def rbf_kernel(X, sigma: float | None = None, *, sq_dists: np.ndarray | None = None) -> np.ndarray:
@@ -379,10 +369,9 @@ def minibatch_cka(
     distance on a random sample of ``sigma_sample`` rows (fixed for all batches). Rows are read one
     batch at a time, so ``np.memmap`` inputs of any size work.
     """
-    X = _as_2d("X", X)
-    Y = _as_2d("Y", Y)
-    if X.shape[0] != Y.shape[0]:
-        raise ValueError(f"X and Y must have the same number of rows; got {X.shape[0]} and {Y.shape[0]}.")
+    X = as_2d("X", X, dtype=None, vector="column", check_finite=False)  # memmaps are read by batch
+    Y = as_2d("Y", Y, dtype=None, vector="column", check_finite=False)
+    check_same_rows(("X", "Y"), X, Y)
     n = X.shape[0]
     if batch_size < 4:
         raise ValueError(f"batch_size must be at least 4 for the unbiased estimator; got {batch_size}.")

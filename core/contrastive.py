@@ -27,7 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from core.inversion import PreparedTemplate, _check_template, _placeholder_positions
+from core.arrays import l2_normalize
+from core.inversion import PreparedTemplate, check_template, placeholder_positions
 
 ProgressFn = Callable[[int, int], None]
 
@@ -190,7 +191,7 @@ def zero_shot_classify(heads: ContrastiveHeads, image_features: np.ndarray,
         cls = cls[:, None]
     c, m, d = cls.shape
     emb = heads.encode_text_features(cls.reshape(c * m, d)).reshape(c, m, -1).mean(1)
-    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    emb = l2_normalize(emb)
     img = heads.encode_image_features(image_features)
     return (img @ emb.T).argmax(1)
 
@@ -284,14 +285,14 @@ class MiniLMTextEncoder:
         return [m for m in (self.bert, self.head) if m is not None]
 
     def prepare(self, template: str, n_tokens: int, device: torch.device) -> PreparedTemplate:
-        _check_template(template)
+        check_template(template)
         if self.placeholder in template:
             raise ValueError(f"The template may not contain {self.placeholder}.")
         if n_tokens < 1:
             raise ValueError("n_tokens must be at least 1.")
         text = template.format(" ".join([self.placeholder] * n_tokens))
         ids = torch.as_tensor([self.tokenizer(text)["input_ids"]], device=device)
-        positions = _placeholder_positions(ids, self.placeholder_id, n_tokens, template)
+        positions = placeholder_positions(ids, self.placeholder_id, n_tokens, template)
         with torch.no_grad():
             base = self.embedding(ids).float()
         return PreparedTemplate(template, n_tokens, ids, positions, base, {})

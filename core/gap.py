@@ -20,25 +20,16 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from core.arrays import as_float32_2d, l2_normalize
+
+#: :func:`core.arrays.l2_normalize` under the name :mod:`core.modality` calls.
+normalize = l2_normalize
+
 __all__ = [
     "normalize", "modality_gap", "similarity_distributions", "histograms", "mean_average_precision",
     "label_relevance", "caption_relevance", "RecoveryResult", "recover_intra_from_inter",
     "class_axis_projection",
 ]
-
-
-def normalize(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
-def _check(x: np.ndarray, name: str) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    if x.ndim != 2 or x.shape[0] == 0:
-        raise ValueError(f"{name} must be a non-empty [n, d] array (got shape {x.shape}).")
-    if not np.isfinite(x).all():
-        raise ValueError(f"{name} contain NaN or infinite values.")
-    return x
 
 
 def modality_gap(image_emb: np.ndarray, text_emb: np.ndarray,
@@ -53,7 +44,8 @@ def modality_gap(image_emb: np.ndarray, text_emb: np.ndarray,
     >>> round(modality_gap(np.array([[1.0, 0.0]]), np.array([[0.0, 1.0]]))["gap"], 4)
     1.4142
     """
-    x, t = normalize(_check(image_emb, "Image embeddings")), normalize(_check(text_emb, "Text embeddings"))
+    x = l2_normalize(as_float32_2d("Image embeddings", image_emb))
+    t = l2_normalize(as_float32_2d("Text embeddings", text_emb))
     if x.shape[1] != t.shape[1]:
         raise ValueError(f"The gap needs one shared space: image dim {x.shape[1]} != text dim {t.shape[1]}.")
     mx, mt = x.mean(0), t.mean(0)
@@ -82,7 +74,8 @@ def similarity_distributions(image_emb: np.ndarray, text_emb: np.ndarray,
     (e.g. OTI features). Keys: ``image-image`` (distinct images), ``text-image matched`` /
     ``text-image unmatched``, ``inverted-image matched`` / ``inverted-image unmatched``; each a
     float32 array of at most ``max_values`` values (seeded subsample)."""
-    x, t = normalize(_check(image_emb, "Image embeddings")), normalize(_check(text_emb, "Text embeddings"))
+    x = l2_normalize(as_float32_2d("Image embeddings", image_emb))
+    t = l2_normalize(as_float32_2d("Text embeddings", text_emb))
     if len(x) != len(t):
         raise ValueError("Image and text rows must be paired (same number of rows).")
     if len(x) < 2:
@@ -95,7 +88,7 @@ def similarity_distributions(image_emb: np.ndarray, text_emb: np.ndarray,
         inverted = None if inverted is None else np.asarray(inverted)[keep]
         n = 2000
     out = {"image-image": _offdiag_sample(x @ x.T, max_values, rng).astype(np.float32)}
-    for name, q in (("text-image", t), ("inverted-image", None if inverted is None else normalize(inverted))):
+    for name, q in (("text-image", t), ("inverted-image", None if inverted is None else l2_normalize(np.asarray(inverted, np.float32)))):
         if q is None:
             continue
         s = q @ x.T
@@ -137,9 +130,10 @@ def caption_relevance(pair_image: Sequence[int]):
     each caption). Returns ``(query_rows [Q], relevance_fn, exclude_fn)``: the first caption of each
     image is a query; the gallery is all captions; the image's other captions are relevant; the query
     caption itself is excluded from its own ranking."""
+    from core.embedded import first_pair_per_image
+
     g = np.asarray(pair_image)
-    _, first = np.unique(g, return_index=True)
-    queries = np.sort(first)
+    queries = first_pair_per_image(g)
 
     def rel(lo: int, hi: int) -> np.ndarray:
         return g[queries[lo:hi], None] == g[None, :]
@@ -161,7 +155,7 @@ def mean_average_precision(queries: np.ndarray, gallery: np.ndarray, relevance, 
     ranking (e.g. itself). Queries without any relevant item are skipped and counted.
     Returns ``{"mAP": %, "n_queries": …, "skipped": …}``.
     """
-    q, g = normalize(_check(queries, "Queries")), normalize(_check(gallery, "Gallery"))
+    q, g = l2_normalize(as_float32_2d("Queries", queries)), l2_normalize(as_float32_2d("Gallery", gallery))
     if q.shape[1] != g.shape[1]:
         raise ValueError(f"Queries ({q.shape[1]}-d) and gallery ({g.shape[1]}-d) live in different spaces.")
     rel_fn = relevance if callable(relevance) else (lambda lo, hi: np.asarray(relevance)[lo:hi])
@@ -273,8 +267,8 @@ def class_axis_projection(image_emb: np.ndarray, class_text_emb: np.ndarray, n_a
     embeddings ``[C, d]`` (supplement B, eq. 11: ``x← = Q Λ Qᵀ x``), optionally adding back the cut
     part of the image mean (eq. 12: ``+ Q (I − Λ) Qᵀ μ_x``); rows renormalised by default.
     At most ``C − 1`` axes carry variance: more than that raises a ``ValueError``."""
-    x = _check(image_emb, "Image embeddings").astype(np.float64)
-    c = _check(class_text_emb, "Class text embeddings").astype(np.float64)
+    x = as_float32_2d("Image embeddings", image_emb).astype(np.float64)
+    c = as_float32_2d("Class text embeddings", class_text_emb).astype(np.float64)
     if x.shape[1] != c.shape[1]:
         raise ValueError("Image and class text embeddings must share one space (same dimension).")
     max_axes = min(c.shape[0] - 1, c.shape[1])
@@ -289,4 +283,4 @@ def class_axis_projection(image_emb: np.ndarray, class_text_emb: np.ndarray, n_a
         mu = x.mean(0)
         proj = proj + (mu - q @ (q.T @ mu))[None]
     out = proj.astype(np.float32)
-    return normalize(out) if renormalize else out
+    return l2_normalize(out) if renormalize else out

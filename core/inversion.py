@@ -40,6 +40,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from core.arrays import as_float32_2d
+
 ProgressFn = Callable[[int, int], None]
 LossFn = Callable[[int, float], None]
 
@@ -254,12 +256,22 @@ class PseudoTokenTextEncoder(Protocol):
     def vocabulary(self) -> tuple[torch.Tensor, Callable[[int], str]]: ...
 
 
-def _check_template(template: str) -> None:
+def check_template(template: str) -> None:
+    """``ValueError`` unless the prompt template holds exactly one ``{}`` (where the pseudo-token goes).
+
+    >>> check_template("a photo of {}.")
+    >>> check_template("a photo.")
+    Traceback (most recent call last):
+    ValueError: The template must contain exactly one '{}' placeholder (got 'a photo.').
+    """
     if template.count("{}") != 1:
         raise ValueError(f"The template must contain exactly one '{{}}' placeholder (got {template!r}).")
 
 
-def _placeholder_positions(ids: torch.Tensor, placeholder_id: int, n_tokens: int, template: str) -> torch.Tensor:
+def placeholder_positions(ids: torch.Tensor, placeholder_id: int, n_tokens: int, template: str) -> torch.Tensor:
+    """Positions ``[n_tokens]`` of the placeholder token in the tokenised template ``ids [1, L]``
+    (where the pseudo-token embeddings are written); ``ValueError`` when there are not exactly
+    ``n_tokens`` of them."""
     positions = (ids[0] == placeholder_id).nonzero().flatten()
     if positions.numel() != n_tokens:
         raise ValueError(
@@ -320,14 +332,14 @@ class OpenClipTextEncoder:
         return False
 
     def prepare(self, template: str, n_tokens: int, device: torch.device) -> PreparedTemplate:
-        _check_template(template)
+        check_template(template)
         if self.PLACEHOLDER in template:
             raise ValueError(f"The template may not contain the placeholder character {self.PLACEHOLDER!r}.")
         if n_tokens < 1:
             raise ValueError("n_tokens must be at least 1.")
         text = template.format(" ".join([self.PLACEHOLDER] * n_tokens))
         ids = self.tokenizer([text]).to(device)
-        positions = _placeholder_positions(ids, self.placeholder_id, n_tokens, template)
+        positions = placeholder_positions(ids, self.placeholder_id, n_tokens, template)
         extra: dict[str, Any] = {"full_ids": ids}
         if self._fast_ok():
             eot = int(ids.argmax(dim=-1)[0]) if self._pool_type() == "argmax" else int(
@@ -529,17 +541,6 @@ def optimize_pseudo_inputs(
     return pseudo_out, torch.cat(encoded_out), (curve / n_items).astype(np.float32), final, seconds
 
 
-def _as_batch(x: np.ndarray | torch.Tensor, name: str) -> np.ndarray:
-    a = x.detach().cpu().numpy() if torch.is_tensor(x) else np.asarray(x)
-    if a.ndim == 1:
-        a = a[None]
-    if a.ndim != 2 or a.shape[0] == 0:
-        raise ValueError(f"{name} must be a non-empty [B, d] array (got shape {a.shape}).")
-    if not np.isfinite(a).all():
-        raise ValueError(f"{name} contain NaN or infinite values.")
-    return a.astype(np.float32)
-
-
 def oti(
     text_encoder: PseudoTokenTextEncoder,
     image_features: np.ndarray | torch.Tensor | None = None,
@@ -566,7 +567,7 @@ def oti(
     if objective is None:
         if image_features is None:
             raise ValueError("Give image features to invert (or an objective).")
-        objective = CosineObjective(_as_batch(image_features, "Image features"))
+        objective = CosineObjective(as_float32_2d("Image features", image_features))
     dev = resolve_device(device)
     for module in text_encoder.modules():
         module.to(dev)
@@ -601,7 +602,7 @@ def ovi(
     ``n_patches`` (1-4 in the paper) learned pseudo-patches. Returns normalised image-tower outputs."""
     if not 1 <= n_patches <= vision_encoder.n_patch_positions:
         raise ValueError(f"n_patches must be between 1 and {vision_encoder.n_patch_positions}.")
-    objective = CosineObjective(_as_batch(text_features, "Text features"))
+    objective = CosineObjective(as_float32_2d("Text features", text_features))
     dev = resolve_device(device)
     for module in vision_encoder.modules():
         module.to(dev)

@@ -35,6 +35,9 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment, quadratic_assignment
 
 from core import cka as _cka
+from core.arrays import as_float64_2d as _f64
+from core.arrays import l2_normalize as _rownorm
+from core.embedded import first_pair_per_image
 
 __all__ = [
     "stretch",
@@ -57,15 +60,6 @@ __all__ = [
 METHODS = ("qap", "local_cka", "linear", "relative")
 
 Progress = Callable[[float], None] | None
-
-
-def _f64(name: str, A) -> np.ndarray:
-    A = np.asarray(A, dtype=np.float64)
-    if A.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D array [n, d]; got shape {A.shape}.")
-    if not np.isfinite(A).all():
-        raise ValueError(f"{name} contains NaN or infinite values.")
-    return A
 
 
 def _check_sets(src_base, tgt_base, src_query, tgt_query):
@@ -252,7 +246,7 @@ class _Side:
             nz = self.D_upper[self.D_upper != 0]
             self.S_sorted = np.sort(nz)
             if sigma == "base":
-                self.fixed_sigma = float(np.sqrt(_cka._lower_median(nz)))
+                self.fixed_sigma = float(np.sqrt(_cka.lower_median(nz)))
             elif sigma is None or sigma == "auto":
                 self.fixed_sigma = None
             else:
@@ -420,10 +414,6 @@ def local_cka_scores(src_base, tgt_base, src_query, tgt_query, *, kernel: str = 
 
 # --------------------------------------------------------------------------------------------------
 # baselines
-
-
-def _rownorm(X: np.ndarray) -> np.ndarray:
-    return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
 
 
 def linear_map_scores(src_base, tgt_base, src_query, tgt_query) -> np.ndarray:
@@ -650,9 +640,8 @@ def suspicious_pair_scores(
     txt_s = stretch(txt) if do_stretch else txt
     rng = np.random.default_rng(seed)
     # one representative per image group for the base sets, so a base never repeats an image
-    _, first = np.unique(groups, return_index=True)
-    m = int(min(n_base, max(3, len(first) // 3)))
-    reps = first
+    reps = first_pair_per_image(groups)
+    m = int(min(n_base, max(3, len(reps) // 3)))
     if base_selection == "kmeans":
         base1 = reps[kmeans_base(img[reps], m, seed=seed)]
         remaining = np.setdiff1d(reps, base1)
@@ -742,23 +731,25 @@ def pair_embeddings(
     image_encoder: str = "efficientnet-lite0",
     text_encoder: str = "minilm",
     *,
+    cache,
     one_caption_per_image: bool = True,
     limit: int | None = None,
     first_images: int | None = None,
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
 ):
-    """Paired embeddings of a pair set through the embedding cache.
+    """The pairs to align, embedded through ``cache`` (a :class:`core.cache.EmbeddingCache`).
 
     ``source``: anything :func:`core.data.load_pairs` accepts (default: the demo Flickr8k folder).
     With ``one_caption_per_image`` the first caption of each image is kept (so no two pairs share
     an image, as in the paper's 5k COCO pairs); ``first_images`` keeps only the pairs of the first
-    that many images; ``limit`` keeps a random subset of that many pairs
-    (seeded, order preserved). Returns ``(image_emb [P, di], text_emb [P, dt], pairs)`` where
-    ``pairs`` is the :class:`core.data.PairSet` actually embedded (captions, paths, ids for display).
+    that many images; ``limit`` keeps a random subset of that many pairs (seeded, order preserved).
+    The selection is made before embedding, so only what is kept is encoded. Returns a
+    :class:`core.embedded.EmbeddedPairs` (``pair_image_vectors [P, di]``, ``text_vectors [P, dt]``,
+    captions, paths and ids for display).
     """
-    from core import cache as _cache
     from core import data as _data
+    from core.embedded import EmbeddedPairs, first_pair_per_image
 
     if source is None:
         source = _data.demo_sources(required=True)["flickr8k"]
@@ -769,14 +760,11 @@ def pair_embeddings(
         pairs = pairs.first_images(int(first_images))
     if len(pairs) == 0:
         raise ValueError("the pair set is empty: nothing to align.")
-    sel = np.arange(len(pairs))
-    if one_caption_per_image:
-        _, first = np.unique(np.asarray(pairs.pair_image), return_index=True)
-        sel = np.sort(first)
+    sel = first_pair_per_image(pairs.pair_image) if one_caption_per_image else np.arange(len(pairs))
     if limit is not None and limit < sel.size:
         rng = np.random.default_rng(seed)
         sel = np.sort(rng.choice(sel, size=int(limit), replace=False))
     if sel.size != len(pairs):
         pairs = pairs.subset(sel)
-    img, txt = _cache.embed_pairs(pairs, image_encoder, text_encoder, progress=progress)
-    return np.asarray(img), np.asarray(txt), pairs
+    return EmbeddedPairs.from_pairset(pairs, image_encoder, text_encoder, cache=cache,
+                                      progress=progress)

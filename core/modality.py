@@ -1,5 +1,6 @@
-"""Experiments of the modality-inversion issue, wired to real data: data -> cached embeddings -> our
-contrastive model -> inversion (``core.inversion``) -> gap and retrieval metrics (``core.gap``).
+"""Experiments of the modality-inversion issue, wired to real data: data -> cached embeddings
+(``core.embedded``, through the :class:`core.cache.EmbeddingCache` every data-reading function takes)
+-> our contrastive model -> inversion (``core.inversion``) -> gap and retrieval metrics (``core.gap``).
 
 Used by ``python -m core invert …`` and the Invert page; every function returns plain dicts/arrays.
 The built-in model is LiT-style (``core.contrastive``): frozen EfficientNet-Lite0 + frozen MiniLM with
@@ -14,8 +15,10 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from core import gap
+from core.cache import EmbeddingCache
 from core.contrastive import (DEFAULT_HEADS, ContrastiveConfig, ContrastiveHeads, MiniLMTextEncoder,
                               load_heads, load_minilm, save_heads, train_contrastive, zero_shot_classify)
+from core.embedded import EmbeddedLabeled, EmbeddedPairs, embed_prompts
 from core.inversion import ASIFObjective, InversionResult, nearest_vocabulary, oti
 
 ProgressFn = Callable[[int, int], None]
@@ -42,20 +45,18 @@ def flickr_pairs(n_images: Optional[int] = None, folder: Optional[str | Path] = 
     return pairs.first_images(n_images) if n_images else pairs
 
 
-def pair_features(pairs, image_encoder: str = IMAGE_ENCODER, text_encoder: str = TEXT_ENCODER,
-                  progress: Optional[ProgressFn] = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(image features per distinct image [I, d_i], caption features [P, d_t], pair_image [P])``."""
-    from core.cache import embed_images, embed_texts
-
-    images = embed_images(image_encoder, pairs.images, keys=pairs.image_keys, progress=progress)
-    texts = embed_texts(text_encoder, pairs.captions, progress=progress)
-    return images, texts, np.asarray(pairs.pair_image, dtype=np.int64)
+def flickr_embedded(n_images: Optional[int] = None, image_encoder: str = IMAGE_ENCODER,
+                    text_encoder: str = TEXT_ENCODER, *, cache: EmbeddingCache,
+                    progress: Optional[ProgressFn] = None) -> EmbeddedPairs:
+    """The Flickr8k pairs (first ``n_images`` images, all their captions), embedded."""
+    return EmbeddedPairs.from_pairset(flickr_pairs(n_images), image_encoder, text_encoder,
+                                      cache=cache, progress=progress)
 
 
-def labeled_features(split: str = "test", per_class: Optional[int] = None,
-                     image_encoder: str = IMAGE_ENCODER, progress: Optional[ProgressFn] = None):
-    """CIFAR-10 ``split`` ("test"/"train"): ``(features [n, d_i], labels [n], class_names, paths)``."""
-    from core.cache import embed_labeled
+def cifar_embedded(split: str = "test", per_class: Optional[int] = None,
+                   image_encoder: str = IMAGE_ENCODER, *, cache: EmbeddingCache,
+                   progress: Optional[ProgressFn] = None) -> EmbeddedLabeled:
+    """CIFAR-10 ``split`` ("test"/"train"), the first ``per_class`` images of each class, embedded."""
     from core.data import load_labeled
 
     folder = _sources()[f"cifar10_{split}"]
@@ -64,25 +65,19 @@ def labeled_features(split: str = "test", per_class: Optional[int] = None,
     labeled = load_labeled(folder)
     if per_class:
         labeled = labeled.per_class(per_class)
-    feats = embed_labeled(labeled, image_encoder, progress=progress)
-    return feats, labeled.labels, list(labeled.class_names), list(labeled.paths)
-
-
-def text_features(texts: Sequence[str], text_encoder: str = TEXT_ENCODER) -> np.ndarray:
-    from core.cache import embed_texts
-
-    return embed_texts(text_encoder, list(texts))
+    return EmbeddedLabeled.from_labeled(labeled, image_encoder, cache=cache, progress=progress)
 
 
 # --------------------------------------------------------------------------------------------------
 # our model
 # --------------------------------------------------------------------------------------------------
 def train_on_flickr(n_images: Optional[int] = None, config: Optional[ContrastiveConfig] = None,
-                    progress: Optional[ProgressFn] = None, save_to: Optional[str | Path] = None):
+                    progress: Optional[ProgressFn] = None, save_to: Optional[str | Path] = None, *,
+                    cache: EmbeddingCache):
     """Train the LiT heads on the Flickr8k pairs (all, or the first ``n_images`` images)."""
-    pairs = flickr_pairs(n_images)
-    img, txt, pair_image = pair_features(pairs)
-    result = train_contrastive(img[pair_image], txt, pair_image, config, progress=progress)
+    pairs = flickr_embedded(n_images, cache=cache)
+    result = train_contrastive(pairs.pair_image_vectors, pairs.text_vectors, pairs.pair_image, config,
+                               progress=progress)
     result.info.update({"data": "flickr8k", "n_images": int(len(pairs.images))})
     if save_to:
         save_heads(result, save_to)
@@ -90,42 +85,43 @@ def train_on_flickr(n_images: Optional[int] = None, config: Optional[Contrastive
 
 
 def get_model(path: str | Path = DEFAULT_HEADS, train_if_missing: bool = True,
-              progress: Optional[ProgressFn] = None) -> tuple[ContrastiveHeads, dict]:
-    """The trained heads (``assets/``); trained on first use (all Flickr8k pairs) if absent."""
+              progress: Optional[ProgressFn] = None, *,
+              cache: Optional[EmbeddingCache] = None) -> tuple[ContrastiveHeads, dict]:
+    """The trained heads (``assets/``); trained on first use (all Flickr8k pairs, embedded through
+    ``cache``) if absent."""
     path = Path(path)
     if not path.exists():
-        if not train_if_missing:
+        if not train_if_missing or cache is None:
             raise ValueError(f"No trained heads at {path}; run `python -m core train-contrastive`.")
-        train_on_flickr(progress=progress, save_to=path)
+        train_on_flickr(progress=progress, save_to=path, cache=cache)
     return load_heads(path)
 
 
 def cifar_zero_shot(heads: ContrastiveHeads, templates: Optional[Sequence[str]] = None,
-                    per_class: Optional[int] = None) -> dict:
+                    per_class: Optional[int] = None, *, cache: EmbeddingCache) -> dict:
     """CIFAR-10 test zero-shot accuracy of our model (class × template prompts averaged per class)."""
-    from core.asif import DEFAULT_TEMPLATES, build_prompts
+    from core.asif import DEFAULT_TEMPLATES
 
-    feats, labels, names, _ = labeled_features("test", per_class)
+    test = cifar_embedded("test", per_class, cache=cache)
     templates = list(templates or DEFAULT_TEMPLATES)
-    prompts, _ = build_prompts(names, templates)
-    pe = text_features(prompts).reshape(len(names), len(templates), -1)
-    pred = zero_shot_classify(heads, feats, pe)
-    return {"accuracy": float((pred == labels).mean()), "n_test": int(len(labels)), "n_templates": len(templates)}
+    pe, _ = embed_prompts(test.class_names, templates, TEXT_ENCODER, cache=cache)
+    pred = zero_shot_classify(heads, test.vectors, pe.reshape(len(test.class_names), len(templates), -1))
+    return {"accuracy": float((pred == test.labels).mean()), "n_test": int(len(test)),
+            "n_templates": len(templates)}
 
 
 def asif_zero_shot(n_images: Optional[int] = None, per_class: Optional[int] = None, k: Optional[int] = None,
-                   p: Optional[float] = None) -> dict:
+                   p: Optional[float] = None, *, cache: EmbeddingCache) -> dict:
     """ASIF's CIFAR-10 zero-shot accuracy with the same Flickr8k pairs and the same two encoders."""
-    from core.asif import DEFAULT_K, DEFAULT_P, DEFAULT_TEMPLATES, AsifModel, build_prompts
+    from core.asif import DEFAULT_K, DEFAULT_P, DEFAULT_TEMPLATES, AsifModel
 
-    pairs = flickr_pairs(n_images)
-    img, txt, pair_image = pair_features(pairs)
-    k = min(k or DEFAULT_K, len(txt))
-    model = AsifModel(img[pair_image], txt, k=k, p=p or DEFAULT_P)
-    feats, labels, names, _ = labeled_features("test", per_class)
-    prompts, classes = build_prompts(names, DEFAULT_TEMPLATES)
-    cls = model.classify(feats, text_features(prompts), classes)
-    return {"accuracy": cls.accuracy(labels), "n_anchors": model.n_anchors, "n_test": int(len(labels)),
+    pairs = flickr_embedded(n_images, cache=cache)
+    k = min(k or DEFAULT_K, len(pairs))
+    model = AsifModel(pairs.pair_image_vectors, pairs.text_vectors, k=k, p=p or DEFAULT_P)
+    test = cifar_embedded("test", per_class, cache=cache)
+    prompts, classes = embed_prompts(test.class_names, DEFAULT_TEMPLATES, TEXT_ENCODER, cache=cache)
+    cls = model.classify(test.vectors, prompts, classes)
+    return {"accuracy": cls.accuracy(test.labels), "n_anchors": model.n_anchors, "n_test": int(len(test)),
             "k": model.k, "p": model.p}
 
 
@@ -163,13 +159,14 @@ def nearest_texts(features: np.ndarray, text_bank: np.ndarray, texts: Sequence[s
     return [[(texts[j], float(s[i, j])) for j in row] for i, row in enumerate(top)]
 
 
-def cifar_query_gallery(per_class: int = 50, queries_per_class: int = 10):
+def cifar_query_gallery(per_class: int = 50, queries_per_class: int = 10, *, cache: EmbeddingCache):
     """CIFAR-10 test images, first ``per_class`` of each class: the first ``queries_per_class`` of each
     class are queries, the rest the gallery (disjoint). Returns raw features and labels of both, and
     the class names."""
     if not 0 < queries_per_class < per_class:
         raise ValueError("queries_per_class must be between 1 and per_class - 1.")
-    feats, labels, names, _ = labeled_features("test", per_class)
+    test = cifar_embedded("test", per_class, cache=cache)
+    feats, labels, names = test.vectors, test.labels, test.class_names
     rank = np.zeros(len(labels), dtype=np.int64)
     for c in np.unique(labels):
         rank[labels == c] = np.arange((labels == c).sum())
@@ -179,10 +176,10 @@ def cifar_query_gallery(per_class: int = 50, queries_per_class: int = 10):
 
 def image_retrieval_experiment(heads: ContrastiveHeads, per_class: int = 50, queries_per_class: int = 10,
                                steps: int = 150, seed: int = 0, batch_size: int = 256,
-                               progress: Optional[ProgressFn] = None) -> dict:
+                               progress: Optional[ProgressFn] = None, *, cache: EmbeddingCache) -> dict:
     """CIFAR-10 image->image mAP (relevant: same class; queries and gallery disjoint, see
     :func:`cifar_query_gallery`) with native image queries vs OTI-inverted queries, in our space."""
-    q_raw, q_lab, g_raw, g_lab, _ = cifar_query_gallery(per_class, queries_per_class)
+    q_raw, q_lab, g_raw, g_lab, _ = cifar_query_gallery(per_class, queries_per_class, cache=cache)
     q = heads.encode_image_features(q_raw)
     g = heads.encode_image_features(g_raw)
     rel = gap.label_relevance(q_lab, g_lab)
@@ -195,12 +192,13 @@ def image_retrieval_experiment(heads: ContrastiveHeads, per_class: int = 50, que
             "oti_features": inv.features}
 
 
-def text_retrieval_experiment(heads: Optional[ContrastiveHeads], n_images: Optional[int] = None) -> dict:
+def text_retrieval_experiment(heads: Optional[ContrastiveHeads], n_images: Optional[int] = None, *,
+                              cache: EmbeddingCache) -> dict:
     """Flickr8k text->text mAP (first caption queries, the image's other captions relevant) in our
     space and in MiniLM's own space. OVI is not applicable to our model (no ViT patches)."""
-    pairs = flickr_pairs(n_images)
-    _, txt, pair_image = pair_features(pairs)
-    queries, rel, exc = gap.caption_relevance(pair_image)
+    pairs = flickr_embedded(n_images, cache=cache)
+    txt = pairs.text_vectors
+    queries, rel, exc = gap.caption_relevance(pairs.pair_image)
     out = {"minilm_mAP": gap.mean_average_precision(txt[queries], txt, rel, exc)["mAP"],
            "n_queries": int(len(queries)), "n_gallery": int(len(txt))}
     if heads is not None:
@@ -209,23 +207,24 @@ def text_retrieval_experiment(heads: Optional[ContrastiveHeads], n_images: Optio
     return out
 
 
-def gap_report(heads: ContrastiveHeads, n_images: Optional[int] = None) -> dict:
+def gap_report(heads: ContrastiveHeads, n_images: Optional[int] = None, *,
+               cache: EmbeddingCache) -> dict:
     """Modality gap of our model on Flickr8k (images vs their captions, in the shared space)."""
-    pairs = flickr_pairs(n_images)
-    img, txt, pair_image = pair_features(pairs)
-    x, t = heads.encode_image_features(img), heads.encode_text_features(txt)
-    return gap.modality_gap(x, t, (pair_image, np.arange(len(t))))
+    pairs = flickr_embedded(n_images, cache=cache)
+    x = heads.encode_image_features(pairs.image_vectors)
+    t = heads.encode_text_features(pairs.text_vectors)
+    return gap.modality_gap(x, t, (pairs.pair_image, np.arange(len(t))))
 
 
 def recovery_experiment(heads: ContrastiveHeads, n_images: Optional[int] = 3000,
-                        ranks: Sequence[Optional[int]] = (None,)) -> list[dict]:
+                        ranks: Sequence[Optional[int]] = (None,), *,
+                        cache: EmbeddingCache) -> list[dict]:
     """Supplement A on our model: recover image-image similarities from caption-image ones
     (Flickr8k, the first caption of each of the first ``n_images`` images × those images), compared
     with the true ones. ``None`` in ``ranks`` = the numerical rank of S_inter (the model's dimension)."""
-    pairs = flickr_pairs(n_images)
-    img, txt, pair_image = pair_features(pairs)
-    first = np.unique(pair_image, return_index=True)[1]
-    x, t = heads.encode_image_features(img), heads.encode_text_features(txt[first])
+    pairs = flickr_embedded(n_images, cache=cache).one_caption_per_image()
+    x = heads.encode_image_features(pairs.pair_image_vectors)
+    t = heads.encode_text_features(pairs.text_vectors)
     truth = x @ x.T
     rows = []
     for r in ranks:
@@ -241,16 +240,16 @@ def recovery_experiment(heads: ContrastiveHeads, n_images: Optional[int] = 3000,
 
 def projection_experiment(heads: ContrastiveHeads, axes: Sequence[int] = (4, 8, 16, 32, 64),
                           per_class: int = 50, queries_per_class: int = 10,
-                          templates: Optional[Sequence[str]] = None) -> list[dict]:
+                          templates: Optional[Sequence[str]] = None, *,
+                          cache: EmbeddingCache) -> list[dict]:
     """Supplement B on our model: CIFAR-10 image->image mAP with image embeddings projected onto the
     top principal axes of class-name text embeddings (class names × prompt templates: at most
     C·T − 1 axes), with and without mean adjustment."""
-    from core.asif import DEFAULT_TEMPLATES, build_prompts
+    from core.asif import DEFAULT_TEMPLATES
 
-    q_raw, q_lab, g_raw, g_lab, names = cifar_query_gallery(per_class, queries_per_class)
-    templates = list(templates or DEFAULT_TEMPLATES)
-    prompts, _ = build_prompts(names, templates)
-    cls = heads.encode_text_features(text_features(prompts))
+    q_raw, q_lab, g_raw, g_lab, names = cifar_query_gallery(per_class, queries_per_class, cache=cache)
+    prompts, _ = embed_prompts(names, templates or DEFAULT_TEMPLATES, TEXT_ENCODER, cache=cache)
+    cls = heads.encode_text_features(prompts)
     q, g = heads.encode_image_features(q_raw), heads.encode_image_features(g_raw)
     rel = gap.label_relevance(q_lab, g_lab)
     rows = [{"axes": "none (native)", "mean_adjust": None, "mAP": gap.mean_average_precision(q, g, rel)["mAP"]}]
@@ -315,24 +314,26 @@ def lit_space_gap(heads: ContrastiveHeads, image_features: np.ndarray, text_feat
 
 def asif_oti_experiment(n_images: Optional[int] = None, per_class: int = 5, k: Optional[int] = None,
                         p: Optional[float] = None, steps: int = 150, seed: int = 0, batch_size: int = 256,
-                        n_words: int = 5, progress: Optional[ProgressFn] = None) -> dict:
+                        n_words: int = 5, progress: Optional[ProgressFn] = None, *,
+                        cache: EmbeddingCache) -> dict:
     """OTI into the ASIF space for CIFAR-10 test images (first ``per_class`` of each class), Flickr8k
     pairs as anchors: each image becomes a MiniLM pseudo-token. Reports the loss, the nearest words of
     each learned token, and how often the pseudo-sentence "a photo of <token>" is closest (MiniLM
     cosine, text-text) to the right class prompt, next to ASIF's own accuracy on the same images."""
-    from core.asif import DEFAULT_K, DEFAULT_P, DEFAULT_TEMPLATES, AsifModel, build_prompts
+    from core.asif import DEFAULT_K, DEFAULT_P, DEFAULT_TEMPLATES, AsifModel
 
-    pairs = flickr_pairs(n_images)
-    img, txt, pair_image = pair_features(pairs)
+    pairs = flickr_embedded(n_images, cache=cache)
+    img, txt = pairs.pair_image_vectors, pairs.text_vectors
     k = min(k or DEFAULT_K, len(txt))
     p = float(p or DEFAULT_P)
-    feats, labels, names, _ = labeled_features("test", per_class)
-    result = asif_oti(feats, img[pair_image], txt, k, p, steps=steps, seed=seed, batch_size=batch_size,
+    test = cifar_embedded("test", per_class, cache=cache)
+    feats, labels, names = test.vectors, test.labels, test.class_names
+    result = asif_oti(feats, img, txt, k, p, steps=steps, seed=seed, batch_size=batch_size,
                       progress=progress)
-    prompts, classes = build_prompts(names, DEFAULT_TEMPLATES)
-    pe = text_features(prompts).reshape(len(names), len(DEFAULT_TEMPLATES), -1).mean(1)
+    prompts, classes = embed_prompts(names, DEFAULT_TEMPLATES, TEXT_ENCODER, cache=cache)
+    pe = prompts.reshape(len(names), len(DEFAULT_TEMPLATES), -1).mean(1)
     pred = (result.features @ gap.normalize(pe).T).argmax(1)
-    asif = AsifModel(img[pair_image], txt, k=k, p=p).classify(feats, text_features(prompts), classes)
+    asif = AsifModel(img, txt, k=k, p=p).classify(feats, prompts, classes)
     words = nearest_vocabulary(MiniLMTextEncoder(load_minilm()), result.pseudo.reshape(len(feats), -1), n_words)
     return {"n_images": int(len(feats)), "k": k, "p": p, "n_anchors": int(len(txt)),
             "oti": result.to_json(), "pseudo_sentence_accuracy": float((pred == labels).mean()),

@@ -26,45 +26,13 @@ from typing import Callable
 import numpy as np
 import torch
 
+from core.arrays import as_float32_2d
+
 ProgressFn = Callable[[float, str], None]
 
 DEFAULT_MEMORY_BYTES = 256 * 1024 ** 2
 TIE_EXTRA = 16
 BACKENDS = ("exact", "faiss-flat", "faiss-ivf", "faiss-ivfpq", "faiss-hnsw")
-
-
-def _as_float32_2d(name: str, array, dim: int | None = None) -> np.ndarray:
-    arr = np.asarray(array.detach().cpu().numpy() if isinstance(array, torch.Tensor) else array)
-    if arr.ndim == 1:
-        arr = arr[None, :]
-    if arr.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D array [n, d]; got shape {arr.shape}.")
-    if arr.shape[0] == 0:
-        raise ValueError(f"{name} is empty: give at least one vector.")
-    if arr.shape[1] == 0:
-        raise ValueError(f"{name} has zero-dimensional vectors.")
-    if dim is not None and arr.shape[1] != dim:
-        raise ValueError(
-            f"{name} has dimension {arr.shape[1]} but the other side has {dim}: were they made by "
-            "the same encoder?")
-    arr = np.ascontiguousarray(arr, dtype=np.float32)
-    if not np.isfinite(arr).all():
-        bad = np.flatnonzero(~np.isfinite(arr).all(axis=1))
-        raise ValueError(f"{name} has NaN or infinite values in rows {bad[:10].tolist()}"
-                         f"{' …' if len(bad) > 10 else ''}; re-embed or drop them.")
-    return arr
-
-
-def l2_normalize(x: np.ndarray) -> np.ndarray:
-    """Row-wise L2 normalisation (float32; norms and division in float64, without float64 copies of
-    ``x``). Zero rows stay zero. Rows already of unit norm (within 1e-6) are left bit-for-bit
-    unchanged, so normalising twice is a no-op (exact reproducibility)."""
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.sqrt(np.einsum("...i,...i->...", x, x, dtype=np.float64))[..., None]
-    norms[(norms == 0) | (np.abs(norms - 1.0) <= 1e-6)] = 1.0
-    if np.all(norms == 1.0):
-        return x
-    return np.divide(x, norms, out=np.empty_like(x), casting="same_kind")
 
 
 def resolve_device(device: str | None) -> str:
@@ -110,10 +78,12 @@ def _pad_rows(t: torch.Tensor, n: int = MIN_GEMM_ROWS) -> torch.Tensor:
 
 
 def similarity_block(a, b) -> np.ndarray:
-    """``a [m, d] @ b [n, d].T`` as float32 numpy, bit-identical to the same entries of a larger
-    product: both operands are padded to at least 64 rows so the BLAS GEMM kernel (not GEMV) runs,
-    whose per-entry summation order does not depend on the block. The incremental edit path relies
-    on this to reproduce a full recompute exactly (including exact ties between duplicate anchors)."""
+    """``a [m, d] @ b [n, d].T`` as float32 numpy. Both operands are padded to at least
+    ``MIN_GEMM_ROWS`` rows so the BLAS GEMM kernel (not GEMV) runs. An entry can still differ in the
+    last bit from the same entry of a product of another shape or thread count (measured with
+    MKL: about a third of the entries of a 200 x 16 product against a 200 x 500 one), so the edit
+    engine never compares such values for exact ties: duplicate anchors take their twin's stored
+    similarity (:class:`core.edits.neighbours.NeighbourLists`)."""
     at = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
     bt = torch.from_numpy(np.ascontiguousarray(b, dtype=np.float32))
     with torch.no_grad(), _threads_for(max(a.shape[0], MIN_GEMM_ROWS) * max(b.shape[0], MIN_GEMM_ROWS) * a.shape[1]):
@@ -263,8 +233,8 @@ def exact_topk(queries, base, k: int, *, device: str | None = "cpu",
     Returns ``(indices [Q, k] int64, similarities [Q, k] float32)``, each row sorted by similarity
     descending with ties broken by the lower base index. ``k`` must be in ``1..N``.
     """
-    q = _as_float32_2d("queries", queries)
-    b = _as_float32_2d("base", base, q.shape[1])
+    q = as_float32_2d("queries", queries)
+    b = as_float32_2d("base", base, q.shape[1])
     _check_k(k, b.shape[0])
     return _exact_topk_checked(q, b, int(k), resolve_device(device), memory_bytes, progress)
 
@@ -342,7 +312,7 @@ def build_faiss_index(base, kind: str = "flat", *, nlist: int | None = None, pq_
     product, ``hnsw_m`` links). Training uses at most ``train_size`` base vectors (seeded).
     """
     faiss = _faiss()
-    b = _as_float32_2d("base", base)
+    b = as_float32_2d("base", base)
     n, d = b.shape
     if kind == "flat":
         index = faiss.IndexFlatIP(d)
@@ -377,7 +347,7 @@ def faiss_search(index, queries, k: int, *, nprobe: int | None = None, ef_search
     recall. Missing results (fewer than k reachable) are -1 with similarity -inf.
     """
     faiss = _faiss()
-    q = _as_float32_2d("queries", queries, index.d)
+    q = as_float32_2d("queries", queries, index.d)
     if k < 1 or k > index.ntotal:
         raise ValueError(f"k must be between 1 and the index size ({index.ntotal}); got {k}.")
     inner = faiss.extract_index_ivf(index) if hasattr(index, "nprobe") or "IVF" in type(index).__name__ else None
@@ -490,7 +460,7 @@ class ExactIndex:
     ``ExactIndex(base [N, d]).topk(queries, k)`` equals ``exact_topk(queries, base, k)``."""
 
     def __init__(self, base):
-        self.base = _as_float32_2d("base", base)
+        self.base = as_float32_2d("base", base)
         self.dedup = dedup_index(self.base)
 
     def topk(self, queries, k: int, *, device: str | None = "cpu",
@@ -499,7 +469,7 @@ class ExactIndex:
         """``(indices [Q, k] int64, similarities [Q, k] float32)``, as :func:`exact_topk`."""
         if self.dedup is not None:
             return self.dedup.topk(queries, k, device=device, memory_bytes=memory_bytes, progress=progress)
-        q = _as_float32_2d("queries", queries, self.base.shape[1])
+        q = as_float32_2d("queries", queries, self.base.shape[1])
         _check_k(k, self.base.shape[0])
         return _exact_topk_checked(q, self.base, int(k), resolve_device(device), memory_bytes, progress)
 
@@ -516,7 +486,7 @@ class DedupIndex:
     """
 
     def __init__(self, base, first: np.ndarray | None = None, inverse: np.ndarray | None = None):
-        b = _as_float32_2d("base", base)
+        b = as_float32_2d("base", base)
         self.n, self.d = b.shape
         if first is None or inverse is None:
             first, inverse = distinct_rows(b)
@@ -575,7 +545,7 @@ class DedupIndex:
     def topk(self, queries, k: int, *, device: str | None = "cpu",
              memory_bytes: int = DEFAULT_MEMORY_BYTES, progress: ProgressFn | None = None,
              ) -> tuple[np.ndarray, np.ndarray]:
-        q = _as_float32_2d("queries", queries, self.d)
+        q = as_float32_2d("queries", queries, self.d)
         _check_k(k, self.n)
         k = int(k)
         ku = self.distinct_rows_needed(k)

@@ -15,6 +15,7 @@ from ui import boot
 boot.ensure_app()
 
 from core import cka, matching  # noqa: E402
+from core.embedded import first_pair_per_image  # noqa: E402
 from ui import state  # noqa: E402
 from ui.widgets import thumbnail_url  # noqa: E402
 
@@ -33,16 +34,16 @@ SOURCE_DEMO = "Flickr8k demo pairs (pick encoders)"
 # ------------------------------------------------------------------------------------- data
 @st.cache_data(show_spinner=False, max_entries=4)
 def _demo_pairs(image_encoder: str, text_encoder: str, limit: int):
-    img, txt, pairs = matching.pair_embeddings(None, image_encoder, text_encoder,
-                                               one_caption_per_image=True, limit=limit, seed=0)
-    return {"img": img.astype(np.float32), "txt": txt.astype(np.float32),
-            "paths": pairs.pair_paths, "captions": list(pairs.captions),
-            "ids": list(pairs.pair_ids), "groups": np.asarray(pairs.pair_image)}
+    pairs = matching.pair_embeddings(None, image_encoder, text_encoder, cache=state.embedding_cache(),
+                                     one_caption_per_image=True, limit=limit, seed=0)
+    return {"img": pairs.pair_image_vectors, "txt": pairs.text_vectors, "paths": pairs.pair_paths,
+            "captions": pairs.captions, "ids": pairs.pair_ids, "groups": pairs.pair_image,
+            "skipped": [str(s) for s in pairs.skipped]}
 
 
 def _workspace_pairs(ws):
     model = state.require_model(ws)
-    b = model.bank
+    b = model.vectors
     active = sorted(model.active_ids())
     pos = np.array([b.pos_of[i] for i in active], dtype=np.int64)
     return {"img": b.img[b.pair_img[pos]], "txt": b.cap[pos],
@@ -80,6 +81,10 @@ with st.container(border=True):
         except ValueError as error:
             st.error(str(error))
             st.stop()
+        if data["skipped"]:
+            st.warning(f"{len(data['skipped']):,} picture(s) could not be read and were left out:",
+                       icon=":material/warning:")
+            st.text("\n".join(data["skipped"][:10]))  # plain text: paths are never markdown
 
 n = len(data["ids"])
 if n < 20:
@@ -146,8 +151,7 @@ methods = cc[3].multiselect("Methods", list(matching.METHODS), default=list(matc
 def _matching(_img, _txt, _groups, key: str, n_base: int, n_query: int, seeds: int, methods: tuple):
     # one pair per picture, as in the paper's protocol: several captions of one picture would be
     # indistinguishable targets
-    _, first = np.unique(np.asarray(_groups), return_index=True)
-    first = np.sort(first)
+    first = first_pair_per_image(_groups)
     if n_base + n_query > first.size:
         raise ValueError(f"{n_base} base + {n_query} queries need more than the {first.size} distinct "
                          "pictures available; lower them.")

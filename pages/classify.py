@@ -10,7 +10,7 @@ from ui import boot
 boot.ensure_app()
 
 from ui import state
-from ui.widgets import accuracy_metric, image_path, pct, thumbnail_url
+from ui.widgets import image_path, metrics_header, pct, thumbnail_url
 
 st.title("Classify & explain")
 st.caption("The model has never been trained: it names a picture by finding the anchor pairs "
@@ -19,17 +19,12 @@ st.caption("The model has never been trained: it names a picture by finding the 
 
 ws = state.require_workspace()
 model = state.require_model(ws)
-bank = model.bank
-classes = bank.classes
+vec = model.vectors
+classes = vec.classes
+refs = [item.image for item in vec.items]
+labels = vec.item_labels
 
-top = st.columns([1.3, 1, 1, 1])
-accuracy_metric(top[0], model, ws)
-top[1].metric("Anchor pairs", f"{model.n_anchors:,}")
-top[2].metric("Test pictures", f"{len(bank.eval_refs):,}")
-top[3].metric("Classes", len(classes))
-if model.k_clamped:
-    st.info(f"k = {bank.k} is too large for {model.n_anchors} anchor pairs; using k = {model.k} "
-            "(half of them, so that pairs can still be removed). Change k in Settings.")
+metrics_header(model, ws)
 
 
 # ----------------------------------------------------------------------------- choose a picture
@@ -37,20 +32,20 @@ def _set_query(q: dict) -> None:
     st.session_state["query"] = q
 
 
-preds = model.eval_predictions()
+preds = model.session.predictions
 left, right = st.columns([1, 1.4], gap="large")
 with left:
     st.subheader("1 · Pick a picture")
     f1, f2 = st.columns(2)
     only_class = f1.selectbox("True class", ["any"] + classes, key="gallery_class")
     only = f2.radio("Show", ["all", "mistakes", "correct"], horizontal=True, key="gallery_filter")
-    pool = np.arange(len(bank.eval_refs))
+    pool = np.arange(len(refs))
     if only_class != "any":
-        pool = pool[bank.eval_labels[pool] == classes.index(only_class)]
+        pool = pool[labels[pool] == classes.index(only_class)]
     if only == "mistakes":
-        pool = pool[preds[pool] != bank.eval_labels[pool]]
+        pool = pool[preds[pool] != labels[pool]]
     elif only == "correct":
-        pool = pool[preds[pool] == bank.eval_labels[pool]]
+        pool = pool[preds[pool] == labels[pool]]
     if len(pool) == 0:
         st.info("No test picture matches these filters.")
     else:
@@ -64,14 +59,15 @@ with left:
         cols = st.columns(4)
         for j, i in enumerate(shown.tolist()):
             with cols[j % 4]:
-                url = thumbnail_url(image_path(ws, bank.eval_refs[i]), 112)
+                url = thumbnail_url(image_path(ws, refs[i]), 112)
                 if url:
                     st.image(url, width="stretch")
-                ok = preds[i] == bank.eval_labels[i]
-                st.button(f"{classes[bank.eval_labels[i]]}" + ("" if ok else " ✗"), key=f"pick_{i}",
+                ok = preds[i] == labels[i]
+                st.button(f"{classes[labels[i]]}" + ("" if ok else " ✗"), key=f"pick_{i}",
                           on_click=_set_query, args=({"kind": "eval", "index": int(i)},),
                           width="stretch",
-                          help=f"Test picture #{i}: true class {classes[bank.eval_labels[i]]}, "
+                          help=f"Labeled picture #{i} ({'tuning' if vec.is_tune[i] else 'test'} part): "
+                               f"true class {classes[labels[i]]}, "
                                f"predicted {classes[preds[i]]}")
         if st.button("More pictures", icon=":material/refresh:"):
             st.session_state["gallery_page"] = page + 1
@@ -84,9 +80,9 @@ with left:
             _set_query({"kind": "upload", "name": up.name, "bytes": data, "upload_id": up.file_id})
 
 query = st.session_state.get("query")
-if query is None and len(bank.eval_refs):
+if query is None and len(refs):
     # start with something to look at: the first test picture the model gets wrong (or any)
-    wrong = np.flatnonzero(preds != bank.eval_labels)
+    wrong = np.flatnonzero(preds != labels)
     query = {"kind": "eval", "index": int(wrong[0] if len(wrong) else 0)}
     st.session_state["query"] = query
 
@@ -103,12 +99,12 @@ def _explain(live, qvec):
 
 def _query_vector(q: dict):
     if q["kind"] == "eval":
-        return bank.eval_vecs[q["index"]], image_path(ws, bank.eval_refs[q["index"]]), \
-            classes[bank.eval_labels[q["index"]]]
+        return vec.item_vecs[q["index"]], image_path(ws, refs[q["index"]]), \
+            classes[labels[q["index"]]]
     from core.encoders import load_image
 
     image = load_image(q["bytes"])  # ValueError with a readable message for a corrupt file
-    return bank.embed_query(image), image, None
+    return vec.embed_picture(image), image, None
 
 
 with right:
@@ -128,7 +124,8 @@ with right:
     a, b = st.columns([1, 1.3])
     with a:
         st.image(qimage, width="stretch",
-                 caption=query.get("name") or f"test picture #{query['index']}")
+                 caption=query.get("name") or f"labeled picture #{query['index']} "
+                                                 f"({'tuning' if vec.is_tune[query['index']] else 'test'} part)")
     with b:
         verdict = ""
         if truth is not None:
@@ -156,10 +153,7 @@ def pairs_panel():
     order = np.argsort(-expl.scores, kind="stable")
     last = st.session_state.get("last_edit")
     if last and last.get("where") == "classify":
-        d = 100 * (last["accuracy"] - last["before"])
-        st.success(f"Removed pair #{last['pairs'][0]}. Accuracy {pct(last['before'])} → "
-                   f"**{pct(last['accuracy'])}** ({d:+.1f} pts, {last['changed']} predictions changed, "
-                   f"re-scored in {last['ms']:.0f} ms).", icon=":material/check_circle:")
+        st.success(last["message"], icon=":material/check_circle:")
     tabs = st.tabs([f"{classes[c]} · {expl.scores[c]:.3f}" for c in order[:3]])
     for tab, c in zip(tabs, order[:3]):
         with tab:
@@ -180,8 +174,8 @@ def pairs_panel():
                 if cols[2].button("Remove", key=f"rm_{c}_{r['pair_id']}", icon=":material/delete:",
                                   help="Take this pair out of the anchors (undo on the Curate page)"):
                     try:
-                        state.remove_pairs(ws, live, [r["pair_id"]], note="from Classify & explain")
-                        st.session_state["last_edit"]["where"] = "classify"
+                        state.remove_pairs(ws, live, [r["pair_id"]], note="from Classify & explain",
+                                           where="classify")
                         st.rerun()  # only on success: a rerun would wipe the message below
                     except ValueError as error:
                         st.error(str(error))

@@ -9,7 +9,8 @@ from ui import boot
 boot.ensure_app()
 
 from ui import state
-from ui.widgets import image_path, pct, thumbnail_url
+from ui.charts import per_class_figure, timeline_figure
+from ui.widgets import image_path, metrics_header, pct, thumbnail_url
 
 st.title("Curate")
 st.caption("Every anchor pair votes in the predictions. This page ranks them by how much the accuracy "
@@ -35,38 +36,42 @@ def _suspicion(ws_path: str, key: str, n_pairs: int, _bank) -> dict:
     return {int(i): float(s) for i, s in zip(b.pair_ids, scores)}
 
 
+def _step(direction: str, seq: int) -> None:
+    """Undo / redo the edit the user saw (``seq``); a newer edit on top is refused, not undone."""
+    try:
+        model = state.require_model(ws)
+        (state.undo if direction == "undo" else state.redo)(ws, model, expected_seq=seq, where="curate")
+    except ValueError as error:
+        st.session_state["edit_error"] = str(error)
+
+
+def _history_buttons() -> None:
+    """Undo / Redo, each naming the edit it acts on (bound when drawn, so a stale view is told)."""
+    c1, c2 = st.columns(2)
+    for column, label, pending in ((c1, "Undo", ws.peek_undo()), (c2, "Redo", ws.peek_redo())):
+        column.button(label, icon=f":material/{label.lower()}:", disabled=pending is None, width="stretch",
+                      key=f"curate_{label}", on_click=_step,
+                      args=(label.lower(), None if pending is None else pending.seq))
+        column.caption("Nothing to " + label.lower() if pending is None else f"{label}: {pending.describe()}")
+    error = st.session_state.pop("edit_error", None)
+    if error:
+        st.error(error)
+
+
 def curate_panel():
     model = state.require_model(ws)
-    baseline = ws.baseline_accuracy()
-
-    # ---------------------------------------------------------------- headline + undo/redo
-    m1, m2, m3, m4 = st.columns([1.4, 1, 0.8, 0.8])
-    delta = None if baseline is None or not ws.edits() else _fmt_pts(model.accuracy - baseline) + " vs. start"
-    m1.metric("Accuracy on the evaluation set", pct(model.accuracy), delta=delta)
-    m2.metric("Anchor pairs", f"{model.n_anchors:,}")
-    for column, label, step, pending in ((m3, "Undo", state.undo, ws.peek_undo()),
-                                         (m4, "Redo", state.redo, ws.peek_redo())):
-        with column:
-            st.write("")
-            if st.button(label, icon=f":material/{label.lower()}:", disabled=pending is None, width="stretch"):
-                try:
-                    step(ws, model)
-                    st.rerun()  # only on success: a rerun would wipe the message below
-                except ValueError as error:
-                    st.error(str(error))
+    metrics_header(model, ws)
+    _history_buttons()
     last = st.session_state.get("last_edit")
     if last:
-        st.success(f"{last['kind'].capitalize()} of {len(last['pairs'])} pair(s): accuracy "
-                   f"{pct(last['before'])} → **{pct(last['accuracy'])}** "
-                   f"({_fmt_pts(last['accuracy'] - last['before'])}, {last['changed']} predictions "
-                   f"changed, re-scored in {last['ms']:.0f} ms).", icon=":material/check_circle:")
+        st.success(last["message"], icon=":material/check_circle:")
 
     # ---------------------------------------------------------------- influence table
     st.subheader("Anchor pairs, most harmful first")
-    model.start_influence()
-    rows, version, running = model.influence_snapshot()
+    state.start_influence(model)
+    rows, version, running = state.influence_snapshot(model)
     if rows is None:
-        st.info("Measuring each pair's influence (exact leave-one-out on the test pictures)… "
+        st.info("Measuring each pair's influence (exact leave-one-out on the tuning pictures)… "
                 "the table appears here in a few seconds.", icon=":material/hourglass_top:")
         return
     if version != model.version:
@@ -79,7 +84,7 @@ def curate_panel():
         return
     if st.session_state.get("suspicion_on"):
         try:
-            scores = _suspicion(str(ws.path), model.bank.key, len(model.bank.pair_ids), model.bank)
+            scores = _suspicion(str(ws.path), model.key, len(model.vectors.pair_ids), model.vectors)
             df["suspicious"] = df["pair_id"].map(scores)
         except ValueError as error:  # e.g. too few pairs to compare neighbourhoods
             st.caption(f"Suspicious-pair scores unavailable: {error}")
@@ -100,7 +105,7 @@ def curate_panel():
     view = pd.DataFrame({
         "photo": [thumbnail_url(image_path(ws, r), 64) for r in df["image"]],
         "caption": df["caption"],
-        "Δ accuracy if removed": 100 * df["loo_delta"],
+        "Δ tuning accuracy if removed": 100 * df["loo_delta"],
         "used in": df["participated"],
         "correct": df["supported_correct"],
         "wrong": df["supported_wrong"],
@@ -109,10 +114,10 @@ def curate_panel():
     config = {
         "photo": st.column_config.ImageColumn("photo", width="small"),
         "caption": st.column_config.TextColumn("caption", width="large"),
-        "Δ accuracy if removed": st.column_config.NumberColumn(
-            format="%+.2f pts", help="Exact change of the evaluation accuracy if this pair alone were "
-                                     "removed (positive: removing it helps)."),
-        "used in": st.column_config.NumberColumn(help="Test predictions it took part in"),
+        "Δ tuning accuracy if removed": st.column_config.NumberColumn(
+            format="%+.2f pts", help="Exact change of the TUNING accuracy if this pair alone were "
+                                     "removed (positive: removing it helps). Test pictures are never read."),
+        "used in": st.column_config.NumberColumn(help="Tuning predictions it took part in"),
         "correct": st.column_config.NumberColumn(help="Correct predictions it supported"),
         "wrong": st.column_config.NumberColumn(help="Wrong predictions it supported"),
     }
@@ -123,27 +128,29 @@ def curate_panel():
             help="Label-free: how badly the caption's neighbourhood disagrees with the photo's "
                  "(Align lab). High = the caption may not describe the photo.")
     event = st.dataframe(view, column_config=config, hide_index=True, height=420,
-                         on_select="rerun", selection_mode="multi-row", key="influence_table",
+                         on_select="rerun", selection_mode="multi-row",
+                         key=state.selection_key("influence_table"),
                          row_height=56)
     picked = [int(df.loc[i, "pair_id"]) for i in event.selection.rows] if event else []
     extra = st.multiselect("Selected pairs (click rows above, or pick by number)",
                            options=df["pair_id"].astype(int).tolist(), default=None,
-                           key="curate_ids", format_func=lambda i: f"#{i}")
+                           key=state.selection_key("curate_ids"), format_func=lambda i: f"#{i}")
     chosen = sorted(set(picked) | set(extra))
     c1, c2 = st.columns([2, 1])
     if chosen:
+        n = len(chosen)
         try:
             what = model.what_if_remove(chosen)
-            c1.info(f"**What if** these {len(chosen)} pair(s) were removed: accuracy "
-                    f"{pct(what.accuracy_before)} → **{pct(what.accuracy)}** "
-                    f"({_fmt_pts(what.delta)}, {what.n_changed} predictions would change).")
+            c1.info(f"What if {'this pair were' if n == 1 else f'these {n} pairs were'} removed: tuning "
+                    f"{pct(what.before.tune)} → {pct(what.after.tune)} ({_fmt_pts(what.after.tune - what.before.tune)}); "
+                    f"test {pct(what.before.test)} → {pct(what.after.test)}. {what.n_changed:,} prediction"
+                    f"{'s' if what.n_changed != 1 else ''} would change.")
         except ValueError as error:
             c1.warning(str(error))
-        if c2.button(f"Remove {len(chosen)} pair(s)", type="primary", icon=":material/delete:",
-                     width="stretch", key="remove_selected"):
+        if c2.button(f"Remove {n} pair{'s' if n != 1 else ''}", type="primary", icon=":material/delete:",
+                     width="stretch", key=state.selection_key("remove_selected")):
             try:
-                state.remove_pairs(ws, model, chosen, note="from Curate")
-                st.session_state.pop("curate_ids", None)
+                state.remove_pairs(ws, model, chosen, note="from Curate", where="curate")
                 st.rerun()  # only on success: a rerun would wipe the message below
             except ValueError as error:
                 st.error(str(error))
@@ -159,16 +166,14 @@ def curate_panel():
     g1, g2 = st.columns(2)
     with g1:
         st.subheader("Accuracy per class")
-        per = pd.DataFrame({"class": list(model.per_class), "accuracy": list(model.per_class.values())})
-        st.bar_chart(per, x="class", y="accuracy", height=260)
+        st.plotly_chart(per_class_figure(model.vectors.classes, model.metrics()), width="stretch")
     with g2:
         st.subheader("Accuracy over the edit history")
-        hist = pd.DataFrame(ws.history())
-        hist = hist.dropna(subset=["accuracy"])
+        hist = ws.history(model.key)
         if len(hist) <= 1:
             st.caption("Each edit you make adds a point here.")
         else:
-            st.line_chart(hist, x="step", y="accuracy", height=260)
+            st.plotly_chart(timeline_figure(hist), width="stretch")
 
 
 @st.fragment
@@ -180,13 +185,13 @@ def panel_static():
 def panel_polling():
     curate_panel()
     live = state.require_model(ws)
-    if live.influence_snapshot()[1] == live.version:
+    if state.influence_snapshot(live)[1] == live.version:
         st.rerun()
 
 
 _live = state.require_model(ws)
-_live.start_influence()
-if _live.influence_snapshot()[1] == _live.version:
+state.start_influence(_live)
+if state.influence_snapshot(_live)[1] == _live.version:
     panel_static()
 else:
     panel_polling()
@@ -204,7 +209,7 @@ with tab_up:
                                  accept_multiple_files=True)
         a, b = st.columns(2)
         template = a.text_input("Caption template", "a photo of a {}.")
-        cls = b.selectbox("Class name for {}", model.bank.classes)
+        cls = b.selectbox("Class name for {}", model.vectors.classes)
         if st.form_submit_button("Add these pairs", icon=":material/add:"):
             from core.encoders import load_image
 
@@ -225,16 +230,15 @@ with tab_up:
             else:
                 try:
                     with st.spinner("Embedding the new photos…"):
-                        r = state.add_pairs(ws, model, good, note="uploaded")
-                    st.success(f"Added {len(good)} pair(s): accuracy {pct(r.accuracy_before)} → "
-                               f"{pct(r.accuracy)}.")
+                        r = state.add_pairs(ws, model, good, note="uploaded", where="add")
+                    st.success(r.message())
                 except ValueError as error:
                     st.error(str(error))
 with tab_demo:
-    from core import workspace as W
+    from core.data import demo_data_root
 
     try:
-        train = W.demo_root() / "cifar10" / "train"
+        train = demo_data_root() / "cifar10" / "train"
     except ValueError:
         train = None
     if train is None or not train.is_dir():
@@ -242,7 +246,8 @@ with tab_demo:
     else:
         a, b = st.columns(2)
         per_class = a.number_input("Photos per class", 1, 50, 10, key="indomain_n")
-        which = b.multiselect("Classes", model.bank.classes, default=model.bank.classes, key="indomain_cls")
+        which = b.multiselect("Classes", model.vectors.classes, default=model.vectors.classes,
+                              key="indomain_cls")
         if st.button("Add in-domain pairs", icon=":material/add:"):
             pairs = []
             known = {p.image for p in ws.all_pairs()}
@@ -259,8 +264,7 @@ with tab_demo:
             else:
                 try:
                     with st.spinner(f"Embedding {len(pairs)} photos…"):
-                        r = state.add_pairs(ws, model, pairs, note="in-domain CIFAR-10 train")
-                    st.success(f"Added {len(pairs)} pairs: accuracy {pct(r.accuracy_before)} → "
-                               f"**{pct(r.accuracy)}**.")
+                        r = state.add_pairs(ws, model, pairs, note="in-domain CIFAR-10 train", where="add")
+                    st.success(r.message())
                 except ValueError as error:
                     st.error(str(error))

@@ -12,7 +12,7 @@ from ui import boot
 
 boot.ensure_app()
 
-from core import workspace as W
+from core import demo, store
 from ui import state
 from ui.widgets import thumbnail_url
 
@@ -151,16 +151,16 @@ def use_pairset(pairset, copy: bool, source: dict) -> None:
     a, b = st.columns(2)
     with a.form(f"create_{source['kind']}"):
         st.markdown("**Create a new workspace** with these pairs as anchors")
-        name = st.text_input("Name", value=f"my pairs {len(W.list_workspaces()) + 1}")
+        name = st.text_input("Name", value=f"my pairs {len(store.list_workspaces()) + 1}")
         test = st.radio("Test pictures", ["CIFAR-10 test from the demo data", "none for now"],
                         help="A labeled set to measure accuracy; you can also point to a class-per-"
                              "folder set below.")
         per_class = st.number_input("CIFAR-10 pictures per class", 1, 1000, 100)
         if st.form_submit_button("Create workspace", type="primary"):
             try:
-                items = W.demo_eval_items(int(per_class)) if test.startswith("CIFAR") else []
-                new = W.create_from_pairset(name, pairset, items, copy=copy, source=source)
-                state.set_workspace(new.id)
+                items = demo.demo_labeled_items(int(per_class)) if test.startswith("CIFAR") else []
+                new = store.create_from_pairset(name, pairset, items, copy=copy, source=source)
+                state.set_workspace(new.id, f"Created {new.name}; you are now working in it.")
                 st.success(f"Created **{new.name}**; its pictures are being embedded now.")
                 st.rerun()
             except ValueError as error:
@@ -171,11 +171,10 @@ def use_pairset(pairset, copy: bool, source: dict) -> None:
         if ok and ws is not None:
             try:
                 model = state.require_model(ws, wait_s=60)
-                rows = W.refs_from_pairset(pairset, ws, copy=copy)
+                rows = store.refs_from_pairset(pairset, ws, copy=copy)
                 with st.spinner(f"Embedding {len(rows):,} pairs…"):
                     r = state.add_pairs(ws, model, rows, note=f"from {source['kind']}")
-                st.success(f"Added {len(rows):,} pairs: accuracy {100 * r.accuracy_before:.1f}% → "
-                           f"{100 * r.accuracy:.1f}%.")
+                st.success(r.message())
             except ValueError as error:
                 st.error(str(error))
 

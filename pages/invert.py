@@ -15,6 +15,8 @@ from ui import boot
 boot.ensure_app()
 
 from core import modality as M  # noqa: E402
+from core.embedded import embed  # noqa: E402
+from ui import state  # noqa: E402
 
 st.title("Invert")
 st.caption(
@@ -36,8 +38,6 @@ def _settings() -> dict:
     out = {"image_encoder": M.IMAGE_ENCODER, "text_encoder": M.TEXT_ENCODER, "k": DEFAULT_K, "p": DEFAULT_P,
            "workspace": None}
     try:
-        from ui import state
-
         ws = state.current_workspace()
         if ws is not None:
             s = ws.settings()
@@ -56,15 +56,14 @@ def _model():
 
 @st.cache_resource(show_spinner=False)
 def _flickr(image_encoder: str, text_encoder: str, n_images: int | None):
-    pairs = M.flickr_pairs(n_images)
-    img, txt, pair_image = M.pair_features(pairs, image_encoder, text_encoder)
-    return {"pairs": pairs, "img": img, "txt": txt, "pair_image": pair_image}
+    """The demo pairs, embedded (:class:`core.embedded.EmbeddedPairs`)."""
+    return M.flickr_embedded(n_images, image_encoder, text_encoder, cache=state.embedding_cache())
 
 
 def _train_model():
     bar = st.progress(0.0, text="Training the heads on the Flickr8k pairs…")
     M.train_on_flickr(progress=lambda d, t: bar.progress(d / max(t, 1), text=f"Training step {d}/{t}"),
-                      save_to=M.DEFAULT_HEADS)
+                      save_to=M.DEFAULT_HEADS, cache=state.embedding_cache())
     _model.clear()
     bar.empty()
 
@@ -103,11 +102,10 @@ with st.container(border=True):
 # ----------------------------------------------------------------------------------- invert one
 st.subheader("1 · Pick a picture and invert it")
 try:
-    demo = _flickr(M.IMAGE_ENCODER, M.TEXT_ENCODER, N_DEMO_IMAGES)
+    pairs = _flickr(M.IMAGE_ENCODER, M.TEXT_ENCODER, N_DEMO_IMAGES)
 except ValueError as error:
     st.error(f"The demo pairs are not available: {error}")
     st.stop()
-pairs = demo["pairs"]
 
 c1, c2 = st.columns([1, 1.6], gap="large")
 with c1:
@@ -121,7 +119,7 @@ with c1:
     else:
         image_index = int(st.number_input("Picture number", 0, len(pairs.images) - 1, 0, key="invert_index"))
         st.image(pairs.images[image_index], width=224)
-        st.caption(" · ".join(pairs.captions[i] for i in pairs.captions_of(image_index)[:2]))
+        st.caption(" · ".join(pairs.captions[i] for i in pairs.pairs_of_image(image_index)[:2]))
     if upload is not None:
         st.image(upload, width=224)
     s1, s2 = st.columns(2)
@@ -143,17 +141,14 @@ def _curve_figure(values: list[float], total: int) -> go.Figure:
 
 
 if go_button:
-    from core.cache import embed_images
-    from core.encoders import load_image
-
-    try:
-        if upload is not None:
-            feats = embed_images(M.IMAGE_ENCODER, [load_image(upload.getvalue())])
-        else:
-            feats = demo["img"][[image_index]]
-    except ValueError as error:
-        st.error(str(error))
-        st.stop()
+    if upload is not None:
+        embedded = embed(M.IMAGE_ENCODER, [upload.getvalue()], cache=state.embedding_cache())
+        if embedded.failed:
+            st.error("That picture could not be read; try a JPEG or PNG file.")
+            st.stop()
+        feats = embedded.vectors
+    else:
+        feats = pairs.image_vectors[[image_index]]
     losses: list[float] = []
 
     def on_loss(step: int, value: float) -> None:
@@ -166,19 +161,19 @@ if go_button:
         if method == METHOD_LIT:
             result = M.oti_lit(heads, feats, steps=steps, seed=seed, on_loss=on_loss)
             encoder = M.lit_text_encoder(heads)
-            bank = heads.encode_text_features(demo["txt"])
+            bank = heads.encode_text_features(pairs.text_vectors)
             native = M.nearest_texts(heads.encode_image_features(feats), bank, pairs.captions, 8)[0]
         else:
-            anchors = np.arange(len(demo["txt"]))
+            anchors = np.arange(len(pairs))
             if image_index is not None:  # the picture's own pairs are not anchors
-                anchors = anchors[demo["pair_image"] != image_index]
+                anchors = anchors[pairs.pair_image != image_index]
             k = min(int(settings["k"]), max(1, len(anchors) // 2))  # the workspace rule for small sets
-            result = M.asif_oti(feats, demo["img"][demo["pair_image"][anchors]], demo["txt"][anchors], k,
+            result = M.asif_oti(feats, pairs.pair_image_vectors[anchors], pairs.text_vectors[anchors], k,
                                 float(settings["p"]), steps=steps, seed=seed, on_loss=on_loss)
             from core.contrastive import MiniLMTextEncoder
 
             encoder = MiniLMTextEncoder()
-            bank = demo["txt"]
+            bank = pairs.text_vectors
             native = None
         from core.inversion import nearest_vocabulary
 
@@ -223,14 +218,12 @@ n_gap = int(st.number_input("Pairs (one caption per image)", 100, 2000, 500, ste
 
 @st.cache_data(show_spinner=False, max_entries=6)
 def _gap(space: str, image_encoder: str, text_encoder: str, k: int, p: float, n: int):
-    data = _flickr(image_encoder, text_encoder, N_DEMO_IMAGES)
-    first = np.unique(data["pair_image"], return_index=True)[1]  # one caption per image
-    rng = np.random.default_rng(0)
+    one = _flickr(image_encoder, text_encoder, N_DEMO_IMAGES).one_caption_per_image()
     if space.startswith("Our"):
-        pick = np.sort(rng.choice(first, size=min(n, len(first)), replace=False))
+        pick = np.sort(np.random.default_rng(0).choice(len(one), size=min(n, len(one)), replace=False))
         heads, _ = _model()
-        return M.lit_space_gap(heads, data["img"][data["pair_image"][pick]], data["txt"][pick])
-    return M.asif_space_gap(data["img"][data["pair_image"][first]], data["txt"][first], k, p, n_queries=n)
+        return M.lit_space_gap(heads, one.pair_image_vectors[pick], one.text_vectors[pick])
+    return M.asif_space_gap(one.pair_image_vectors, one.text_vectors, k, p, n_queries=n)
 
 
 if st.button("Show the gap", key="invert_gap_go") or st.session_state.get("invert_gap_shown"):

@@ -7,7 +7,7 @@ from ui import boot
 
 boot.ensure_app()
 
-from core import encoders
+from core import encoders, store
 from ui import state
 
 st.title("Settings")
@@ -38,23 +38,28 @@ with st.form("settings"):
     c, d = st.columns(2)
     k = c.number_input("k — nearest anchors kept per item", min_value=1, value=int(s["k"]), step=10,
                        help=f"At most the number of anchor pairs ({n_pairs:,}).")
-    p = d.number_input("p — sharpening exponent", min_value=1.0, value=float(s["p"]), step=1.0)
+    p = d.number_input("p — sharpening exponent", min_value=store.P_RANGE[0], max_value=store.P_RANGE[1],
+                       value=float(s["p"]), step=1.0, help="From 1 to 64; larger values overflow.")
+    e, f = st.columns(2)
+    tune_fraction = e.number_input("Tuning part of the labeled pictures", min_value=0.05, max_value=0.95,
+                                   value=float(s["tune_fraction"]), step=0.05,
+                                   help="Choices (influence, previews, auto-curation) read only the "
+                                        "tuning part; the rest is the held-out test part.")
+    split_seed = f.number_input("Split seed", min_value=0, value=int(s["split_seed"]), step=1)
     templates = st.text_area("Prompt templates, one per line ({} is the class name)",
                              "\n".join(s["templates"]), height=140)
     classes = st.text_area("Classes, one per line", "\n".join(s["classes"]), height=160)
     if st.form_submit_button("Apply and recompute", type="primary"):
         changes = {"image_encoder": image_encoder, "text_encoder": text_encoder, "k": int(k), "p": p,
-                   "templates": templates.splitlines(), "classes": classes.splitlines()}
+                   "templates": templates.splitlines(), "classes": classes.splitlines(),
+                   "tune_fraction": tune_fraction, "split_seed": int(split_seed)}
         error = None
         if custom.strip():
             try:
                 enc = encoders.get_encoder(custom.strip())
                 changes["image_encoder" if enc.modality == "image" else "text_encoder"] = custom.strip()
-            except Exception as exc:  # noqa: BLE001 - shown as a message
-                error = f"Encoder {custom.strip()!r} is not usable here: {exc}"
-        if error is None and int(k) > n_pairs:
-            error = (f"k = {int(k):,} is larger than the {n_pairs:,} anchor pairs of this workspace; "
-                     f"use at most {n_pairs:,}.")
+            except Exception:  # noqa: BLE001 - shown as a message
+                error = "That encoder name is not usable here (unknown, or its weights are not on this machine)."
         if error:
             st.error(error)
         else:
@@ -72,8 +77,9 @@ if not job.done:
 elif job.error:
     st.error(f"The model could not be built with these settings: {job.error}")
 else:
-    st.success(f"Model ready: accuracy {100 * job.model.accuracy:.1f}% with "
-               f"{job.model.n_anchors:,} anchor pairs (k = {job.model.k}).")
+    m = job.model.metrics()
+    st.success(f"Model ready: test accuracy {100 * m.test:.1f} % (tuning {100 * m.tune:.1f} %) with "
+               f"{m.n_anchors:,} anchor pairs, k = {m.k:,}.")
 
 with st.expander("Encoders on this machine"):
     st.dataframe(encoders.list_encoders(), hide_index=True, width="stretch")

@@ -11,16 +11,16 @@ from ui import boot
 
 boot.ensure_app()
 
-from core import workspace as W
+from core import demo, store
 from ui import state
 
 st.title("Workspaces")
 st.caption("A workspace is a set of anchor pairs, a labeled test set, the encoders, k and p, and the "
-           f"full history of your edits — saved on disk under `{W.workspaces_root()}`. Switch "
+           f"full history of your edits — saved on disk under `{store.workspaces_root()}`. Switch "
            "between workspaces in the sidebar.")
 
 current = state.current_workspace()
-spaces = W.list_workspaces()
+spaces = state.all_workspaces()
 
 if spaces:
     rows = []
@@ -42,8 +42,9 @@ if current is not None:
         new_name = st.text_input("Duplicate as", f"{current.name} copy")
         if st.form_submit_button("Duplicate", icon=":material/content_copy:"):
             try:
-                dup = W.duplicate_workspace(current, new_name)
-                state.set_workspace(dup.id)
+                dup = store.duplicate_workspace(current, new_name)
+                state.set_workspace(dup.id, f"Created {dup.name} as a copy of {current.name}; you are now "
+                                            "working in the copy.")
                 st.rerun()
             except ValueError as error:
                 st.error(str(error))
@@ -54,7 +55,7 @@ if current is not None:
                 st.warning("Tick the box to confirm.")
             else:
                 state.forget(current.path)
-                W.delete_workspace(current)
+                store.delete_workspace(current)
                 st.session_state.pop("ws_id", None)
                 st.rerun()
     with c:
@@ -81,7 +82,9 @@ st.subheader("New workspace")
 t1, t2 = st.tabs(["From the demo data", "From your own pairs"])
 with t1:
     try:
-        root = W.demo_root()
+        from core.data import demo_data_root
+
+        root = demo_data_root()
         st.caption(f"Flickr8k photos with captions as anchors, CIFAR-10 test pictures to measure "
                    f"accuracy (from `{root}`).")
         with st.form("demo"):
@@ -91,8 +94,8 @@ with t1:
             per_class = y.number_input("CIFAR-10 test pictures per class", 1, 1000, 1000, step=50)
             if st.form_submit_button("Create", type="primary"):
                 try:
-                    ws = W.create_demo_workspace(name, int(n_images), int(per_class))
-                    state.set_workspace(ws.id)
+                    ws = demo.create_demo_workspace(name, int(n_images), int(per_class))
+                    state.set_workspace(ws.id, f"Created {ws.name}; you are now working in it.")
                     st.rerun()
                 except ValueError as error:
                     st.error(str(error))

@@ -12,7 +12,6 @@ DEMO_PER_CLASS = 5
 
 
 def small_env(monkeypatch, root: Path) -> None:
-    monkeypatch.setenv("ROSETTA_APPTEST", "1")
     monkeypatch.setenv("ROSETTA_WORKSPACES", str(root))
     monkeypatch.setenv("ROSETTA_DEMO_IMAGES", str(DEMO_IMAGES))
     monkeypatch.setenv("ROSETTA_DEMO_PER_CLASS", str(DEMO_PER_CLASS))
@@ -76,7 +75,6 @@ def start_server(port: int, workspaces: Path, log: Path) -> subprocess.Popen:
     """``streamlit run app.py`` on 127.0.0.1:port with the small demo; waits until healthy."""
     env = dict(os.environ, ROSETTA_WORKSPACES=str(workspaces), ROSETTA_DEMO_IMAGES=str(DEMO_IMAGES),
                ROSETTA_DEMO_PER_CLASS=str(DEMO_PER_CLASS))
-    env.pop("ROSETTA_APPTEST", None)
     cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),
            "--server.address", "127.0.0.1", "--server.headless", "true",
            "--server.fileWatcherType", "none", "--client.toolbarMode", "minimal",

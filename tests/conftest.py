@@ -4,6 +4,7 @@ All fixtures are session scoped and go through the shared embedding cache (``ROS
 user cache dir), so embeddings are computed once per machine and re-used across runs and test files.
 
 * ``data_root``                   the demo data folder (tests needing it are skipped when absent)
+* ``embedding_cache``             the shared :class:`core.cache.EmbeddingCache` (it owns the loaded encoders)
 * ``flickr_pairs``                PairSet: the first 100 Flickr8k images with all their captions (~500)
 * ``flickr_embeddings``           (image [P, 1280] efficientnet-lite0, caption [P, 384] minilm), per pair
 * ``cifar_small``                 LabeledSet: the first 20 CIFAR-10 test images of each class (200)
@@ -64,31 +65,35 @@ def cifar_small(data_root):
 
 
 @pytest.fixture(scope="session")
-def image_encoder():
-    from core.encoders import get_encoder
+def embedding_cache():
+    from core.cache import default_cache
 
-    return get_encoder(IMAGE_ENCODER)
-
-
-@pytest.fixture(scope="session")
-def text_encoder():
-    from core.encoders import get_encoder
-
-    return get_encoder(TEXT_ENCODER)
+    return default_cache()
 
 
 @pytest.fixture(scope="session")
-def flickr_embeddings(flickr_pairs):
-    from core.cache import embed_pairs
-
-    return embed_pairs(flickr_pairs, IMAGE_ENCODER, TEXT_ENCODER)
+def image_encoder(embedding_cache):
+    return embedding_cache.encoders.get(IMAGE_ENCODER)
 
 
 @pytest.fixture(scope="session")
-def cifar_small_embeddings(cifar_small):
-    from core.cache import embed_labeled
+def text_encoder(embedding_cache):
+    return embedding_cache.encoders.get(TEXT_ENCODER)
 
-    return embed_labeled(cifar_small, IMAGE_ENCODER)
+
+@pytest.fixture(scope="session")
+def flickr_embeddings(flickr_pairs, embedding_cache):
+    from core.embedded import EmbeddedPairs
+
+    pairs = EmbeddedPairs.from_pairset(flickr_pairs, IMAGE_ENCODER, TEXT_ENCODER, cache=embedding_cache)
+    return pairs.pair_image_vectors, pairs.text_vectors
+
+
+@pytest.fixture(scope="session")
+def cifar_small_embeddings(cifar_small, embedding_cache):
+    from core.embedded import EmbeddedLabeled
+
+    return EmbeddedLabeled.from_labeled(cifar_small, IMAGE_ENCODER, cache=embedding_cache).vectors
 
 
 @pytest.fixture

@@ -6,18 +6,18 @@ import io
 from streamlit.testing.v1 import AppTest
 
 from app_helpers import APP, run_ready, texts
-from core import workspace as W
+from core import store
 
 
 def test_first_start_creates_demo_and_explains(demo_root):
     at = run_ready(AppTest.from_file(APP, default_timeout=120))
-    assert [w.id for w in W.list_workspaces(demo_root)] == ["demo"]
+    assert [p.name for p in store.list_workspaces(demo_root)] == ["demo"]
     shown = texts(at)
     assert "It's a **" in shown  # the prediction
     assert "pair #" in shown and "image weight" in shown and "text weight" in shown
-    metrics = {m.label: m.value for m in at.metric}
-    assert metrics["Anchor pairs"] and metrics["Classes"] == "10"
-    before = metrics["Accuracy on the evaluation set"]
+    metrics = {m.label.split(" (")[0]: m.value for m in at.metric}
+    assert metrics["Anchor pairs"] and metrics["Test accuracy"] and metrics["Tuning accuracy"]
+    before = metrics["Test accuracy"]
     # pick another test picture from the gallery
     at.button(key=[b.key for b in at.button if b.key and b.key.startswith("pick_")][1]).click()
     at.run()
@@ -29,9 +29,9 @@ def test_first_start_creates_demo_and_explains(demo_root):
     at.run()
     shown = texts(at)
     assert "Removed pair #" in shown and "re-scored in" in shown
-    ws = W.list_workspaces(demo_root)[0]
+    ws = store.Workspace(store.list_workspaces(demo_root)[0])
     assert len(ws.edits()) == 1 and ws.edits()[0].kind == "remove"
-    assert ws.edits()[0].accuracy is not None
+    assert ws.edits()[0].metrics["test"] is not None
     assert not at.exception
     assert before  # the metric was there before the edit
 

@@ -8,7 +8,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from app_helpers import APP, run_ready, texts
-from core import workspace as W
+from core import store
 
 
 def _jpeg(color, size=(48, 40)) -> bytes:
@@ -47,7 +47,7 @@ def test_upload_preview_report_and_create(demo_root):
     [b for b in at.button if b.label == "Create workspace"][0].click()
     at.run()
     assert not at.exception
-    ws = W.open_workspace("my-squares", root=demo_root)
+    ws = store.open_workspace("my-squares", root=demo_root)
     pairs = ws.pairs()
     assert sorted(p.caption for p in pairs) == ["a blue square", "a red square"]
     assert all(p.image.startswith("ws:") and ws.resolve(p.image).is_file() for p in pairs)
@@ -85,5 +85,5 @@ def test_bad_uploads_give_messages_not_tracebacks(demo_root):
     shown = _upload(at, [("fake.zip", b"this is not a zip", "application/zip")])
     assert "Nothing could be loaded" in shown or "zip" in shown.lower()
     # nothing of the current workspace was lost
-    assert [w.id for w in W.list_workspaces(demo_root)] == ["demo"]
-    assert W.list_workspaces(demo_root)[0].counts()["pairs"] > 0
+    assert [p.name for p in store.list_workspaces(demo_root)] == ["demo"]
+    assert store.Workspace(store.list_workspaces(demo_root)[0]).counts()["pairs"] > 0

@@ -202,16 +202,16 @@ def test_save_load_roundtrip_and_edits(tmp_path, synth):
 # ------------------------------------------------------------------ real embeddings
 
 @pytest.fixture(scope="module")
-def real(flickr_pairs, flickr_embeddings, cifar_small, cifar_small_embeddings):
-    from core.cache import embed_texts
+def real(flickr_pairs, flickr_embeddings, cifar_small, cifar_small_embeddings, embedding_cache):
+    from core.embedded import embed_prompts
 
-    prompts, pc = build_prompts(cifar_small.class_names, ["a photo of a {}.", "a blurry photo of a {}.",
-                                                          "a picture of a {}."])
+    prompts, pc = embed_prompts(cifar_small.class_names, ["a photo of a {}.", "a blurry photo of a {}.",
+                                                          "a picture of a {}."], "minilm", cache=embedding_cache)
     img, txt = flickr_embeddings
     meta = [{"image": flickr_pairs.image_names[i], "caption": c}
             for i, c in zip(flickr_pairs.pair_image.tolist(), flickr_pairs.captions)]
     return dict(img=img, txt=txt, meta=meta, q=cifar_small_embeddings, y=cifar_small.labels,
-                prompts=embed_texts("minilm", prompts), pc=pc, names=list(cifar_small.class_names))
+                prompts=prompts, pc=pc, names=list(cifar_small.class_names))
 
 
 @pytest.mark.parametrize("strategy", ["mean", "per-template"])

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from core import cache as C
-from core import encoders as E
+from core.embedded import embed
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,61 +68,49 @@ def test_keys_ending_in_zero_bytes_survive(tmp_path):
     assert found.all() and np.array_equal(got, np.eye(3, dtype=np.float32))
 
 
-def test_renamed_file_hits_edited_file_misses_nothing_recomputed(tmp_path, flickr_pairs):
-    cache = C.EmbeddingCache(tmp_path / "cache")
-    enc = CountingEncoder(E.get_encoder("efficientnet-lite0"))
+def test_renamed_file_hits_edited_file_misses_nothing_recomputed(tmp_path, flickr_pairs, embedding_cache):
+    cache = C.EmbeddingCache(tmp_path / "cache", encoders=embedding_cache.encoders)
+    enc = CountingEncoder(cache.encoders.get("efficientnet-lite0"))
     folder = tmp_path / "imgs"
     folder.mkdir()
     paths = []
     for i, src in enumerate(flickr_pairs.images[:3]):
         paths.append(str(shutil.copy(src, folder / f"{i}.jpg")))
-    first = C.embed(enc, paths + [paths[0]], cache=cache)  # a repeated item is computed once
+    first = embed(enc, paths + [paths[0]], cache=cache)  # a repeated item is computed once
     assert enc.encoded == 3 and first.computed == 3 and first.hits == 0
     np.testing.assert_array_equal(first.vectors[0], first.vectors[3])
 
     renamed = folder / "renamed.jpg"
     os.rename(paths[1], renamed)
-    second = C.embed(enc, [paths[0], str(renamed), paths[2]], cache=cache)
+    second = embed(enc, [paths[0], str(renamed), paths[2]], cache=cache)
     assert enc.encoded == 3 and second.hits == 3 and second.computed == 0
     np.testing.assert_array_equal(second.vectors, first.vectors[:3])
 
     # edit one file: flip it and save under the same name -> a miss, only it is computed
     Image.open(paths[2]).transpose(Image.FLIP_LEFT_RIGHT).save(paths[2], quality=95)
-    third = C.embed(enc, [paths[0], str(renamed), paths[2]], cache=cache)
+    third = embed(enc, [paths[0], str(renamed), paths[2]], cache=cache)
     assert enc.encoded == 4 and third.hits == 2 and third.computed == 1
     assert not np.allclose(third.vectors[2], first.vectors[2])
     assert cache.stats() == {"hits": 5, "misses": 5}
 
     # a PIL image in memory is keyed by its pixels
     pil = Image.open(paths[0]).convert("RGB")
-    v1 = C.embed_images(enc, [pil], cache=cache)
-    v2 = C.embed_images(enc, [pil.copy()], cache=cache)
+    v1 = embed(enc, [pil], cache=cache).vectors
+    v2 = embed(enc, [pil.copy()], cache=cache).vectors
     assert enc.encoded == 5 and np.array_equal(v1, v2)
 
 
-def test_text_keys_and_progress(tmp_path):
-    cache = C.EmbeddingCache(tmp_path)
-    enc = CountingEncoder(E.get_encoder("minilm"))
+def test_text_keys_and_progress(tmp_path, embedding_cache):
+    cache = C.EmbeddingCache(tmp_path, encoders=embedding_cache.encoders)
+    enc = CountingEncoder(cache.encoders.get("minilm"))
     calls = []
     texts = ["a dog", "a cat", "a dog", "ein Hund"]
-    out = C.embed(enc, texts, cache=cache, progress=lambda d, t: calls.append((d, t)))
+    out = embed(enc, texts, cache=cache, progress=lambda d, t: calls.append((d, t)))
     assert enc.encoded == 3 and calls[0] == (0, 3) and calls[-1] == (3, 3)
     assert np.array_equal(out.vectors[0], out.vectors[2])
-    again = C.embed_texts(enc, ["ein Hund", "a cat"], cache=cache)
-    assert enc.encoded == 3
-    np.testing.assert_array_equal(again, out.vectors[[3, 1]])
-
-
-def test_embed_by_name_does_not_load_model_on_full_hit(tmp_path, monkeypatch):
-    cache = C.EmbeddingCache(tmp_path)
-    texts = ["one", "two"]
-    C.embed_texts("minilm", texts, cache=cache)
-
-    def boom(*a, **k):
-        raise AssertionError("model loaded although everything was cached")
-
-    monkeypatch.setattr(E, "get_encoder", boom)
-    assert C.embed_texts("minilm", texts, cache=cache).shape == (2, 384)
+    again = embed(enc, ["ein Hund", "a cat"], cache=cache)
+    assert enc.encoded == 3 and again.hits == 2 and again.computed == 0
+    np.testing.assert_array_equal(again.vectors, out.vectors[[3, 1]])
 
 
 def test_partial_files_are_ignored_and_compaction_keeps_everything(tmp_path):
@@ -222,9 +210,9 @@ def test_interrupted_embedding_keeps_what_was_flushed(tmp_path):
     cache = C.EmbeddingCache(tmp_path)
     texts = [f"text {'a' * i}" for i in range(40)]
     with pytest.raises(KeyboardInterrupt):
-        C.embed(FlakyEncoder(fail_after=3), texts, cache=cache, flush_every=8)
+        embed(FlakyEncoder(fail_after=3), texts, cache=cache, flush_every=8)
     # 3 chunks of 8 (batch 2 x 4) were computed and flushed before the interruption
     assert cache.count("flaky|v1") == 24
     resumed = FlakyEncoder()
-    out = C.embed(resumed, texts, cache=cache, flush_every=8)
+    out = embed(resumed, texts, cache=cache, flush_every=8)
     assert resumed.encoded == texts[24:] and out.hits == 24 and out.computed == 16

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core import edits
+from core.edits import neighbours
 from core.asif import AsifModel
 from core.edits import EditSession
 
@@ -38,7 +38,7 @@ def _check_against_full(s: EditSession):
     ("per-template", 5, 24, 256),  # also whole-list merges and filters (more than SEQUENTIAL_MAX)
     ("per-template", 6, 24, 0)])  # the text side's changed anchors found by scanning the lists
 def test_random_edit_sequence_equals_full_recompute(strategy, seed, largest, product_max, monkeypatch):
-    monkeypatch.setattr(edits, "PRODUCT_MAX_ANCHORS", product_max)
+    monkeypatch.setattr(neighbours, "PRODUCT_MAX_ANCHORS", product_max)
     rng, P = _random_problem(seed)
     model = AsifModel(P["img"], P["txt"], k=15, p=3)
     s = EditSession(model, P["q"], P["y"], P["prompts"], P["pc"], strategy=strategy, slack=3)
@@ -84,8 +84,32 @@ def test_removal_finds_a_pair_whose_stored_similarity_is_one_bit_off():
     held = side.rows == row
     side.sims[held] = np.nextafter(side.sims[held], np.float32(np.inf))  # now ranks before itself
     s._full_scores()
-    s.remove([s.bank.ids[row]])
+    s.remove([s.anchors.ids[row]])
     assert not (side.rows == row).any()
+    np.testing.assert_array_equal(s.predictions, s.full_recompute())
+
+
+def test_a_pair_put_back_ties_with_its_twins_when_a_product_rounds_differently():
+    # Flickr8k gives one image five captions: rows with the same image embedding tie exactly, and
+    # ties break by row. A product of another shape (or thread count) may round a similarity one bit
+    # differently: simulate it (every stored image similarity one bit lower), then take out a pair
+    # whose twin sits at the k-th place and put it back; it must land after its twin, as in a full
+    # recompute, not before it.
+    rng, P = _random_problem(11)  # 150 images x 3 captions
+    k = 16  # not a multiple of 3: twin groups straddle the top-k boundary
+    s = EditSession(AsifModel(P["img"], P["txt"], k=k, p=3), P["q"], P["y"], P["prompts"], P["pc"],
+                    slack=4)
+    side = s.img_side
+    side.sims[:] = np.nextafter(side.sims, np.float32(-np.inf))
+    s._full_scores()
+    a, b = side.rows[:, k - 1], side.rows[:, k]
+    straddle = np.flatnonzero((b // 3 == a // 3) & (b > a))  # twins across the top-k boundary
+    assert straddle.size
+    s.remove([s.anchors.ids[b[straddle[0]]]])
+    s.undo()
+    fresh = EditSession(s.current_model(), P["q"], P["y"], P["prompts"], P["pc"], slack=4)
+    np.testing.assert_array_equal(np.sort(s.anchors.ids[side.rows[:, :k]], axis=1),
+                                  np.sort(fresh.anchors.ids[fresh.img_side.rows[:, :k]], axis=1))
     np.testing.assert_array_equal(s.predictions, s.full_recompute())
 
 
@@ -243,14 +267,14 @@ def test_edit_results_carry_predictions_for_any_part():
 
 # ------------------------------------------------------------------ real embeddings
 
-def test_real_session_curation(flickr_embeddings, cifar_small, cifar_small_embeddings):
+def test_real_session_curation(flickr_embeddings, cifar_small, cifar_small_embeddings, embedding_cache):
     from core.asif import build_prompts
-    from core.cache import embed_texts
+    from core.embedded import embed
 
     img, txt = flickr_embeddings
     prompts, pc = build_prompts(cifar_small.class_names, ["a photo of a {}.", "a picture of a {}."])
     s = EditSession(AsifModel(img, txt, k=50, p=8), cifar_small_embeddings, cifar_small.labels,
-                    embed_texts("minilm", prompts), pc, class_names=cifar_small.class_names)
+                    embed("minilm", prompts, cache=embedding_cache).vectors, pc, class_names=cifar_small.class_names)
     inf = s.influence()
     worst = inf.rows()[:3]
     assert worst[0]["loo_delta"] >= worst[-1]["loo_delta"]
@@ -266,8 +290,7 @@ def test_real_session_curation(flickr_embeddings, cifar_small, cifar_small_embed
             s.undo() if s.can_undo else None
         np.testing.assert_array_equal(s.predictions, s.full_recompute())
     # "adjust in seconds": add in-domain pairs captioned with the class name -> accuracy rises
-    from core.cache import embed_texts as et
     caps = [f"a photo of a {cifar_small.class_names[c]}" for c in cifar_small.labels[::10]]
-    add = s.add(cifar_small_embeddings[::10], et("minilm", caps))
+    add = s.add(cifar_small_embeddings[::10], embed("minilm", caps, cache=embedding_cache).vectors)
     assert add.accuracy > add.accuracy_before
     np.testing.assert_array_equal(s.predictions, s.full_recompute())

@@ -11,6 +11,12 @@ from PIL import Image
 from core import encoders as E
 
 
+@pytest.fixture(scope="module")
+def encoders(embedding_cache):
+    """The session's encoder registry (each model loads once for all tests)."""
+    return embedding_cache.encoders
+
+
 def _unit_rows(x: np.ndarray, d: int) -> None:
     assert x.dtype == np.float32 and x.ndim == 2 and x.shape[1] == d
     assert np.all(np.isfinite(x))
@@ -27,9 +33,9 @@ def _resaved(path: str, quality: int = 80) -> Image.Image:
 
 
 @pytest.mark.parametrize("name", ["efficientnet-lite0", "efficientnet-lite2"])
-def test_efficientnet_lite_recognises_resaved_photos(name, flickr_pairs):
+def test_efficientnet_lite_recognises_resaved_photos(name, flickr_pairs, encoders):
     """A re-saved, slightly shrunk photo is nearest to its original among 8 Flickr photos."""
-    enc = E.get_encoder(name)
+    enc = encoders.get(name)
     paths = flickr_pairs.images[:8]
     originals = enc.encode_images(paths, batch_size=5)
     perturbed = enc.encode_images([_resaved(p) for p in paths])
@@ -42,12 +48,12 @@ def test_efficientnet_lite_recognises_resaved_photos(name, flickr_pairs):
 
 
 @pytest.mark.parametrize("name", ["efficientnet-lite0", "efficientnet-lite2"])
-def test_efficientnet_preprocessing_gives_imagenet_dogs(name, flickr_pairs):
+def test_efficientnet_preprocessing_gives_imagenet_dogs(name, flickr_pairs, encoders):
     """Through the classifier head, photos every caption calls a dog get an ImageNet dog class
     (indices 151-268) for most of them: the authors' preprocessing and the weights fit together."""
     import torch
 
-    enc = E.get_encoder(name)
+    enc = encoders.get(name)
     dog_images = [i for i in range(len(flickr_pairs.images))
                   if all(re.search(r"\b(dog|dogs|puppy)\b", flickr_pairs.captions[j].lower())
                          for j in flickr_pairs.captions_of(i))][:8]
@@ -85,16 +91,16 @@ def test_minilm_captions_closest_to_their_own_images_other_captions(flickr_pairs
     assert (owner[nearest] == owner).mean() > 0.6
 
 
-def test_mpnet_paraphrase_beats_unrelated():
-    enc = E.get_encoder("mpnet")
+def test_mpnet_paraphrase_beats_unrelated(encoders):
+    enc = encoders.get("mpnet")
     x = enc.encode_texts(["A dog runs across the grass.", "A puppy is running on a lawn.",
                           "The stock market fell sharply today."])
     _unit_rows(x, 768)
     assert x[0] @ x[1] > 0.5 > x[0] @ x[2] + 0.3
 
 
-def test_interface_batching_inputs_and_progress(flickr_pairs):
-    enc = E.get_encoder("efficientnet-lite0")
+def test_interface_batching_inputs_and_progress(flickr_pairs, encoders):
+    enc = encoders.get("efficientnet-lite0")
     paths = flickr_pairs.images[:5]
     calls = []
     one_by_one = enc.encode(paths, batch_size=1, progress=lambda d, t: calls.append((d, t)))
@@ -102,19 +108,21 @@ def test_interface_batching_inputs_and_progress(flickr_pairs):
     np.testing.assert_allclose(one_by_one, together, atol=1e-4)
     assert calls == [(i, 5) for i in range(1, 6)]
     assert enc.encode([]).shape == (0, 1280)
-    text = E.get_encoder("minilm")
+    text = encoders.get("minilm")
     with pytest.raises(ValueError, match="not images"):
         text.encode_images(paths)
     with pytest.raises(ValueError, match="not texts"):
         enc.encode_texts(["a dog"])
 
 
-def test_static_info_and_cache_ids():
+def test_static_info_and_cache_ids(encoders):
     names = {e["name"]: e for e in E.list_encoders()}
     assert names["efficientnet-lite0"]["dim"] == 1280 and names["minilm"]["dim"] == 384
     assert names["mpnet"]["dim"] == 768 and all(e["available"] for e in names.values())
+    fresh = E.EncoderRegistry()
     for name in ("efficientnet-lite0", "minilm"):
-        assert E.cache_id_of(name) == E.get_encoder(name).cache_id
+        assert fresh.cache_id(name) == encoders.get(name).cache_id
+    assert fresh.loads == 0 and fresh.loaded() == []  # built-in ids are answered without loading
 
 
 def test_clear_errors_for_bad_names_and_missing_models(tmp_path):
@@ -136,6 +144,16 @@ def test_clear_errors_for_bad_names_and_missing_models(tmp_path):
         E.get_encoder("efficientnet-lite0").encode([str(bad)])
 
 
+def test_registry_loads_each_model_once():
+    registry = E.EncoderRegistry("cpu")
+    assert registry.get("minilm") is registry.get(" minilm ") and registry.loads == 1
+    image_enc, text_enc = E.get_clip_pair("ViT-S-32-alt", "none", registry=registry)
+    assert registry.loads == 2  # the two towers share one open_clip model
+    assert registry.loaded() == ["minilm", "open_clip:ViT-S-32-alt:none:image",
+                                 "open_clip:ViT-S-32-alt:none:text"]
+    assert E.EncoderRegistry("cpu").get("minilm") is not registry.get("minilm")  # no hidden sharing
+
+
 def test_open_clip_random_weights_pair_is_seeded():
     image_enc, text_enc = E.get_clip_pair("ViT-S-32-alt", "none")
     assert image_enc.model is text_enc.model and image_enc.dim == text_enc.dim == 256
@@ -145,8 +163,7 @@ def test_open_clip_random_weights_pair_is_seeded():
     _unit_rows(txt, 256)
     assert "random-seed0" in image_enc.cache_id and image_enc.cache_id != text_enc.cache_id
     # seeded: a fresh load gives the same weights, hence the same vectors
-    E._OPEN_CLIP_MODELS.clear()
-    for key in [k for k in E._ENCODERS if k[0].startswith("open_clip:ViT-S-32-alt")]:
-        del E._ENCODERS[key]
-    again = E.get_encoder("open_clip:ViT-S-32-alt:none:text").encode(["a red square", "a photo of a dog"])
+    fresh = E.get_encoder("open_clip:ViT-S-32-alt:none:text")
+    assert fresh.model is not text_enc.model
+    again = fresh.encode(["a red square", "a photo of a dog"])
     np.testing.assert_allclose(txt, again, atol=1e-5)

@@ -209,6 +209,7 @@ def test_prepared_scoring_and_pairwise_diagonal():
 
 def test_real_embeddings_cka_matching_and_suspicion(flickr_pairs, flickr_embeddings):
     from core.cli.align import detection_metrics, swap_captions
+    from core.embedded import first_pair_per_image
 
     img, txt = (np.asarray(a, dtype=np.float64) for a in flickr_embeddings)
     groups = np.asarray(flickr_pairs.pair_image)
@@ -217,7 +218,7 @@ def test_real_embeddings_cka_matching_and_suspicion(flickr_pairs, flickr_embeddi
     curve = cka.shuffle_curve(img, txt, fractions=(0.0, 0.5, 1.0), seed=0)
     assert curve[0]["cka"] > curve[1]["cka"] > curve[2]["cka"] and curve[2]["cka"] < 0.3 * lin
 
-    _, first = np.unique(groups, return_index=True)  # one caption per image: 100 pairs
+    first = first_pair_per_image(groups)  # one caption per image: 100 pairs
     summary = {s["method"]: s for s in mt.summarize(
         mt.evaluate(img[first], txt[first], n_base=50, n_query=50, seeds=(0,), qap_restarts=1))}
     assert summary["local_cka"]["top5"] > 0.3  # chance: 5/50
@@ -229,3 +230,26 @@ def test_real_embeddings_cka_matching_and_suspicion(flickr_pairs, flickr_embeddi
     loo = mt.suspicious_pair_scores(img, txt_sw, method="loo_cka")
     assert detection_metrics(rank, swapped)["roc_auc"] > 0.75
     assert detection_metrics(loo, swapped)["roc_auc"] > 0.85
+
+
+def test_pair_embeddings_selects_before_embedding(data_root, flickr_pairs, flickr_embeddings,
+                                                  embedding_cache):
+    """One caption per image of the first 30 images, then a seeded subset of 20: the same rows as
+    the conftest embeddings (the same pairs, in order), and no image twice."""
+    from core.embedded import first_pair_per_image
+
+    one = mt.pair_embeddings(data_root / "flickr8k", first_images=30, cache=embedding_cache)
+    rows = first_pair_per_image(flickr_pairs.pair_image)[:30]
+    assert len(one) == 30 and len(set(one.pair_image.tolist())) == 30
+    assert one.pair_ids == [flickr_pairs.pair_ids[i] for i in rows]
+    np.testing.assert_array_equal(one.pair_image_vectors, flickr_embeddings[0][rows])
+    np.testing.assert_array_equal(one.text_vectors, flickr_embeddings[1][rows])
+    some = mt.pair_embeddings(data_root / "flickr8k", first_images=30, limit=20, seed=3,
+                              cache=embedding_cache)
+    again = mt.pair_embeddings(data_root / "flickr8k", first_images=30, limit=20, seed=3,
+                               cache=embedding_cache)
+    assert len(some) == 20 and some.pair_ids == again.pair_ids
+    assert set(some.pair_ids) < set(one.pair_ids)
+    every = mt.pair_embeddings(data_root / "flickr8k", first_images=30, one_caption_per_image=False,
+                               cache=embedding_cache)
+    assert len(every) == int((flickr_pairs.pair_image < 30).sum())

@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 
 from app_helpers import free_port, metric_value, open_page, start_server, stop_server
-from core import workspace as W
+from core import store
 
 
 def test_edit_survives_a_killed_server(data_root, tmp_path):
@@ -38,6 +38,6 @@ def test_edit_survives_a_killed_server(data_root, tmp_path):
             browser.close()
     finally:
         stop_server(proc)
-    ws = W.list_workspaces(spaces)[0]
+    ws = store.Workspace(store.list_workspaces(spaces)[0])
     assert removed not in ws.active_pair_ids()
     assert [e.kind for e in ws.edits()] == ["remove"]

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from core.search import (build_faiss_index, exact_topk, faiss_search, l2_normalize, recall_at_k,
-                         similarity_block, topk)
+from core.arrays import l2_normalize
+from core.search import build_faiss_index, exact_topk, faiss_search, recall_at_k, similarity_block, topk
 
 
 def _unit(rng, n, d):

@@ -1,11 +1,12 @@
-"""Session glue between Streamlit and ``core.workspace`` (no computation here).
+"""Session glue between Streamlit and the core (no computation here).
 
-* the current workspace id lives in ``st.session_state["ws_id"]``;
-* the live model of each workspace (vectors + the incremental edit engine) lives in a server-wide
-  registry (``st.cache_resource``), built in a background thread so the app stays usable while a
-  cold cache is filled; pages call :func:`require_model`, which draws a progress bar meanwhile;
-* every edit goes through :func:`commit_edit` etc.: the edit is applied to the live model (new
-  accuracy in ms), then committed to the workspace's SQLite log in one transaction.
+* Server-wide resources live in ``st.cache_resource``: the embedding cache, one
+  :class:`core.store.Workspace` object per workspace folder (each owns one SQLite connection), and one
+  live model per workspace, built in a background thread so the app stays usable meanwhile.
+* The current workspace id lives in ``st.session_state["ws_id"]``.
+* Every edit goes through :func:`remove_pairs`, :func:`add_pairs`, :func:`undo`, :func:`redo`, which
+  call the live model's one edit path (one SQLite transaction each) and record the outcome for the
+  page; the current selection is dropped after every edit (``selection_key``).
 """
 from __future__ import annotations
 
@@ -16,7 +17,64 @@ from dataclasses import dataclass, field
 
 import streamlit as st
 
-from core import workspace as W
+from core import demo, store
+from core.cache import EmbeddingCache
+from core.live import EditOutcome, LiveModel, WorkspaceVectors
+
+_THREADS: list[threading.Thread] = []
+
+
+def start_thread(target, name: str, *args) -> threading.Thread:
+    """A daemon worker the interpreter waits for at exit (a worker killed inside numpy/torch at
+    shutdown can abort the process)."""
+    t = threading.Thread(target=target, args=args, daemon=True, name=name)
+    _THREADS[:] = [x for x in _THREADS if x.is_alive()] + [t]
+    t.start()
+    return t
+
+
+@st.cache_resource(show_spinner=False)
+def _exit_hook() -> bool:
+    def join() -> None:
+        deadline = time.time() + 30
+        for t in list(_THREADS):
+            t.join(timeout=max(0.0, deadline - time.time()))
+    try:  # join before the interpreter tears down (threading's own exit hook runs before atexit's)
+        threading._register_atexit(join)  # type: ignore[attr-defined]
+    except (AttributeError, RuntimeError):  # pragma: no cover - other Pythons
+        import atexit
+
+        atexit.register(join)
+    return True
+
+
+# ------------------------------------------------------------------------------------- resources
+@st.cache_resource(show_spinner=False)
+def embedding_cache() -> EmbeddingCache:
+    """The server's embedding cache (``$ROSETTA_CACHE_DIR`` or the user cache folder)."""
+    return EmbeddingCache()
+
+
+@st.cache_resource(show_spinner=False)
+def _registry() -> dict:
+    """Server-wide: ``{"workspaces": {path: Workspace}, "jobs": {path: Job}, "influence": {...}}``."""
+    _exit_hook()
+    return {"workspaces": {}, "jobs": {}, "influence": {}, "lock": threading.RLock()}
+
+
+def workspace(path) -> store.Workspace:
+    """The shared :class:`core.store.Workspace` of a folder (one connection for the whole server)."""
+    reg = _registry()
+    key = str(path)
+    with reg["lock"]:
+        ws = reg["workspaces"].get(key)
+        if ws is None or not ws.db_path.is_file():
+            ws = reg["workspaces"][key] = store.Workspace(path)
+        return ws
+
+
+def all_workspaces() -> list[store.Workspace]:
+    return [workspace(p) for p in store.list_workspaces()]
 
 
 # ------------------------------------------------------------------------------------------ jobs
@@ -24,16 +82,14 @@ from core import workspace as W
 class Job:
     """A background build of one workspace's live model."""
 
-    ws_id: str
     key: str
     fraction: float = 0.0
     message: str = "Starting"
-    model: object | None = None
+    model: LiveModel | None = None
     error: str | None = None
     started: float = field(default_factory=time.time)
     finished: float | None = None
     thread: threading.Thread | None = None
-    lock: threading.RLock = field(default_factory=threading.RLock)
 
     @property
     def done(self) -> bool:
@@ -43,104 +99,154 @@ class Job:
         self.fraction, self.message = float(fraction), message
 
 
-@st.cache_resource(show_spinner=False)
-def _registry() -> dict:
-    """Server-wide: ``{workspace path: Job}`` (one live model per workspace, shared by sessions)."""
-    return {"jobs": {}, "lock": threading.Lock()}
-
-
-def _build(job: Job, ws: W.Workspace) -> None:
+def _build(job: Job, ws: store.Workspace) -> None:
     try:
-        bank = W.Bank(ws, progress=lambda f, m: job.progress(0.9 * f, m))
-        job.progress(0.9, "Finding each evaluation image's nearest anchors")
-        job.model = W.LiveModel(bank, ws.active_pair_ids(),
-                                progress=lambda f, m: job.progress(0.9 + 0.1 * f, m))
-        if ws.baseline_accuracy() is None and not ws.edits():
-            ws.set_baseline_accuracy(job.model.accuracy, job.model.per_class)
-        job.model.start_influence()  # the Curate page's table, computed ahead in the background
+        vectors = WorkspaceVectors(ws, embedding_cache(), progress=lambda f, m: job.progress(0.9 * f, m))
+        job.progress(0.9, "Finding each labeled picture's nearest anchors")
+        job.model = LiveModel(ws, vectors, progress=lambda f, m: job.progress(0.9 + 0.1 * f, m))
         job.progress(1.0, "Ready")
     except ValueError as error:
         job.error = str(error)
-    except Exception as error:  # noqa: BLE001 - shown to the user, details in the log
+    except Exception as error:  # noqa: BLE001 - shown to the user as a sentence, details in the log
         traceback.print_exc()
-        job.error = f"{type(error).__name__}: {error}"
+        job.error = f"an unexpected {type(error).__name__} (details in the server log)."
     finally:
         job.finished = time.time()
+    if job.model is not None:
+        start_influence(job.model)
 
 
-def model_job(ws: W.Workspace, restart: bool = False) -> Job:
+def model_job(ws: store.Workspace, restart: bool = False) -> Job:
     """The (possibly running) build job of ``ws``'s live model under its current settings."""
     reg = _registry()
-    key = W.settings_key(ws.settings())
+    key = store.settings_key(ws.settings())
     with reg["lock"]:
         job = reg["jobs"].get(str(ws.path))
-        stale = job is None or job.key != key or restart or (job.done and job.error is not None and restart)
-        if job is not None and job.done and job.model is not None and not stale:
-            # another process (or a lost session) may have edited the log: rebuild if out of sync
-            if not W.sync_live_model(ws, job.model):
-                stale = True
+        stale = job is None or job.key != key or restart
+        if job is not None and job.done and job.model is not None and job.model.needs_rebuild:
+            stale = True
         if stale:
-            job = Job(ws_id=ws.id, key=key)
+            job = Job(key=key)
             reg["jobs"][str(ws.path)] = job
-            job.thread = W.start_thread(_build, f"rosetta-build-{ws.id}", job, ws)
+            job.thread = start_thread(_build, f"rosetta-build-{ws.id}", job, ws)
     return job
 
 
 def forget(ws_path) -> None:
+    """Drop a deleted workspace's resources."""
     reg = _registry()
     with reg["lock"]:
         reg["jobs"].pop(str(ws_path), None)
+        reg["influence"].pop(str(ws_path), None)
+        ws = reg["workspaces"].pop(str(ws_path), None)
+    if ws is not None:
+        ws.close()
+
+
+# ------------------------------------------------------------------------------------ influence
+def start_influence(model: LiveModel) -> None:
+    """Compute the influence table of ``model``'s current version in a background thread (edits
+    stay instant meanwhile); :func:`influence_snapshot` reads it."""
+    reg = _registry()
+    with reg["lock"]:
+        slot = reg["influence"].setdefault(str(model.ws.path), {"rows": None, "version": None,
+                                                                 "target": None, "model": None})
+        if slot["model"] is not model:
+            slot.update(rows=None, version=None, target=None, model=model)
+        if slot["version"] == model.version or slot["target"] == model.version:
+            return
+        slot["target"] = model.version
+
+    def work() -> None:
+        try:
+            inf, version = model.influence()
+            rows = model.influence_rows(inf)
+        except Exception:  # noqa: BLE001 - the table stays as it was; details in the log
+            traceback.print_exc()
+            with reg["lock"]:
+                slot["target"] = None
+            return
+        with reg["lock"]:
+            if slot["model"] is model and (slot["version"] is None or version >= slot["version"]):
+                slot["rows"], slot["version"] = rows, version
+            if slot["target"] == version:
+                slot["target"] = None
+
+    start_thread(work, "rosetta-influence")
+
+
+def influence_snapshot(model: LiveModel):
+    """``(rows or None, version they describe, computing?)`` without waiting; the rows may describe
+    an earlier version while the table is refreshed after an edit."""
+    slot = _registry()["influence"].get(str(model.ws.path)) or {}
+    if slot.get("model") is not model:
+        return None, None, True
+    return slot["rows"], slot["version"], slot["target"] is not None
 
 
 # ------------------------------------------------------------------------------------ workspace
 def ensure_demo() -> None:
     """First start: no workspace yet and the demo data is there -> create the demo workspace."""
-    if W.list_workspaces():
+    if store.list_workspaces():
         return
     try:
-        W.demo_root()
-        W.create_demo_workspace("demo")
+        demo.create_demo_workspace("demo")
     except ValueError:
         pass  # no demo data: the Workspaces page explains what to do
 
 
-def current_workspace() -> W.Workspace | None:
+def current_workspace() -> store.Workspace | None:
     ensure_demo()
-    spaces = W.list_workspaces()
-    if not spaces:
+    paths = store.list_workspaces()
+    if not paths:
         return None
     wid = st.session_state.get("ws_id")
-    for ws in spaces:
-        if ws.id == wid:
-            return ws
-    demo = [w for w in spaces if w.id == "demo"]
-    ws = demo[0] if demo else spaces[0]
-    st.session_state["ws_id"] = ws.id
-    return ws
+    chosen = next((p for p in paths if p.name == wid), None)
+    if chosen is None:
+        chosen = next((p for p in paths if p.name == "demo"), paths[0])
+        st.session_state["ws_id"] = chosen.name
+    return workspace(chosen)
 
 
-def set_workspace(ws_id: str) -> None:
+def set_workspace(ws_id: str, message: str | None = None) -> None:
+    """Switch this session to workspace ``ws_id`` (``message``: a confirmation shown once)."""
     st.session_state["ws_id"] = ws_id
-    for key in ("query", "last_edit", "explain_cache"):
+    for key in ("query", "last_edit", "explain_cache", "sidebar_ws"):
         st.session_state.pop(key, None)
+    clear_selection()
+    if message:
+        st.session_state["flash"] = message
 
 
-def require_workspace() -> W.Workspace:
+def flash() -> None:
+    """Show (once) the confirmation a previous run left, e.g. after creating a workspace."""
+    message = st.session_state.pop("flash", None)
+    if message:
+        st.toast(message, icon=":material/check_circle:")
+
+
+def require_workspace() -> store.Workspace:
     ws = current_workspace()
     if ws is None:
-        st.info("No workspace yet. Create one on the **Workspaces** page (the demo needs the data "
-                "folder described there).")
+        st.info("No workspace yet. Create one on the Workspaces page (the demo needs the data folder "
+                "described there).")
         st.page_link("pages/workspaces.py", label="Go to Workspaces", icon=":material/folder_open:")
         st.stop()
     return ws
 
 
-def require_model(ws: W.Workspace, wait_s: float = 1.5):
-    """The live model of ``ws``; while it is being built, draw progress and stop the page."""
+def require_model(ws: store.Workspace, wait_s: float = 1.5) -> LiveModel:
+    """The live model of ``ws``, in step with the log; while it is being built, draw progress and
+    stop the page."""
     job = model_job(ws)
     if not job.done and job.thread is not None:
         job.thread.join(timeout=wait_s)
     if job.done and job.model is not None:
+        try:
+            if job.model.sync():  # another process or session edited: catch up (one query if not)
+                clear_selection()
+        except ValueError as error:
+            st.warning(str(error))
         return job.model
     if job.done and job.error:
         st.error(f"This workspace's model could not be built: {job.error}")
@@ -152,7 +258,7 @@ def require_model(ws: W.Workspace, wait_s: float = 1.5):
     st.stop()
 
 
-def progress_if_building(ws: W.Workspace) -> None:
+def progress_if_building(ws: store.Workspace) -> None:
     """A live progress bar while ``ws``'s model is being built (nothing once it is ready)."""
     job = model_job(ws)
     if not job.done:
@@ -162,74 +268,69 @@ def progress_if_building(ws: W.Workspace) -> None:
 
 
 @st.fragment(run_every=1.0)
-def _progress_panel(ws: W.Workspace) -> None:
+def _progress_panel(ws: store.Workspace) -> None:
     job = model_job(ws)
     if job.done:
         st.rerun()
     elapsed = time.time() - job.started
     st.progress(min(max(job.fraction, 0.0), 1.0),
-                text=f"Preparing **{ws.name}**: {job.message} ({elapsed:.0f} s). The first start "
-                     "embeds every picture once; later starts read them from the cache.")
+                text=f"Preparing {ws.name}: {job.message} ({elapsed:.0f} s). The first start embeds "
+                     "every picture once; later starts read them from the cache.")
     st.caption("You can keep using the Data, Workspaces and Settings pages meanwhile.")
 
 
 # ----------------------------------------------------------------------------------------- edits
-def _record(kind: str, result) -> None:
-    st.session_state["last_edit"] = {
-        "kind": kind, "accuracy": result.accuracy, "before": result.accuracy_before,
-        "ms": result.elapsed_ms, "pairs": [int(i) for i in result.pair_ids],
-        "changed": result.n_changed}
+def selection_key(name: str) -> str:
+    """A widget key that changes after every edit, so no selection survives an edit."""
+    return f"{name}-{st.session_state.get('selection_epoch', 0)}"
 
 
-def remove_pairs(ws: W.Workspace, model, pair_ids, note: str = ""):
-    """Remove pairs: live model first (ms), then one SQLite transaction."""
-    with model.lock:
-        result = model.remove(pair_ids)
-        try:
-            ws.remove_pairs(pair_ids, accuracy=result.accuracy, per_class=model.per_class, note=note)
-        except Exception:
-            model.undo()  # keep the model equal to what is on disk
-            raise
-    _record("remove", result)
-    return result
+def clear_selection() -> None:
+    st.session_state["selection_epoch"] = st.session_state.get("selection_epoch", 0) + 1
 
 
-def _step_history(ws: W.Workspace, model, direction: str):
-    """Undo or redo the latest edit: re-score in place when the live model holds it, otherwise
-    commit the step and rebuild the model from the log in the background."""
-    with model.lock:
-        peek = ws.peek_undo if direction == "undo" else ws.peek_redo
-        if peek() is None:
-            raise ValueError(f"Nothing to {direction}.")
-        can = model.session.can_undo if direction == "undo" else model.session.can_redo
-        result = getattr(model, direction)() if can else None
-        getattr(ws, direction)(accuracy=None if result is None else result.accuracy,
-                               per_class=None if result is None else model.per_class)
-    if result is None:
-        model_job(ws, restart=True)
-        return None
-    _record(direction, result)
-    return result
+def _record(outcome: EditOutcome, where: str) -> EditOutcome:
+    st.session_state["last_edit"] = {"message": outcome.message(), "seq": outcome.seq, "where": where,
+                                     "before": outcome.before, "after": outcome.after}
+    clear_selection()
+    return outcome
 
 
-def undo(ws: W.Workspace, model):
-    return _step_history(ws, model, "undo")
+def remove_pairs(ws: store.Workspace, model: LiveModel, pair_ids, note: str = "",
+                 where: str = "") -> EditOutcome:
+    """Remove pairs (one transaction: the log and the live model change together or not at all)."""
+    return _record(model.remove(pair_ids, note=note), where)
 
 
-def redo(ws: W.Workspace, model):
-    return _step_history(ws, model, "redo")
+def add_pairs(ws: store.Workspace, model: LiveModel, pairs, note: str = "", where: str = "") -> EditOutcome:
+    """Add ``(image_ref, caption)`` pairs; stored uploads of a refused addition are deleted."""
+    try:
+        return _record(model.add(pairs, note=note), where)
+    except BaseException:
+        ws.remove_unreferenced_files(ref for ref, _ in pairs)
+        raise
 
 
-def add_pairs(ws: W.Workspace, model, pairs, note: str = ""):
-    """Add ``(image_ref, caption)`` pairs: commit them, embed only the new ones, re-score."""
-    with model.lock:
-        seq, new_ids = ws.add_pairs(pairs, note=note)
-        try:
-            bank = model.bank.extended(ws)
-            result = model.add(bank, new_ids)
-        except Exception:
-            ws.undo()  # the pairs could not be embedded: take the addition back
-            raise
-        ws.set_edit_accuracy(seq, result.accuracy, model.per_class)
-    _record("add", result)
-    return result
+def undo(ws: store.Workspace, model: LiveModel, expected_seq: int | None = None, where: str = "") -> EditOutcome:
+    """Undo the edit the page offered (``expected_seq``; another one on top raises StaleView)."""
+    return _record(model.undo(expected_seq=expected_seq), where)
+
+
+def redo(ws: store.Workspace, model: LiveModel, expected_seq: int | None = None, where: str = "") -> EditOutcome:
+    return _record(model.redo(expected_seq=expected_seq), where)
+
+
+def sidebar_summary(ws: store.Workspace) -> None:
+    """Pairs, labeled pictures, encoders, k and p — from the live model once it is built, so the
+    sidebar agrees with the page after every edit."""
+    s = ws.settings()
+    job = _registry()["jobs"].get(str(ws.path))
+    model = job.model if job is not None and job.done else None
+    if model is not None and job.key == store.settings_key(s):
+        n_pairs, k = model.n_anchors, model.k
+    else:
+        n_pairs, k = len(ws.active_pair_ids()), s["k"]
+    n_items = ws.counts()["eval"]
+    st.caption(f"{n_pairs:,} anchor pair{'s' if n_pairs != 1 else ''} · {n_items:,} labeled picture"
+               f"{'s' if n_items != 1 else ''} · {s['image_encoder']} + {s['text_encoder']} · "
+               f"k = {k:,}, p = {float(s['p']):g}")

@@ -32,16 +32,31 @@ def pct(x) -> str:
     return "–" if x is None or x != x else f"{100 * x:.1f}%"
 
 
-def accuracy_metric(container, model, ws, label: str = "Accuracy on the evaluation set") -> None:
-    """The headline metric; its delta is the change made by the latest edit of this session."""
-    last = st.session_state.get("last_edit")
-    delta = None
-    help_ = None
-    if last:
-        d = 100 * (last["accuracy"] - last["before"])
-        delta = f"{d:+.1f} pts after {last['kind']} ({last['ms']:.0f} ms)"
-        help_ = "Re-scored incrementally: only evaluation images whose nearest anchors changed."
-    container.metric(label, pct(model.accuracy), delta=delta, help=help_)
+def _pts(delta: float | None):
+    """A metric delta in points, or None; a change under 0.05 points gets no arrow colour."""
+    if delta is None or delta != delta:
+        return None, "off"
+    return f"{100 * delta:+.1f} pts vs. start", ("off" if abs(delta) < 0.0005 else "normal")
+
+
+def metrics_header(model, ws) -> None:
+    """The headline every model page shows: test accuracy (held out: the honest figure), tuning
+    accuracy (what choices read), anchor pairs; a warning when edits fit the tuning pictures."""
+    m = model.metrics()
+    start = ws.baseline(model.key)
+    c = st.columns([1.2, 1.2, 1])
+    d, colour = _pts(None if not start else m.test - start["test"])
+    c[0].metric(f"Test accuracy (held out, {m.n_test:,} pictures)", pct(m.test), delta=d, delta_color=colour,
+                help="Measured on pictures no choice ever reads: the figure to report.")
+    d, colour = _pts(None if not start else m.tune - start["tune"])
+    c[1].metric(f"Tuning accuracy ({m.n_tune:,} pictures)", pct(m.tune), delta=d, delta_color=colour,
+                help="The pictures that influence, previews and auto-curation read.")
+    c[2].metric("Anchor pairs", f"{m.n_anchors:,}", help=f"k = {m.k:,}, p = {model.vectors.p:g}")
+    warning = m.fitting_tuning(start)
+    if warning:
+        st.warning(warning, icon=":material/warning:")
+    if model.k_note:
+        st.info(model.k_note, icon=":material/info:")
 
 
 def image_path(ws, ref: str) -> str:

@@ -64,16 +64,21 @@ def register(subparsers) -> None:
 
 
 def _load(args):
+    """``(image [P, di], text [P, dt], EmbeddedPairs, seconds)`` of the chosen pairs."""
+    from core.cache import default_cache
     from core.matching import pair_embeddings
 
     t0 = time.perf_counter()
-    img, txt, pairs = pair_embeddings(
-        args.pairs, args.image_encoder, args.text_encoder,
+    pairs = pair_embeddings(
+        args.pairs, args.image_encoder, args.text_encoder, cache=default_cache(),
         one_caption_per_image=not args.all_captions, limit=args.limit, seed=args.seed,
         first_images=args.first_images,
         progress=None if args.json else _progress_printer(),
     )
-    return img, txt, pairs, time.perf_counter() - t0
+    if not args.json:
+        for item in pairs.skipped:
+            print(f"skipped {item}", file=sys.stderr)
+    return pairs.pair_image_vectors, pairs.text_vectors, pairs, time.perf_counter() - t0
 
 
 def _progress_printer():
@@ -160,7 +165,7 @@ def run_suspicious(args) -> int:
         txt, captions, swapped = swap_captions(txt, captions, args.swap, rng)
     t0 = time.perf_counter()
     scores = matching.suspicious_pair_scores(img, txt, method=args.method, seed=args.seed,
-                                             groups=np.asarray(pairs.pair_image))
+                                             groups=pairs.pair_image)
     secs = time.perf_counter() - t0
     order = np.argsort(-scores, kind="stable")
     top = [{"pair_id": pairs.pair_ids[i], "image": pairs.pair_paths[i], "caption": captions[i],

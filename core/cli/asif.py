@@ -6,7 +6,8 @@
 
 ``--anchors`` / ``--test`` default to the demo data (Flickr8k pairs, CIFAR-10 test). Embeddings go
 through the embedding cache. ``--json`` prints one object with at least ``accuracy``,
-``n_anchors`` and ``n_test``.
+``n_anchors`` and ``n_test``; images that cannot be decoded are left out and counted in ``n_skipped``
+(listed on stderr without ``--json``).
 """
 from __future__ import annotations
 
@@ -51,10 +52,18 @@ def _progress(label: str, quiet: bool):
     return f
 
 
+def _report_skipped(skipped, quiet: bool) -> None:
+    """One line per item left out (an unreadable image), on stderr unless ``--json``."""
+    if not quiet:
+        for item in skipped:
+            print(f"skipped {item}", file=sys.stderr)
+
+
 def run_eval(args) -> int:
-    from core.asif import (DEFAULT_K, DEFAULT_P, DEFAULT_TEMPLATES, AsifModel, build_prompts)
-    from core.cache import embed_labeled, embed_pairs, embed_texts
+    from core.asif import DEFAULT_K, DEFAULT_P, DEFAULT_TEMPLATES, AsifModel
+    from core.cache import default_cache
     from core.data import data_dir, load_labeled, load_pairs
+    from core.embedded import EmbeddedLabeled, EmbeddedPairs, embed_prompts
 
     t0 = time.perf_counter()
     root = None
@@ -77,25 +86,32 @@ def run_eval(args) -> int:
     templates = args.template or list(DEFAULT_TEMPLATES)
     quiet = bool(args.json)
     t_load = time.perf_counter()
-    img, txt = embed_pairs(pairs, args.image_encoder, args.text_encoder,
-                           progress=_progress("embedding anchors", quiet))
-    test_emb = embed_labeled(labeled, args.image_encoder, progress=_progress("embedding test images", quiet))
-    prompts, prompt_classes = build_prompts(labeled.class_names, templates)
-    prompt_emb = embed_texts(args.text_encoder, prompts)
+    cache = default_cache()
+    emb = EmbeddedPairs.from_pairset(pairs, args.image_encoder, args.text_encoder, cache=cache,
+                                     progress=_progress("embedding anchors", quiet))
+    test = EmbeddedLabeled.from_labeled(labeled, args.image_encoder, cache=cache,
+                                        progress=_progress("embedding test images", quiet))
+    prompt_emb, prompt_classes = embed_prompts(labeled.class_names, templates, args.text_encoder,
+                                               cache=cache)
+    _report_skipped(emb.skipped + test.skipped, quiet)
+    if len(emb) == 0 or len(test) == 0:
+        raise ValueError("no anchor pair or no test image could be embedded.")
     t_embed = time.perf_counter()
-    model = AsifModel(img, txt, k=k, p=p,
-                      metadata=[{"image": pairs.image_names[i], "caption": c}
-                                for i, c in zip(pairs.pair_image.tolist(), pairs.captions)],
+    name_of = dict(zip(pairs.images, pairs.image_names))
+    model = AsifModel(emb.pair_image_vectors, emb.text_vectors, k=k, p=p,
+                      metadata=[{"image": name_of[path], "caption": c}
+                                for path, c in zip(emb.pair_paths, emb.captions)],
                       info={"image_encoder": args.image_encoder, "text_encoder": args.text_encoder,
                             "anchors": str(anchors)})
-    res = model.classify(test_emb, prompt_emb, prompt_classes, strategy=args.strategy,
-                         n_classes=len(labeled.class_names))
+    res = model.classify(test.vectors, prompt_emb, prompt_classes, strategy=args.strategy,
+                         n_classes=len(test.class_names))
     t_cls = time.perf_counter()
-    per_class = res.per_class_accuracy(labeled.labels)
+    per_class = res.per_class_accuracy(test.labels)
     out = {
-        "accuracy": res.accuracy(labeled.labels),
+        "accuracy": res.accuracy(test.labels),
         "n_anchors": model.n_anchors,
-        "n_test": len(labeled),
+        "n_test": len(test),
+        "n_skipped": len(emb.skipped) + len(test.skipped),
         "k": model.k, "p": model.p, "strategy": res.strategy,
         "image_encoder": args.image_encoder, "text_encoder": args.text_encoder,
         "templates": templates,

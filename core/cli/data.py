@@ -32,6 +32,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     info.set_defaults(run=run_info)
 
 
+def _embed(label: str, encoder: str, items, keys, cache, show: bool, batch_size: int | None):
+    """:func:`core.embedded.embed` behind a progress bar on stderr."""
+    from core.embedded import embed
+
+    bar = ProgressBar(label, show)
+    try:
+        return embed(encoder, items, cache=cache, keys=keys, progress=bar, batch_size=batch_size)
+    finally:
+        bar.close()
+
+
 def run_embed(args: argparse.Namespace) -> int:
     from core import cache as C
     from core import data as D
@@ -47,16 +58,13 @@ def run_embed(args: argparse.Namespace) -> int:
             labeled = labeled.subset(range(min(args.limit, len(labeled))))
         if not len(labeled):
             raise ValueError(f"nothing to embed in {args.labeled}: {report.summary()}")
-        bar = ProgressBar(f"{args.image_encoder} images", show)
-        try:
-            result = C.embed(args.image_encoder, labeled.paths, labeled.keys, cache, bar,
-                             args.batch_size)
-        finally:
-            bar.close()
+        result = _embed(f"{args.image_encoder} images", args.image_encoder, labeled.paths,
+                        labeled.keys, cache, show, args.batch_size)
         summary.update({"kind": "labeled", "source": args.labeled, "images": len(labeled),
                         "classes": labeled.class_names, "image_encoder": args.image_encoder,
                         "dim": int(result.vectors.shape[1]), "cached_before": result.hits,
-                        "computed": result.computed})
+                        "computed": result.computed,
+                        "failed": [str(f) for f in result.failed]})
     else:
         source = args.pairs
         if source is None:
@@ -69,22 +77,17 @@ def run_embed(args: argparse.Namespace) -> int:
             pairs = pairs.first_images(args.limit)
         if not len(pairs):
             raise ValueError(f"nothing to embed in {source}: {report.summary()}")
-        bar = ProgressBar(f"{args.image_encoder} images", show)
-        try:
-            img = C.embed(args.image_encoder, pairs.images, pairs.image_keys, cache, bar, args.batch_size)
-        finally:
-            bar.close()
-        bar = ProgressBar(f"{args.text_encoder} captions", show)
-        try:
-            txt = C.embed(args.text_encoder, pairs.captions, None, cache, bar, args.batch_size)
-        finally:
-            bar.close()
+        img = _embed(f"{args.image_encoder} images", args.image_encoder, pairs.images,
+                     pairs.image_keys, cache, show, args.batch_size)
+        txt = _embed(f"{args.text_encoder} captions", args.text_encoder, pairs.captions, None,
+                     cache, show, args.batch_size)
         summary.update({"kind": "pairs", "source": str(source), "pairs": len(pairs),
                         "images": len(pairs.images), "image_encoder": args.image_encoder,
                         "text_encoder": args.text_encoder, "image_dim": int(img.vectors.shape[1]),
                         "text_dim": int(txt.vectors.shape[1]),
                         "cached_before": {"images": img.hits, "captions": txt.hits},
-                        "computed": {"images": img.computed, "captions": txt.computed}})
+                        "computed": {"images": img.computed, "captions": txt.computed},
+                        "failed": [str(f) for f in img.failed + txt.failed]})
     summary["seconds"] = round(time.perf_counter() - started, 3)
     summary["report"] = report.to_dict()
     if args.json:
@@ -97,6 +100,10 @@ def run_embed(args: argparse.Namespace) -> int:
         if len(report.problems) > 20:
             print(f"  … and {len(report.problems) - 20} more (see --json)")
         print(f"computed: {summary['computed']}; already cached: {summary['cached_before']}")
+        for failure in summary["failed"][:20]:
+            print(f"  skipped {failure}")
+        if len(summary["failed"]) > 20:
+            print(f"  … and {len(summary['failed']) - 20} more skipped (see --json)")
         print(f"cache: {summary['cache']}  ({summary['seconds']} s)")
     return 0
 

@@ -113,12 +113,15 @@ def _parse_open_clip(spec: str) -> tuple[str, str]:
     return parts[1], ":".join(parts[2:])
 
 
-def _caption_bank():
+def _embed_query_images(paths: list[str], cache):
+    """``[n, d_i]`` vectors of the user's image files; a clear error names an unreadable one."""
     from core import modality as M
+    from core.embedded import embed
 
-    pairs = M.flickr_pairs()
-    _, txt, _ = M.pair_features(pairs)
-    return pairs, txt
+    result = embed(M.IMAGE_ENCODER, paths, cache=cache)
+    if result.failed:
+        raise ValueError(str(result.failed[0]))
+    return result.vectors
 
 
 def run_oti(args) -> int:
@@ -132,22 +135,23 @@ def run_oti(args) -> int:
               amp=args.amp, progress=bar)
     if args.model == "lit":
         from core import modality as M
-        from core.cache import embed_images
+        from core.cache import default_cache
 
-        heads, _ = M.get_model(progress=ProgressBar("training heads", not args.json))
-        feats = embed_images(M.IMAGE_ENCODER, paths)
+        cache = default_cache()
+        heads, _ = M.get_model(progress=ProgressBar("training heads", not args.json), cache=cache)
+        feats = _embed_query_images(paths, cache)
         encoder = M.lit_text_encoder(heads)
         result = oti(encoder, heads.encode_image_features(feats), **kw)
-        pairs, txt = _caption_bank()
-        bank = heads.encode_text_features(txt)
+        pairs = M.flickr_embedded(cache=cache)
+        bank = heads.encode_text_features(pairs.text_vectors)
         captions = M.nearest_texts(result.features, bank, pairs.captions, args.top)
         native = M.nearest_texts(heads.encode_image_features(feats), bank, pairs.captions, args.top)
     else:
-        from core.encoders import _load_open_clip, load_image
+        from core.encoders import load_image, load_open_clip
 
         arch, weights = _parse_open_clip(args.model)
         device = args.device or ("cuda" if __import__("torch").cuda.is_available() else "cpu")
-        bundle = _load_open_clip(arch, weights, device)
+        bundle = load_open_clip(arch, weights, device)
         import torch
 
         with torch.no_grad():
@@ -176,18 +180,20 @@ def run_oti(args) -> int:
 def run_asif(args) -> int:
     from core import modality as M
     from core.asif import DEFAULT_K, DEFAULT_P
-    from core.cache import embed_images
+    from core.cache import default_cache
     from core.contrastive import MiniLMTextEncoder
     from core.inversion import nearest_vocabulary
 
     paths = _image_paths(args.images)
-    pairs = M.flickr_pairs(args.n_anchor_images)
-    img, txt, pair_image = M.pair_features(pairs, progress=ProgressBar("embedding anchors", not args.json))
-    feats = embed_images(M.IMAGE_ENCODER, paths)
+    cache = default_cache()
+    pairs = M.flickr_embedded(args.n_anchor_images, cache=cache,
+                              progress=ProgressBar("embedding anchors", not args.json))
+    txt = pairs.text_vectors
+    feats = _embed_query_images(paths, cache)
     k = min(args.k or DEFAULT_K, len(txt))
     p = args.p or DEFAULT_P
     bar = ProgressBar("ASIF-space OTI", not args.json)
-    result = M.asif_oti(feats, img[pair_image], txt, k, p, template=args.template, steps=args.steps or 150,
+    result = M.asif_oti(feats, pairs.pair_image_vectors, txt, k, p, template=args.template, steps=args.steps or 150,
                         lr=args.lr, weight_decay=args.weight_decay, seed=args.seed, batch_size=args.batch_size,
                         device=args.device, amp=args.amp, progress=bar)
     bar.close()
@@ -209,12 +215,12 @@ def run_asif(args) -> int:
 def run_ovi(args) -> int:
     import torch
 
-    from core.encoders import _load_open_clip
+    from core.encoders import load_open_clip
     from core.inversion import OpenClipVisionEncoder, ovi
 
     arch, weights = _parse_open_clip(args.model)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    bundle = _load_open_clip(arch, weights, device)
+    bundle = load_open_clip(arch, weights, device)
     with torch.no_grad():
         feats = bundle["model"].encode_text(bundle["tokenizer"](args.texts).to(device)).float().cpu().numpy()
     bar = ProgressBar("OVI", not args.json)
@@ -230,10 +236,12 @@ def run_ovi(args) -> int:
 
 def run_experiments(args) -> int:
     from core import modality as M
-
+    from core.cache import default_cache
     from core.contrastive import DEFAULT_HEADS
 
-    heads, meta = M.get_model(args.heads or DEFAULT_HEADS, progress=ProgressBar("training heads", not args.json))
+    cache = default_cache()
+    heads, meta = M.get_model(args.heads or DEFAULT_HEADS, progress=ProgressBar("training heads", not args.json),
+                              cache=cache)
     which = [w.strip() for w in args.which.split(",") if w.strip()]
     out: dict = {"model": meta.get("training", {})}
     lines = []
@@ -241,24 +249,27 @@ def run_experiments(args) -> int:
     for w in which:
         t0 = time.perf_counter()
         if w == "gap":
-            out["gap"] = M.gap_report(heads, args.n_images)
+            out["gap"] = M.gap_report(heads, args.n_images, cache=cache)
             lines.append(f"gap {out['gap']['gap']:.3f} (centroid cosine {out['gap']['centroid_cosine']:.3f}, "
                          f"matched cosine {out['gap']['matched_cosine']:.3f})")
         elif w == "text":
-            out["text_retrieval"] = M.text_retrieval_experiment(heads, args.n_images)
+            out["text_retrieval"] = M.text_retrieval_experiment(heads, args.n_images, cache=cache)
             lines.append(f"text->text mAP: ours {out['text_retrieval']['lit_mAP']:.2f}, MiniLM "
                          f"{out['text_retrieval']['minilm_mAP']:.2f}")
         elif w == "recovery":
-            out["recovery"] = M.recovery_experiment(heads, args.n_images or 3000, ranks=(None, 64, 32))
+            out["recovery"] = M.recovery_experiment(heads, args.n_images or 3000, ranks=(None, 64, 32),
+                                                    cache=cache)
             lines += [f"recovery rank {r['rank']}: {r['message']}" for r in out["recovery"]]
         elif w == "projection":
             out["projection"] = M.projection_experiment(heads, per_class=args.per_class,
-                                                        queries_per_class=args.queries_per_class)
+                                                        queries_per_class=args.queries_per_class,
+                                                        cache=cache)
             lines += [f"projection {r}" for r in out["projection"]]
         elif w == "image":
             bar = ProgressBar("OTI queries", not args.json)
             r = M.image_retrieval_experiment(heads, args.per_class, args.queries_per_class, steps=args.steps,
-                                             seed=args.seed, batch_size=args.batch_size, progress=bar)
+                                             seed=args.seed, batch_size=args.batch_size, progress=bar,
+                                             cache=cache)
             bar.close()
             r.pop("oti_features")
             out["image_retrieval"] = r
@@ -267,7 +278,8 @@ def run_experiments(args) -> int:
         elif w == "asif":
             bar = ProgressBar("ASIF-space OTI", not args.json)
             out["asif_oti"] = M.asif_oti_experiment(args.n_images, per_class=args.asif_per_class, steps=args.steps,
-                                                    seed=args.seed, batch_size=args.batch_size, progress=bar)
+                                                    seed=args.seed, batch_size=args.batch_size, progress=bar,
+                                                    cache=cache)
             bar.close()
             r = out["asif_oti"]
             lines.append(f"ASIF-space OTI on {r['n_images']} CIFAR images: pseudo-sentence accuracy "
@@ -275,8 +287,8 @@ def run_experiments(args) -> int:
             lines += [f"  {e['class']}: {', '.join(e['words'])}" for e in r["examples"][:10]]
         elif w == "zeroshot":
             n_img = meta.get("training", {}).get("n_images")
-            out["zeroshot"] = {"ours": M.cifar_zero_shot(heads, per_class=args.per_class),
-                               "asif": M.asif_zero_shot(n_img, per_class=args.per_class)}
+            out["zeroshot"] = {"ours": M.cifar_zero_shot(heads, per_class=args.per_class, cache=cache),
+                               "asif": M.asif_zero_shot(n_img, per_class=args.per_class, cache=cache)}
             lines.append(f"CIFAR-10 zero-shot: ours {out['zeroshot']['ours']['accuracy']:.4f}, "
                          f"ASIF {out['zeroshot']['asif']['accuracy']:.4f}")
         else:
@@ -290,6 +302,7 @@ def run_train(args) -> int:
     from dataclasses import replace
 
     from core import modality as M
+    from core.cache import default_cache
     from core.contrastive import DEFAULT_HEADS, ContrastiveConfig, load_heads, save_heads
 
     cfg = ContrastiveConfig()
@@ -298,14 +311,15 @@ def run_train(args) -> int:
         if value is not None:
             cfg = replace(cfg, **{name: value})
     bar = ProgressBar("training", not args.json)
-    result = M.train_on_flickr(args.n_images, cfg, progress=bar)
+    cache = default_cache()
+    result = M.train_on_flickr(args.n_images, cfg, progress=bar, cache=cache)
     bar.close()
     summary = result.summary()
     out_path = Path(args.out) if args.out else DEFAULT_HEADS
     meta = {}
     if not args.no_eval:
-        ours = M.cifar_zero_shot(result.heads, per_class=args.eval_per_class)
-        asif = M.asif_zero_shot(args.n_images, per_class=args.eval_per_class)
+        ours = M.cifar_zero_shot(result.heads, per_class=args.eval_per_class, cache=cache)
+        asif = M.asif_zero_shot(args.n_images, per_class=args.eval_per_class, cache=cache)
         meta["cifar10_zero_shot"] = {"ours": ours, "asif_same_pairs_and_encoders": asif}
     save_heads(result, out_path, meta)
     _, saved = load_heads(out_path)

@@ -1,0 +1,489 @@
+"""Neighbour lists: every query's top-(k+m) live anchors, kept up to date as pairs come and go.
+
+:class:`AnchorRows` stores the anchor pairs (rows never move); :class:`NeighbourLists` holds, for a
+fixed set of queries (evaluation images, or text candidates) and one side of the anchors, the
+first k+m live anchors in canonical order (similarity desc, row asc: ties between duplicate
+anchors break as :func:`core.search.exact_topk` does). :meth:`NeighbourLists.add` and
+:meth:`NeighbourLists.remove` return how each top-k changed, as flattened
+``(query, row, signed weight)`` triples (:data:`Diff`): all that
+:class:`core.edits.session.EditSession` needs to update its scores. ASIF paper, section 2, steps 1-3.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from core.asif import signed_power64
+from core.search import ExactIndex, canonical_order, exact_topk, similarity_block
+
+#: Columns whose bytes key the index of bit-identical embeddings (:meth:`AnchorRows.twins`).
+TWIN_PROBE_COLUMNS = 16
+
+
+class AnchorRows:
+    """Growable anchor storage: the image and text embeddings, id and metadata of every pair the
+    session ever held, one row each. Rows never move (undo puts a pair back in its row; added pairs
+    get new rows at the end); ``alive`` marks live pairs and ``id_to_row`` finds a pair by id.
+    :meth:`twins` finds the rows that share a row's exact image (or text) embedding."""
+
+    def __init__(self, img: np.ndarray, txt: np.ndarray, ids: np.ndarray, metadata):
+        n = img.shape[0]
+        cap = max(16, int(n * 1.25) + 16)
+        self.img = np.zeros((cap, img.shape[1]), dtype=np.float32)
+        self.txt = np.zeros((cap, txt.shape[1]), dtype=np.float32)
+        self.img[:n], self.txt[:n] = img, txt
+        self.ids = np.full(cap, -1, dtype=np.int64)
+        self.ids[:n] = ids
+        self.alive = np.zeros(cap, dtype=bool)
+        self.alive[:n] = True
+        self.size = n
+        self.metadata = list(metadata) if metadata is not None else None
+        self.id_to_row = {int(i): r for r, i in enumerate(ids)}
+        self._twin_index: dict[str, dict[bytes, list[int]]] = {}  # per side, built on first use
+
+    def emb(self, side: str) -> np.ndarray:
+        """The ``"img"`` or ``"txt"`` embeddings (all allocated rows)."""
+        return self.img if side == "img" else self.txt
+
+    def _probe(self, side: str, rows: np.ndarray) -> list[bytes]:
+        emb = self.emb(side)
+        cols = np.unique(np.linspace(0, emb.shape[1] - 1, TWIN_PROBE_COLUMNS).astype(int))
+        return [row.tobytes() for row in np.ascontiguousarray(emb[rows][:, cols])]
+
+    def _index_rows(self, side: str, rows: np.ndarray) -> None:
+        index = self._twin_index[side]
+        for r, key in zip(rows.tolist(), self._probe(side, rows)):
+            index.setdefault(key, []).append(r)
+
+    def twins(self, side: str, row: int) -> np.ndarray:
+        """Other rows, live or not, whose ``side`` embedding is bit-identical to ``row``'s (one
+        Flickr8k image has five captions, so five rows share it).
+
+        >>> rows = AnchorRows(np.array([[1, 0], [0, 1], [1, 0]], np.float32), np.eye(3, dtype=np.float32),
+        ...                   np.arange(3), None)
+        >>> rows.twins("img", 0), rows.twins("txt", 0)
+        (array([2]), array([], dtype=int64))
+        """
+        if side not in self._twin_index:
+            self._twin_index[side] = {}
+            self._index_rows(side, np.arange(self.size))
+        found = [t for t in self._twin_index[side].get(self._probe(side, np.asarray([row]))[0], ())
+                 if t != row]
+        if not found:
+            return np.empty(0, dtype=np.int64)
+        found = np.asarray(found, dtype=np.int64)
+        emb = self.emb(side)
+        return found[(emb[found] == emb[row]).all(axis=1)]
+
+    @property
+    def n_alive(self) -> int:
+        return int(self.alive[:self.size].sum())
+
+    def alive_rows(self) -> np.ndarray:
+        return np.flatnonzero(self.alive[:self.size])
+
+    def append(self, img, txt, ids, metadata) -> np.ndarray:
+        m = img.shape[0]
+        if self.size + m > self.img.shape[0]:
+            cap = max(self.size + m, int(self.img.shape[0] * 1.5) + 16)
+            for name in ("img", "txt"):
+                old = getattr(self, name)
+                new = np.zeros((cap, old.shape[1]), dtype=np.float32)
+                new[:self.size] = old[:self.size]
+                setattr(self, name, new)
+            ids_new = np.full(cap, -1, dtype=np.int64)
+            ids_new[:self.size] = self.ids[:self.size]
+            self.ids = ids_new
+            alive_new = np.zeros(cap, dtype=bool)
+            alive_new[:self.size] = self.alive[:self.size]
+            self.alive = alive_new
+        rows = np.arange(self.size, self.size + m)
+        self.img[rows], self.txt[rows], self.ids[rows] = img, txt, ids
+        self.alive[rows] = True
+        for r, i in zip(rows, ids):
+            self.id_to_row[int(i)] = int(r)
+        if self.metadata is not None:
+            self.metadata.extend(dict(x) for x in (metadata or [{} for _ in range(m)]))
+        self.size += m
+        for side in self._twin_index:
+            self._index_rows(side, rows)
+        return rows
+
+
+#: Edits of at most this many pairs go one pair at a time (binary search + shift in the sorted lists,
+#: O(touched queries) besides the shift); larger ones merge or filter whole lists at once.
+SEQUENTIAL_MAX = 8
+#: Similarity columns (every query against one anchor row) kept for reuse: an undo, a redo and the
+#: text side of an edit ask again for the columns the edit just computed.
+COLUMN_CACHE_BYTES = 32 * 1024 ** 2
+#: Up to this many anchors, :meth:`NeighbourLists.topk_similarities` computes their similarities with
+#: every holding query (one product); beyond, scanning the lists is cheaper (measured crossover
+#: ≈300 anchors at 10,000 queries × k = 800, d = 1,280: 97 ms vs 103 ms).
+PRODUCT_MAX_ANCHORS = 256
+
+#: How top-k sets changed: ``(query, row, signed raw weight)`` of every anchor that entered (+) or
+#: left (-) a top-k, flattened; additive across consecutive edits.
+Diff = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def concat_diffs(parts: Sequence[Diff]) -> Diff:
+    """One :data:`Diff` of several."""
+    if not parts:
+        e = np.empty(0, dtype=np.int64)
+        return e, e, np.empty(0)
+    return tuple(np.concatenate([part[i] for part in parts]) for i in range(3))  # type: ignore[return-value]
+
+
+def _move_in_rows(arrays: Sequence[np.ndarray], qs: np.ndarray, start: np.ndarray, stop: np.ndarray,
+                  by: int) -> None:
+    """In every C-contiguous 2-D array, move ``a[q, start:stop]`` to ``a[q, start + by:stop + by]``
+    for each row ``q`` of ``qs`` (overlap-safe). A byte move through a memoryview per row costs a
+    fraction of a numpy slice assignment's overhead: 14 ms instead of 24 for 10,000 rows of 1,000
+    (rows + similarities), what inserting one anchor into every list costs.
+
+    >>> a = np.arange(8).reshape(2, 4)
+    >>> _move_in_rows([a], np.array([1]), np.array([1]), np.array([3]), 1); a
+    array([[0, 1, 2, 3],
+           [4, 5, 5, 6]])
+    """
+    for a in arrays:
+        width, size = a.shape[1], a.itemsize
+        view = memoryview(a).cast("B")
+        for q, i, j in zip(qs.tolist(), start.tolist(), stop.tolist()):
+            if j > i:
+                src = (q * width + i) * size
+                dst = src + by * size
+                view[dst:dst + (j - i) * size] = view[src:src + (j - i) * size]
+
+
+class NeighbourLists:
+    """Top-(k+m) live-anchor lists of a fixed query set over one side (images or texts) of the
+    anchor rows (paper step 2, "keep the top k", kept with m spare neighbours so edits stay local).
+
+    Invariant: row q of ``rows``/``sims`` holds the first ``length[q]`` live anchors in canonical
+    order (similarity desc, row asc); ``k ≤ length[q] ≤ K`` unless fewer than k anchors live.
+
+    :meth:`add` and :meth:`remove` return how the top-k sets changed, as the flattened
+    ``(query, anchor row, signed raw weight)`` of every anchor that entered (+) or left (−) a top-k:
+    everything the scores and norms need, additive across consecutive edits.
+    """
+
+    STATE_FIELDS = ("rows", "sims", "length")
+
+    def __init__(self, queries: np.ndarray, side: str, anchors: AnchorRows, k: int, K: int, p: float,
+                 state: Mapping[str, np.ndarray] | None = None):
+        self.q = queries
+        self.side = side
+        self.anchors = anchors
+        self.k, self.K, self.p = k, K, p
+        self.recomputed = 0
+        self._scratch = np.zeros(0, dtype=bool)
+        self._columns: dict[int, np.ndarray] = {}
+        self._column_cap = max(16, COLUMN_CACHE_BYTES // (4 * queries.shape[0]))
+        if state is not None and state["rows"].shape == (queries.shape[0], K):
+            self.rows, self.sims, self.length = (np.array(state[f]) for f in self.STATE_FIELDS)
+            self._build_postings()
+        else:
+            self._full_init()
+
+    def state(self) -> dict[str, np.ndarray]:
+        """The lists as plain arrays (``rows``, ``sims``, ``length``), to restore with ``state=``."""
+        return {f: getattr(self, f) for f in self.STATE_FIELDS}
+
+    def emb(self) -> np.ndarray:
+        return self.anchors.emb(self.side)
+
+    def _full_init(self):
+        alive = self.anchors.alive_rows()
+        K = min(self.K, alive.size)
+        base = self.emb()[alive]
+        idx, sims = ExactIndex(base).topk(self.q, K)
+        nq = self.q.shape[0]
+        self.rows = np.full((nq, self.K), -1, dtype=np.int64)
+        self.sims = np.full((nq, self.K), -np.inf, dtype=np.float32)
+        self.rows[:, :K] = alive[idx]
+        self.sims[:, :K] = sims
+        self.length = np.full(nq, K, dtype=np.int64)
+        self._build_postings()
+
+    def _build_postings(self):
+        flat = self.rows.ravel()
+        valid = flat >= 0
+        qid = np.repeat(np.arange(self.rows.shape[0]), self.K)[valid]
+        flat = flat[valid]
+        order = np.argsort(flat, kind="stable")
+        self.post_q = qid[order]
+        self.post_ptr = np.searchsorted(flat[order], np.arange(self.anchors.size + 1))
+        self.post_cap = self.anchors.size
+        self.extra: dict[int, list] = {}
+
+    def queries_holding(self, rows: np.ndarray) -> np.ndarray:
+        """Queries whose current list may contain any of ``rows`` (a superset; callers verify)."""
+        parts = []
+        for r in rows:
+            r = int(r)
+            if r < self.post_cap:
+                parts.append(self.post_q[self.post_ptr[r]:self.post_ptr[r + 1]])
+            ex = self.extra.get(r)
+            if ex:
+                parts.append(np.asarray(ex, dtype=np.int64))
+        if not parts:
+            return np.empty(0, dtype=np.int64)
+        return np.unique(np.concatenate(parts))
+
+    def _note(self, qs: np.ndarray, rows: np.ndarray):
+        """Record that queries ``qs[i]`` now hold ``rows[i]`` (postings for rows added later)."""
+        order = np.argsort(rows, kind="stable")
+        rows, qs = rows[order], qs[order]
+        starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]]) if rows.size else rows
+        for r, chunk in zip(rows[starts].tolist(), np.split(qs, starts[1:])):
+            self.extra.setdefault(r, []).extend(chunk.tolist())
+
+    def topk_of(self, qs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.rows[qs, :self.k].copy(), self.sims[qs, :self.k].copy()
+
+    def similarities(self, qs: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """``[len(qs), len(rows)]`` similarities of queries ``qs`` to anchor ``rows``, bit-identical to
+        the lists' entries. When ``qs`` is most of the queries, whole columns are computed (no
+        gather of query rows) and kept for reuse; anchor rows never change, so they stay valid."""
+        rows = [int(r) for r in rows]
+        if all(r in self._columns for r in rows):
+            return np.stack([self._columns[r] for r in rows], 1)[qs]
+        if 2 * qs.size <= self.q.shape[0]:
+            return similarity_block(self.q[qs], self.emb()[rows])
+        full = similarity_block(self.q, self.emb()[rows])
+        for j, r in enumerate(rows):
+            if len(self._columns) >= self._column_cap:
+                del self._columns[next(iter(self._columns))]
+            self._columns[r] = np.ascontiguousarray(full[:, j])
+        return full[qs]
+
+    def _rank(self, qs: np.ndarray, s: np.ndarray, r: int) -> np.ndarray:
+        """How many entries of list ``qs[i]`` precede ``(s[i], r)`` in canonical order (binary
+        search: O(log K) per query)."""
+        lo = np.zeros(qs.size, dtype=np.int64)
+        hi = self.length[qs].copy()
+        row_start = qs * self.K
+        sims, rows = self.sims.ravel(), self.rows.ravel()
+        for _ in range(int(self.K).bit_length()):
+            open_ = lo < hi
+            mid = (lo + hi) // 2
+            at = row_start + np.minimum(mid, self.K - 1)
+            ms, mr = sims[at], rows[at]
+            before = open_ & ((ms > s) | ((ms == s) & (mr < r)))
+            lo = np.where(before, mid + 1, lo)
+            hi = np.where(open_ & ~before, mid, hi)
+        return lo
+
+    def _diff(self, qs, old_r, old_s, new_r, new_s) -> Diff:
+        """The change between the old and new top-k sets of queries ``qs`` (vectorised with a
+        reusable boolean scratch table)."""
+        cap = self.anchors.img.shape[0] + 1
+        step = max(1, min(len(qs), (8 * 1024 ** 2) // cap))
+        if self._scratch.size < step * cap:
+            self._scratch = np.zeros(step * cap, dtype=bool)
+        table = self._scratch
+        parts = []
+        for s0 in range(0, len(qs), step):
+            o, n = old_r[s0:s0 + step], new_r[s0:s0 + step]
+            base = (np.arange(o.shape[0]) * cap)[:, None]
+            lo = base + np.where(o >= 0, o, cap - 1)
+            ln = base + np.where(n >= 0, n, cap - 1)
+            table[lo] = True
+            came = (n >= 0) & ~table[ln]
+            table[lo] = False
+            table[ln] = True
+            gone = (o >= 0) & ~table[lo]
+            table[ln] = False
+            gq, gj = np.nonzero(gone)
+            cq, cj = np.nonzero(came)
+            parts.append((qs[s0 + gq], o[gq, gj], -signed_power64(old_s[s0 + gq, gj], self.p)))
+            parts.append((qs[s0 + cq], n[cq, cj], signed_power64(new_s[s0 + cq, cj], self.p)))
+        return concat_diffs(parts)
+
+    def _recompute(self, qs: np.ndarray) -> Diff:
+        """Refill the lists of ``qs`` exactly from every live anchor (their slack ran out)."""
+        old_r, old_s = self.topk_of(qs)
+        alive = self.anchors.alive_rows()
+        K = min(self.K, alive.size)
+        idx, sims = exact_topk(self.q[qs], self.emb()[alive], K)
+        self.rows[qs] = -1
+        self.sims[qs] = -np.inf
+        self.rows[qs, :K] = alive[idx]
+        self.sims[qs, :K] = sims
+        self.length[qs] = K
+        self._note(np.repeat(qs, K), alive[idx].ravel())
+        self.recomputed += qs.size
+        return self._diff(qs, old_r, old_s, *self.topk_of(qs))
+
+    # ------------------------------------------------------------------ removal
+    def remove(self, removed: np.ndarray, n_alive_after: int) -> Diff:
+        """Drop the (already dead) anchor rows ``removed``."""
+        if removed.size <= SEQUENTIAL_MAX:
+            return concat_diffs([self._remove_one(int(r), n_alive_after) for r in removed])
+        qs = self.queries_holding(removed)
+        sub_rows = self.rows[qs]
+        mask = np.isin(sub_rows, removed)
+        hit = mask.any(axis=1)
+        qs, sub_rows, mask = qs[hit], sub_rows[hit], mask[hit]
+        changed = qs[mask[:, :self.k].any(axis=1)]
+        old_r, old_s = self.topk_of(changed)
+        order = np.argsort(mask, axis=1, kind="stable")
+        sub_sims = np.take_along_axis(self.sims[qs], order, 1)
+        sub_rows = np.take_along_axis(sub_rows, order, 1)
+        new_len = self.length[qs] - mask.sum(axis=1)
+        tail = np.arange(self.K)[None, :] >= new_len[:, None]
+        sub_rows[tail] = -1
+        sub_sims[tail] = -np.inf
+        self.rows[qs], self.sims[qs], self.length[qs] = sub_rows, sub_sims, new_len
+        short = qs[(new_len < self.k) & (new_len < n_alive_after)]
+        diff = self._diff(changed, old_r, old_s, *self.topk_of(changed))
+        return concat_diffs([diff, self._recompute(short)]) if short.size else diff
+
+    def _remove_one(self, r: int, n_alive_after: int) -> Diff:
+        """Drop anchor row ``r``: find it by binary search, shift the rest of each list up by one;
+        r leaves the top-k and the (k+1)-th enters."""
+        qs = self.queries_holding(np.asarray([r]))
+        if qs.size == 0:
+            return concat_diffs([])
+        pos = self._rank(qs, self.similarities(qs, np.asarray([r]))[:, 0], r)
+        held = (pos < self.length[qs]) & (self.rows[qs, np.minimum(pos, self.K - 1)] == r)
+        # a similarity one bit off the stored one (another BLAS) would hide r from the binary
+        # search: look for it directly in the lists where the search did not land on it
+        missed = np.flatnonzero(~held)
+        if missed.size:
+            hit = self.rows[qs[missed]] == r
+            found = hit.any(axis=1)
+            pos[missed[found]] = hit[found].argmax(axis=1)
+            held[missed[found]] = True
+        qs, pos = qs[held], pos[held]
+        s = self.sims[qs, pos]
+        length = self.length[qs]
+        top = pos < self.k
+        promoted = qs[top & (length > self.k)]
+        diff = [(qs[top], np.full(int(top.sum()), r), -signed_power64(s[top], self.p)),
+                (promoted, self.rows[promoted, self.k], signed_power64(self.sims[promoted, self.k], self.p))]
+        _move_in_rows((self.rows, self.sims), qs, pos + 1, length, -1)
+        self.rows[qs, length - 1] = -1
+        self.sims[qs, length - 1] = -np.inf
+        self.length[qs] = length - 1
+        short = qs[(length - 1 < self.k) & (length - 1 < n_alive_after)]
+        if short.size:
+            diff.append(self._recompute(short))
+        return concat_diffs(diff)
+
+    # ------------------------------------------------------------------ addition
+    def add(self, new_rows: np.ndarray, n_alive_before: int) -> Diff:
+        """Insert live rows ``new_rows`` (fresh or revived)."""
+        if new_rows.size <= SEQUENTIAL_MAX:
+            return concat_diffs([self._add_one(int(r), n_alive_before + i, new_rows[i + 1:])
+                                 for i, r in enumerate(new_rows)])
+        s = self.similarities(np.arange(self.q.shape[0]), new_rows)  # [nq, m]
+        blocked = np.zeros(s.shape, dtype=bool)
+        for j, r in enumerate(new_rows.tolist()):
+            first = np.flatnonzero(np.isin(new_rows, self.anchors.twins(self.side, r)))
+            if first.size and first[0] < j:  # a twin earlier in this batch: the very same values
+                s[:, j] = s[:, first[0]]
+            blocked[:, j] = self._tie_with_twins(s[:, j], r, new_rows)
+        L = self.length
+        last = np.clip(L - 1, 0, None)
+        last_sim = self.sims[np.arange(len(L)), last]
+        last_row = self.rows[np.arange(len(L)), last]
+        covering = ((L >= n_alive_before) & (L < self.K))[:, None]
+        above = (s > last_sim[:, None]) | ((s == last_sim[:, None]) & (new_rows[None, :] < last_row[:, None]))
+        enter = (covering | above) & ~blocked
+        qs = np.flatnonzero(enter.any(axis=1))
+        ent = enter[qs]
+        add_rows = np.where(ent, new_rows[None, :], -1)
+        add_sims = np.where(ent, s[qs], -np.inf).astype(np.float32)
+        all_rows = np.concatenate([self.rows[qs], add_rows], 1)
+        all_sims = np.concatenate([self.sims[qs], add_sims], 1)
+        empty = 2 ** 32 - 1  # sorts after every real row at equal (-inf) similarity
+        nr, ns = canonical_order(np.where(all_rows < 0, empty, all_rows), all_sims)
+        nr, ns = np.where(nr[:, :self.K] == empty, -1, nr[:, :self.K]), ns[:, :self.K]
+        old_r, old_s = self.topk_of(qs)
+        self.rows[qs], self.sims[qs] = nr, ns
+        self.length[qs] = np.minimum(self.K, self.length[qs] + ent.sum(axis=1))
+        qq, jj = np.nonzero(ent)
+        self._note(qs[qq], new_rows[jj])
+        return self._diff(qs, old_r, old_s, *self.topk_of(qs))
+
+    def _tie_with_twins(self, s: np.ndarray, r: int, pending: np.ndarray) -> np.ndarray:
+        """Before inserting anchor row ``r`` with similarities ``s [nq]`` (changed in place): in every
+        list that holds a live twin of r (a bit-identical embedding), r takes the twin's stored
+        similarity, an exact tie as one full product gives (another product's rounding can differ
+        in the last bit and break the tie the wrong way). Returns the mask of lists r must stay
+        out of: those missing a live twin, which (and so r) ranks after the list's end. Rows in
+        ``pending`` (live, not inserted yet) do not count as twins."""
+        twins = self.anchors.twins(self.side, r)
+        twins = twins[self.anchors.alive[twins] & ~np.isin(twins, pending)]
+        blocked = np.zeros(s.shape[0], dtype=bool)
+        if twins.size == 0:
+            return blocked
+        blocked[:] = True
+        hq = self.queries_holding(twins)
+        if hq.size:
+            hit = np.isin(self.rows[hq], twins)
+            found = hit.any(axis=1)
+            hq = hq[found]
+            s[hq] = self.sims[hq, hit[found].argmax(axis=1)]
+            blocked[hq] = False
+        return blocked
+
+    def _add_one(self, r: int, n_alive_before: int, pending: np.ndarray) -> Diff:
+        """Insert anchor row ``r`` at its canonical place (binary search) in every list it enters,
+        shifting the rest down by one; where it enters the top-k, the old k-th leaves. ``pending``:
+        rows of the same edit inserted after r."""
+        all_q = np.arange(self.q.shape[0])
+        s = self.similarities(all_q, np.asarray([r]))[:, 0]
+        blocked = self._tie_with_twins(s, r, pending)
+        pos = self._rank(all_q, s, r)
+        L = self.length
+        covering = (L >= n_alive_before) & (L < self.K)  # the list holds every live anchor
+        qs = np.flatnonzero(((pos < L) | covering) & ~blocked)
+        s, pos, length = s[qs], pos[qs], L[qs]
+        top = pos < self.k
+        demoted = qs[top & (length >= self.k)]
+        diff = [(qs[top], np.full(int(top.sum()), r), signed_power64(s[top], self.p)),
+                (demoted, self.rows[demoted, self.k - 1], -signed_power64(self.sims[demoted, self.k - 1], self.p))]
+        end = np.minimum(length + 1, self.K)
+        _move_in_rows((self.rows, self.sims), qs, pos, end - 1, 1)
+        self.rows[qs, pos] = r
+        self.sims[qs, pos] = s
+        self.length[qs] = end
+        self.extra.setdefault(r, []).extend(qs.tolist())
+        return concat_diffs(diff)
+
+    @staticmethod
+    def computes_similarities(n_anchors: int) -> bool:
+        """Whether :meth:`topk_similarities` computes the similarities of ``n_anchors`` anchors
+        (one product, worth prefetching with the rest of an edit's columns) rather than scanning
+        the lists."""
+        return n_anchors <= PRODUCT_MAX_ANCHORS
+
+    def topk_similarities(self, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(query, j, similarity)`` for every query whose top-k holds anchor row ``xs[j]``
+        (``xs`` sorted, distinct). For a few anchors the similarities are computed and compared
+        with each list's k-th entry (canonical order), one product instead of a scan of the
+        lists; for many, the lists are scanned."""
+        qs = self.queries_holding(xs)
+        if qs.size == 0:
+            e = np.empty(0, dtype=np.int64)
+            return e, e, np.empty(0, dtype=np.float32)
+        if not self.computes_similarities(xs.size):
+            lookup = np.full(self.anchors.img.shape[0] + 1, -1, dtype=np.int64)  # row -1 -> slot -1
+            lookup[xs] = np.arange(xs.size)
+            j = lookup[self.rows[qs, :self.k]]
+            qi, slot = np.nonzero(j >= 0)
+            return qs[qi], j[qi, slot], self.sims[qs[qi], slot]
+        S = self.similarities(qs, xs)
+        kth = np.minimum(self.length[qs], self.k) - 1
+        # a fresh product may round the last bit differently from the stored lists: take every
+        # anchor within a few ulps of the k-th as a candidate, then find it in the list itself
+        near = self.anchors.alive[xs][None, :] & (S >= self.sims[qs, kth][:, None] - 4e-7)
+        qi, j = np.nonzero(near)
+        hit = self.rows[qs[qi], :self.k] == xs[j][:, None]
+        held = hit.any(axis=1)
+        qi, j = qi[held], j[held]
+        return qs[qi], j, self.sims[qs[qi], hit[held].argmax(axis=1)]

@@ -1,0 +1,590 @@
+"""The live model of a workspace: its vectors, an incremental ASIF session, and the one edit path.
+
+``WorkspaceVectors`` are the vectors of everything a workspace holds under its settings (every pair
+it ever held, the labeled pictures, the class prompts), read from the embedding cache. A pair whose
+picture cannot be read or decoded is *quarantined* (left out of the model and listed), so a
+workspace always opens.
+
+``LiveModel`` mirrors the workspace's edit log with a :class:`core.edits.EditSession` (ASIF, Sec. 3:
+every prediction is a sum over anchor pairs, so removing or adding a pair re-scores only the
+pictures whose top-k neighbours it touches). The labeled pictures are split into a *tuning* part,
+which every choice reads (influence, what-if, auto-curation), and a *test* part, which is only
+reported (:mod:`core.curation`).
+
+**One edit path.** :meth:`LiveModel.remove`, :meth:`~LiveModel.add`, :meth:`~LiveModel.undo` and
+:meth:`~LiveModel.redo` each run one ``BEGIN IMMEDIATE`` transaction: read the log inside it and
+re-sync the model when the log's last sequence number is not the model's (another process or
+session edited); validate with the store's rules (``core.store.plan_*``); apply to the model; write
+the edit with the metrics measured after it; commit. Any failure reverts the model, so memory and
+disk never diverge; a held lock becomes :class:`core.store.WorkspaceBusy` (a one-sentence message).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from core import store
+from core.asif import AsifModel, build_prompts, softmax
+from core.cache import EmbeddingCache
+from core.curation import stratified_split
+from core.edits import EditResult, EditSession, Influence
+
+ProgressFn = Callable[[float, str], None]
+
+
+# ------------------------------------------------------------------------------------ vectors
+@dataclass(frozen=True)
+class Quarantined:
+    """A pair or labeled picture left out of the model, with a one-sentence reason."""
+
+    item_id: int
+    image: str
+    reason: str
+
+
+class WorkspaceVectors:
+    """Vectors of one workspace under its settings (immutable; grow with :meth:`extended`).
+
+    ``pair_ids [P]`` every pair the workspace holds (active or not) with ``pair_refs`` / ``captions``;
+    ``img [U, di]`` unique anchor pictures and ``pair_img [P]`` each pair's picture row; ``cap [P, dt]``
+    caption vectors; ``ok [P]`` False for quarantined pairs; ``items`` the labeled pictures kept,
+    ``item_vecs [Q, di]``, ``item_labels [Q]`` (index into ``classes``), ``is_tune [Q]``;
+    ``prompts [C*T, dt]`` with ``prompt_classes [C*T]`` (``core.asif.build_prompts``).
+    """
+
+    def __init__(self, ws: store.Workspace, cache: EmbeddingCache, progress: ProgressFn | None = None):
+        from core.embedded import embed
+
+        report = progress or (lambda f, m: None)
+        self.ws_path = ws.path
+        self.settings = ws.settings()
+        self.key = store.settings_key(self.settings)
+        s = self.settings
+        self.k_user, self.p = int(s["k"]), float(s["p"])
+        self.classes = list(s["classes"])
+        self.templates = list(s["templates"])
+        self.image_encoder, self.text_encoder = s["image_encoder"], s["text_encoder"]
+        self.cache = cache
+        pairs = ws.all_pairs()
+        self.pair_ids = np.array([p.pair_id for p in pairs], dtype=np.int64)
+        self.captions = [p.caption for p in pairs]
+        self.pair_refs = [p.image for p in pairs]
+        unique: dict[str, int] = {}
+        self.pair_img = np.array([unique.setdefault(r, len(unique)) for r in self.pair_refs], dtype=np.int64)
+        self.img_refs = list(unique)
+        label_index = {c: i for i, c in enumerate(self.classes)}
+        items = [e for e in ws.eval_items() if e.label in label_index]
+        self.notes: list[str] = []
+        n_img, n_items, n_cap = len(self.img_refs), len(items), len(self.captions)
+        total = max(1.0, n_img + n_items + n_cap / 50)  # captions are ~50x cheaper to encode
+
+        def stage(offset, weight, label):
+            return lambda d, t: report(min(0.99, (offset + weight * d / max(t, 1)) / total),
+                                       f"{label}: {d:,} of {t:,} computed (the rest are cached)")
+
+        report(0.0, f"Reading {n_img:,} anchor pictures from the embedding cache")
+        res = embed(self.image_encoder, [str(ws.resolve(r)) for r in self.img_refs], cache=cache,
+                    progress=stage(0, n_img, "Embedding anchor pictures"))
+        self.img, img_ok = res.vectors, res.ok
+        bad_img = {f.index: f.reason for f in res.failed}
+        report(n_img / total, f"Reading {n_items:,} labeled pictures")
+        res = embed(self.image_encoder, [str(ws.resolve(e.image)) for e in items], cache=cache,
+                    progress=stage(n_img, n_items, "Embedding labeled pictures"))
+        keep = np.flatnonzero(res.ok)
+        self.skipped_items = [Quarantined(items[f.index].item_id, items[f.index].image, f.reason)
+                              for f in res.failed]
+        self.items = [items[i] for i in keep]
+        self.item_vecs = res.vectors[keep]
+        self.item_labels = np.array([label_index[e.label] for e in self.items], dtype=np.int64)
+        report((n_img + n_items) / total, f"Reading {n_cap:,} captions")
+        res = embed(self.text_encoder, self.captions, cache=cache,
+                    progress=stage(n_img + n_items, n_cap / 50, "Embedding captions"))
+        self.cap = res.vectors
+        self.ok = img_ok[self.pair_img] & res.ok
+        bad_cap = {f.index: f.reason for f in res.failed}
+        self.quarantined = [
+            Quarantined(int(self.pair_ids[i]), self.pair_refs[i],
+                        bad_img.get(int(self.pair_img[i])) or bad_cap.get(i) or "could not be embedded")
+            for i in np.flatnonzero(~self.ok)]
+        prompts, self.prompt_classes = build_prompts(self.classes, self.templates)
+        res = embed(self.text_encoder, prompts, cache=cache)
+        if not res.ok.all():
+            raise ValueError("The class prompts could not be embedded with the text encoder "
+                             f"{self.text_encoder!r}.")
+        self.prompts = res.vectors
+        self.is_tune = self._split(s)
+        self.pos_of = {int(pid): i for i, pid in enumerate(self.pair_ids)}
+        report(1.0, "Embeddings ready")
+
+    def _split(self, s: dict) -> np.ndarray:
+        """Tuning mask ``[Q]``: items given as a separate test set are test, the rest tuning;
+        otherwise the seeded stratified split (classes with one picture stay in tuning, noted)."""
+        fixed = np.array([e.part == "test" for e in self.items], dtype=bool)
+        if fixed.any():
+            self.notes.append(f"Test part: the {int(fixed.sum()):,} pictures given as a separate test set.")
+            return ~fixed
+        is_tune = np.ones(len(self.items), dtype=bool)
+        counts = np.bincount(self.item_labels, minlength=len(self.classes))
+        small = [self.classes[c] for c in np.flatnonzero((counts > 0) & (counts < 2))]
+        if small:
+            self.notes.append(f"Classes with fewer than 2 labeled pictures ({', '.join(small[:5])}) "
+                              "cannot be split; their pictures count as tuning only.")
+        sel = np.flatnonzero(counts[self.item_labels] >= 2)
+        if sel.size:
+            is_tune[sel] = stratified_split([self.items[i].image for i in sel], self.item_labels[sel],
+                                            float(s["tune_fraction"]), int(s["split_seed"]))
+        return is_tune
+
+    def metadata(self, positions: Iterable[int]) -> list[dict]:
+        return [{"image": self.pair_refs[i], "caption": self.captions[i]} for i in positions]
+
+    def positions(self, pair_ids: Iterable[int]) -> np.ndarray:
+        return np.array([self.pos_of[int(i)] for i in pair_ids], dtype=np.int64)
+
+    def embed_picture(self, image) -> np.ndarray:
+        """``[di]`` for a PIL image, a file path or image bytes (``ValueError`` if unreadable)."""
+        from core.embedded import embed
+
+        if isinstance(image, Path):
+            image = str(image)
+        res = embed(self.image_encoder, [image], cache=self.cache)
+        if not res.ok[0]:
+            raise ValueError("That picture could not be read: " + (res.failed[0].reason if res.failed
+                                                                   else "unknown format") + ".")
+        return res.vectors[0]
+
+    def embed_pairs(self, pairs: Sequence[tuple[str, str]], resolve) -> tuple[np.ndarray, np.ndarray]:
+        """Vectors ``([m, di], [m, dt])`` of new ``(image_ref, caption)`` rows; ``ValueError`` naming
+        the first picture that cannot be read (nothing is stored then)."""
+        from core.embedded import embed
+
+        res = embed(self.image_encoder, [str(resolve(r)) for r, _ in pairs], cache=self.cache)
+        if res.failed or not res.ok.all():
+            bad = res.failed[0] if res.failed else None
+            raise ValueError(f"{len(pairs) - int(res.ok.sum())} of the pictures could not be read"
+                             + (f" (e.g. {Path(bad.item).name}: {bad.reason})" if bad else "")
+                             + "; nothing was added.")
+        txt = embed(self.text_encoder, [c for _, c in pairs], cache=self.cache)
+        return res.vectors, txt.vectors
+
+    def extended(self, ids: Sequence[int], pairs: Sequence[tuple[str, str]], img: np.ndarray,
+                 cap: np.ndarray) -> "WorkspaceVectors":
+        """A copy that also holds the new pairs ``ids`` (their vectors already computed)."""
+        out = object.__new__(WorkspaceVectors)
+        out.__dict__.update(self.__dict__)
+        unique = {r: i for i, r in enumerate(self.img_refs)}
+        rows, fresh = [], []
+        for (ref, _), v in zip(pairs, img):
+            if ref not in unique:
+                unique[ref] = len(unique)
+                fresh.append(v)
+            rows.append(unique[ref])
+        out.img_refs = list(unique)
+        out.img = np.concatenate([self.img, np.asarray(fresh, np.float32).reshape(-1, self.img.shape[1])])
+        out.pair_ids = np.concatenate([self.pair_ids, np.asarray(ids, np.int64)])
+        out.pair_img = np.concatenate([self.pair_img, np.asarray(rows, np.int64)])
+        out.cap = np.concatenate([self.cap, np.asarray(cap, np.float32)])
+        out.ok = np.concatenate([self.ok, np.ones(len(ids), bool)])
+        out.captions = self.captions + [c for _, c in pairs]
+        out.pair_refs = self.pair_refs + [r for r, _ in pairs]
+        out.pos_of = {int(pid): i for i, pid in enumerate(out.pair_ids)}
+        return out
+
+
+# ------------------------------------------------------------------------------------ metrics
+@dataclass(frozen=True)
+class Metrics:
+    """The numbers of a model on both parts of the labeled set: ``tune`` (what choices read),
+    ``test`` (the honest, held-out figure), ``accuracy`` over both; per class ``[C]`` lists."""
+
+    tune: float
+    test: float
+    accuracy: float
+    per_class_tune: list
+    per_class_test: list
+    n_tune: int
+    n_test: int
+    n_anchors: int
+    k: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def of(cls, predictions: np.ndarray, labels: np.ndarray, is_tune: np.ndarray, n_classes: int,
+           n_anchors: int, k: int) -> "Metrics":
+        correct = predictions == labels
+
+        def acc(mask):
+            return float(correct[mask].mean()) if mask.any() else float("nan")
+
+        def per_class(mask):
+            out = []
+            for c in range(n_classes):
+                m = mask & (labels == c)
+                out.append(float(correct[m].mean()) if m.any() else None)
+            return out
+
+        test = ~is_tune
+        return cls(acc(is_tune), acc(test), acc(np.ones_like(is_tune)), per_class(is_tune),
+                   per_class(test), int(is_tune.sum()), int(test.sum()), int(n_anchors), int(k))
+
+    def test_noise(self) -> float:
+        """Two standard errors of the test accuracy (binomial): differences below this are noise."""
+        if not self.n_test or self.test != self.test:
+            return float("nan")
+        return 2.0 * float(np.sqrt(max(self.test * (1 - self.test), 1e-12) / self.n_test))
+
+    def fitting_tuning(self, start: "Metrics | dict | None") -> str | None:
+        """A plain warning when the tuning gain since ``start`` exceeds the test gain by more than
+        the test part's noise (:meth:`test_noise`): the edits are fitting the tuning pictures."""
+        if start is None or not self.n_test:
+            return None
+        s = start if isinstance(start, dict) else start.to_dict()
+        if s.get("tune") is None or s.get("test") is None:
+            return None
+        gap = (self.tune - s["tune"]) - (self.test - s["test"])
+        noise = self.test_noise()
+        if gap > noise:
+            return (f"Since the start, tuning accuracy rose {100 * (self.tune - s['tune']):+.1f} points but "
+                    f"test accuracy {100 * (self.test - s['test']):+.1f}: a gap of {100 * gap:.1f} points, "
+                    f"more than the test part's noise (2 standard errors = {100 * noise:.1f} points). "
+                    "The edits are fitting the tuning pictures; trust the test figure.")
+        return None
+
+
+@dataclass(frozen=True)
+class EditOutcome:
+    """A committed edit: the log row ``seq``, what it did, the metrics before and after."""
+
+    seq: int
+    op: store.Operation
+    before: Metrics
+    after: Metrics
+    n_changed: int
+    elapsed_ms: float
+
+    def message(self) -> str:
+        """One sentence for the page, e.g. ``Removed pair #12: test 41.0 % → 41.5 %, …``."""
+        op, n = self.op, self.n_changed
+        ids = op.pair_ids
+        what = f"pair #{ids[0]}" if len(ids) == 1 else f"{len(ids):,} pairs"
+        head = {"remove": f"Removed {what}", "add": f"Added {what}",
+                "undo": f"Undid the {op.target.describe() if op.target else 'edit'}",
+                "redo": f"Redid the {op.target.describe() if op.target else 'edit'}"}[op.kind]
+        return (f"{head}: test {_pct(self.before.test)} → {_pct(self.after.test)}, tuning "
+                f"{_pct(self.before.tune)} → {_pct(self.after.tune)}; {n:,} prediction{'s' if n != 1 else ''} "
+                f"changed (re-scored in {self.elapsed_ms:.0f} ms).")
+
+
+def _pct(x: float) -> str:
+    return "–" if x is None or x != x else f"{100 * x:.1f}%"
+
+
+@dataclass(frozen=True)
+class WhatIf:
+    """A previewed edit (nothing committed)."""
+
+    before: Metrics
+    after: Metrics
+    n_changed: int
+    elapsed_ms: float
+
+
+# ------------------------------------------------------------------------------------ snapshots
+# Building the engine means finding every labeled picture's and class prompt's nearest anchors
+# (seconds at 35k anchors x 10k pictures). The result depends only on the vectors, the live pairs
+# and k, so it is kept in the workspace's state/ folder as plain arrays (no pickles), keyed by a
+# fingerprint of the inputs, and a later start loads it instead of recomputing.
+def _fingerprint(*arrays) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(str((a.shape, a.dtype.str)).encode())
+        step = max(1, len(a) // 512) if a.ndim else 1
+        h.update(np.ascontiguousarray(a[::step] if a.ndim else a).tobytes())
+    return h.hexdigest()[:24]
+
+
+def _session_with_snapshot(path: Path, build: Callable[[dict | None], EditSession]) -> EditSession:
+    saved = None
+    if path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                saved = {k: f[k] for k in f.files}
+        except (OSError, ValueError):
+            saved = None
+    session = build(saved)
+    if saved is None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            for old in path.parent.glob("neighbours-*.npz"):
+                old.unlink(missing_ok=True)  # one snapshot per workspace is enough
+            tmp = path.with_name(path.name + f".{os.getpid()}.tmp.npz")
+            np.savez(tmp, **session.neighbour_state())
+            os.replace(tmp, path)
+        except OSError:
+            pass  # the snapshot is an optimisation only
+    return session
+
+
+# ------------------------------------------------------------------------------------ the live model
+class LiveModel:
+    """A workspace's current anchor set as an incremental :class:`core.edits.EditSession`.
+
+    ``seq`` is the last log row the model reflects; ``k`` is the user's k unless fewer pairs are
+    active (``k_note`` then says so). Thread-safe: edits and syncs hold ``lock``.
+    """
+
+    def __init__(self, ws: store.Workspace, vectors: WorkspaceVectors, progress: ProgressFn | None = None):
+        self.ws = ws
+        self.vectors = vectors
+        self.lock = threading.RLock()
+        state = ws.state()
+        active = self._modelled(state.active)
+        if not active:
+            raise ValueError("This workspace has no usable anchor pairs; add some on the Curate page.")
+        if len(vectors.item_labels) == 0:
+            raise ValueError("This workspace has no labeled pictures of its classes; add some on the Data "
+                             "page or change the class list in Settings.")
+        self.k = store.effective_k(vectors.k_user, len(active))
+        pos = vectors.positions(active)
+        model = AsifModel(vectors.img[vectors.pair_img[pos]], vectors.cap[pos], vectors.pair_ids[pos],
+                          vectors.metadata(pos), k=self.k, p=vectors.p,
+                          info={"image_encoder": vectors.image_encoder, "text_encoder": vectors.text_encoder})
+        key = _fingerprint(vectors.img, vectors.pair_img[pos], vectors.cap[pos], vectors.item_vecs,
+                           vectors.prompts, vectors.prompt_classes, vectors.pair_ids[pos],
+                           np.array([self.k, vectors.p]))
+        self.session = _session_with_snapshot(
+            ws.state_dir / f"neighbours-{key}.npz",
+            lambda saved: EditSession(model, vectors.item_vecs, vectors.item_labels, vectors.prompts,
+                                      vectors.prompt_classes, class_names=vectors.classes,
+                                      neighbours=saved, progress=progress))
+        self.seq = state.seq
+        self.version = 0  # bumped by every change of the anchor set (caches key on it)
+        self.needs_rebuild: str | None = None
+        if self.seq == 0 and ws.baseline(vectors.key) is None:
+            ws.set_baseline(self.metrics().to_dict(), vectors.key)
+
+    # ------------------------------------------------------------------ state
+    @property
+    def is_tune(self) -> np.ndarray:
+        """``[Q]`` True for the tuning pictures (what choices read)."""
+        return self.vectors.is_tune
+
+    @property
+    def key(self) -> str:
+        return self.vectors.key
+
+    @property
+    def k_note(self) -> str | None:
+        if self.k < self.vectors.k_user:
+            return (f"k = {self.vectors.k_user:,} is more than the {self.session.n_anchors:,} usable anchor "
+                    f"pairs, so the model uses k = {self.k:,} (all of them) until you add pairs or lower k "
+                    "in Settings.")
+        return None
+
+    def metrics(self, predictions: np.ndarray | None = None) -> Metrics:
+        s = self.session
+        return Metrics.of(s.predictions if predictions is None else predictions, s.labels, self.is_tune,
+                          s.n_classes, s.n_anchors, self.k)
+
+    @property
+    def n_anchors(self) -> int:
+        return self.session.n_anchors
+
+    def active_ids(self) -> set[int]:
+        return {int(i) for i in self.session.pair_ids}
+
+    def _modelled(self, ids: Iterable[int]) -> list[int]:
+        """The ids among ``ids`` the model can hold (known and not quarantined), sorted."""
+        v = self.vectors
+        return sorted(int(i) for i in ids if int(i) in v.pos_of and v.ok[v.pos_of[int(i)]])
+
+    def current_model(self) -> AsifModel:
+        """The live pairs as a :class:`core.asif.AsifModel` (cached until the next edit)."""
+        with self.lock:
+            cached = getattr(self, "_model", None)
+            if cached is None or cached[0] != self.version:
+                self._model = (self.version, self.session.current_model())
+            return self._model[1]
+
+    # ------------------------------------------------------------------ sync
+    def sync(self) -> bool:
+        """Catch up with edits other processes or sessions committed (True when the model changed).
+        Cheap when nothing changed: one query of the log's last sequence number."""
+        with self.lock:
+            state = self.ws.state()
+            if state.seq == self.seq:
+                return False
+            with self.ws.transaction() as tx:
+                self._sync_to(tx.state())
+            return True
+
+    def _sync_to(self, state: store.LogState) -> None:
+        if state.seq == self.seq:
+            return
+        want = set(self._modelled(state.active) + [int(i) for i in state.active
+                                                   if int(i) not in self.vectors.pos_of])
+        have = self.active_ids()
+        gone, new = sorted(have - want), sorted(want - have)
+        if gone:
+            self.session.remove(gone)
+        if new:
+            self._activate(new)
+        self.seq = state.seq
+        self.version += 1
+
+    def _activate(self, ids: Sequence[int]) -> EditResult:
+        """Make pairs live: restore those the session knows, embed and add the others."""
+        known = set(int(i) for i in self.session.known_pair_ids())
+        back = [i for i in ids if i in known]
+        fresh = [i for i in ids if i not in known and i not in self.vectors.pos_of]
+        res = self.session.restore(back) if back else None
+        rest = [i for i in ids if i not in known and i in self.vectors.pos_of]
+        if rest:
+            pos = self.vectors.positions(rest)
+            v = self.vectors
+            res = self.session.add(v.img[v.pair_img[pos]], v.cap[pos], pair_ids=np.asarray(rest, np.int64),
+                                   metadata=v.metadata(pos))
+        if fresh:  # added by another process: read their rows and embed them (usually cached)
+            rows = {p.pair_id: p for p in self.ws.all_pairs()}
+            pairs = [(rows[i].image, rows[i].caption) for i in fresh]
+            img, cap = self.vectors.embed_pairs(pairs, self.ws.resolve)
+            self.vectors = self.vectors.extended(fresh, pairs, img, cap)
+            res = self._activate(fresh)
+        return res
+
+    # ------------------------------------------------------------------ the one edit path
+    def _edit(self, plan: Callable[[store.LogState], store.Operation],
+              prepared: Callable[[store.Operation], None] | None = None) -> EditOutcome:
+        with self.lock:
+            if self.needs_rebuild:
+                raise ValueError(self.needs_rebuild)
+            t0 = time.perf_counter()
+            applied = None
+            before = None
+            try:
+                with self.ws.transaction() as tx:
+                    state = tx.state()
+                    self._sync_to(state)
+                    op = plan(state)
+                    before_pred = self.session.predictions
+                    before = self.metrics()
+                    if prepared is not None:
+                        prepared(op)
+                    self._apply(op)
+                    applied = op
+                    after = self.metrics()
+                    seq = tx.append(op, after.to_dict(), self.key)
+            except BaseException:
+                if applied is not None:
+                    self._revert(applied)
+                raise
+            self.seq = seq
+            self.version += 1
+            k_now = store.effective_k(self.vectors.k_user, self.session.n_anchors)
+            if k_now != self.k:
+                self.needs_rebuild = (f"The model is being rebuilt with k = {k_now:,} now that "
+                                      f"{self.session.n_anchors:,} pairs are active.")
+            changed = int((self.session.predictions != before_pred).sum())
+            return EditOutcome(seq, applied, before, after, changed, (time.perf_counter() - t0) * 1000)
+
+    def _apply(self, op: store.Operation) -> None:
+        ids = [int(i) for i in op.pair_ids]
+        if op.effect == "remove":
+            live = self.active_ids()
+            ids = [i for i in ids if i in live]  # quarantined pairs are not in the model
+            if ids:
+                self.session.remove(ids)
+        else:
+            ids = [i for i in ids if i not in self.vectors.pos_of or self.vectors.ok[self.vectors.pos_of[i]]]
+            if ids:
+                self._activate(ids)
+
+    def _revert(self, op: store.Operation) -> None:
+        """Undo ``op`` on the model after its transaction failed; if even that fails, the model
+        asks to be rebuilt from the log (it never serves numbers that disagree with the disk)."""
+        try:
+            ids = [int(i) for i in op.pair_ids]
+            if op.effect == "remove":
+                self.session.restore([i for i in ids if i in set(self.session.known_pair_ids())
+                                      and i not in self.active_ids()])
+            else:
+                self.session.remove([i for i in ids if i in self.active_ids()])
+                if op.new_pairs:
+                    # the rolled-back ids may be given to other pairs later: start afresh
+                    self.needs_rebuild = "The model is being rebuilt after a failed addition."
+        except Exception:  # noqa: BLE001 - the fallback below is always safe
+            self.needs_rebuild = "The model is being rebuilt after a failed edit."
+
+    def remove(self, pair_ids: Iterable[int], *, note: str = "") -> EditOutcome:
+        """Remove pairs (one logged edit)."""
+        ids = list(pair_ids)
+        return self._edit(lambda s: store.plan_remove(s, ids, min_active=self.k, note=note))
+
+    def add(self, pairs: Sequence[tuple[str, str]], *, note: str = "") -> EditOutcome:
+        """Add ``(image_ref, caption)`` pairs (one logged edit). Their pictures are embedded first;
+        one that cannot be read refuses the whole addition (``ValueError``) and stores nothing."""
+        pairs = [(str(r), str(c).strip()) for r, c in pairs]
+        store.check_new_pairs(pairs)  # the rules, before anything is embedded
+        img, cap = self.vectors.embed_pairs(pairs, self.ws.resolve)
+
+        def prepared(op: store.Operation) -> None:
+            self.vectors = self.vectors.extended(op.pair_ids, op.new_pairs, img, cap)
+
+        old = self.vectors
+        try:
+            return self._edit(lambda s: store.plan_add(s, pairs, note=note), prepared)
+        except BaseException:
+            self.vectors = old
+            raise
+
+    def undo(self, *, expected_seq: int | None = None) -> EditOutcome:
+        """Undo the latest user edit; ``expected_seq`` is the edit the page offered (a different one
+        on top of the log raises :class:`core.store.StaleView`)."""
+        return self._edit(lambda s: store.plan_undo(s, expected_seq=expected_seq, min_active=self.k))
+
+    def redo(self, *, expected_seq: int | None = None) -> EditOutcome:
+        return self._edit(lambda s: store.plan_redo(s, expected_seq=expected_seq, min_active=self.k))
+
+    # ------------------------------------------------------------------ previews
+    def what_if_remove(self, pair_ids: Iterable[int]) -> WhatIf:
+        """Metrics if these pairs were removed (nothing committed)."""
+        with self.lock:
+            live = self.active_ids()
+            ids = [int(i) for i in pair_ids if int(i) in live]
+            if not ids:
+                raise ValueError("None of the selected pairs is in the current anchor set.")
+            r = self.session.what_if_remove(ids)
+            return WhatIf(self.metrics(), self.metrics(r.predictions), r.n_changed, r.elapsed_ms)
+
+    # ------------------------------------------------------------------ single pictures
+    def explain(self, q: np.ndarray):
+        """:class:`core.asif.Explanation` of one picture vector ``[di]`` under the live pairs."""
+        v = self.vectors
+        return self.current_model().explain(q, v.prompts, v.prompt_classes, class_names=v.classes)
+
+    def probabilities(self, scores: np.ndarray) -> np.ndarray:
+        return softmax(np.asarray(scores)[None], self.session.temperature)[0]
+
+    # ------------------------------------------------------------------ influence
+    def influence(self, progress: ProgressFn | None = None) -> tuple[Influence, int]:
+        """Exact leave-one-out influence of every live pair on the TUNING pictures and the model
+        version it describes, computed on a copy of the engine (edits stay possible meanwhile)."""
+        import copy
+
+        with self.lock:
+            snapshot, version = copy.deepcopy(self.session), self.version
+        return snapshot.influence(progress=progress, eval_mask=self.is_tune), version
+
+    def influence_rows(self, inf: Influence) -> list[dict]:
+        """Table rows of ``inf``, most harmful first, with each pair's picture and caption."""
+        return inf.rows(inf.order_most_harmful(), self.session.metadata_by_id())
