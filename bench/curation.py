@@ -44,26 +44,29 @@ RECIPES = ("greedy", "influence", "suspicious", "additions", "combined")
 def load_demo(limit_anchors: int | None, per_class: int, pool_per_class: int | None,
               image_encoder: str, text_encoder: str):
     """Anchors, labeled set, pool and prompt/caption embeddings, through the embedding cache."""
-    from core.asif import DEFAULT_TEMPLATES, build_prompts
-    from core.cache import embed_labeled, embed_pairs, embed_texts
+    from core.asif import DEFAULT_TEMPLATES
+    from core.cache import default_cache
     from core.curation import class_caption
     from core.data import data_dir, load_labeled, load_pairs_folder
+    from core.embedded import EmbeddedLabeled, EmbeddedPairs, embed, embed_prompts
 
+    cache = default_cache()
     root = data_dir(required=True)
     pairs = load_pairs_folder(root / "flickr8k")
     if limit_anchors:
         pairs = pairs.subset(range(min(limit_anchors, len(pairs))))
-    img, txt = embed_pairs(pairs, image_encoder, text_encoder)
-    labeled = load_labeled(root / "cifar10" / "test", limit_per_class=per_class)
-    q = embed_labeled(labeled, image_encoder)
-    pool = load_labeled(root / "cifar10" / "train", limit_per_class=pool_per_class)
-    pool_emb = embed_labeled(pool, image_encoder)
+    anchors = EmbeddedPairs.from_pairset(pairs, image_encoder, text_encoder, cache=cache)
+    labeled = EmbeddedLabeled.from_labeled(load_labeled(root / "cifar10" / "test", limit_per_class=per_class),
+                                           image_encoder, cache=cache)
+    pool = EmbeddedLabeled.from_labeled(load_labeled(root / "cifar10" / "train", limit_per_class=pool_per_class),
+                                        image_encoder, cache=cache)
     templates = list(DEFAULT_TEMPLATES)
-    prompts, pc = build_prompts(labeled.class_names, templates)
+    prompt_emb, pc = embed_prompts(labeled.class_names, templates, text_encoder, cache=cache)
     captions = [class_caption(templates[0], c) for c in labeled.class_names]
-    return dict(img=img, txt=txt, labeled=labeled, q=q, pool=pool, pool_emb=pool_emb,
-                prompt_emb=embed_texts(text_encoder, prompts), prompt_classes=pc, captions=captions,
-                caption_emb=embed_texts(text_encoder, captions), templates=templates)
+    return dict(img=anchors.pair_image_vectors, txt=anchors.text_vectors, labeled=labeled, q=labeled.vectors,
+                pool=pool, pool_emb=pool.vectors, prompt_emb=prompt_emb, prompt_classes=pc,
+                captions=captions, caption_emb=embed(text_encoder, captions, cache=cache).vectors,
+                templates=templates)
 
 
 class Recorder:
@@ -101,19 +104,15 @@ def greedy(session, tune, budget, per_round, rec):
 
 
 def add_rounds(session, data, tune, budget, per_round, rec):
-    from core.curation import suggest_additions
+    from core.curation import add_suggested
 
-    added: list[int] = []
-    while len(added) < budget:
-        plan = suggest_additions(session, data["pool_emb"], data["pool"].labels, data["caption_emb"],
-                                 data["captions"], tune, min(per_round, budget - len(added)),
-                                 exclude=added, preview=False)
-        if not plan.suggestions:
-            break
-        idx = np.asarray([x.pool_index for x in plan.suggestions])
-        cls = np.asarray([x.class_index for x in plan.suggestions])
-        rec.add(data["pool_emb"][idx], data["caption_emb"][cls])
-        added += idx.tolist()
+    def apply(sugg):
+        idx = np.asarray([x.pool_index for x in sugg])
+        cls = np.asarray([x.class_index for x in sugg])
+        return rec.add(data["pool_emb"][idx], data["caption_emb"][cls])
+
+    add_suggested(session, data["pool_emb"], data["pool"].labels, data["caption_emb"], data["captions"],
+                  tune, budget, per_round=per_round, apply_add=apply)
 
 
 def run_seed(data, seed, args, suspicious_order, log):

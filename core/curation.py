@@ -403,3 +403,39 @@ def _cover_order(sims: np.ndarray, n: int) -> list[tuple[int, int]]:
         picked.append((j, int(max(votes[j], 0))))
         taken[j] = True
     return picked
+
+
+def add_suggested(session: EditSession, pool_image_embeddings: np.ndarray, pool_labels: np.ndarray,
+                  caption_embeddings: np.ndarray, captions: Sequence[str], tune_mask: np.ndarray,
+                  max_additions: int, *, per_round: int = 50,
+                  apply_add: Callable[[list[Suggestion]], EditResult] | None = None,
+                  progress: ProgressFn | None = None,
+                  should_stop: Callable[[], bool] | None = None) -> list[Suggestion]:
+    """Accept suggestions in rounds: each round asks :func:`suggest_additions` for up to
+    ``per_round`` more (on the model as it now is) and adds them as ONE edit through
+    ``apply_add(suggestions)`` (default: ``session.add`` of the pool vectors and class captions), so
+    one undo reverts one round. Returns everything added, in order."""
+    pool = np.asarray(pool_image_embeddings, dtype=np.float32)
+    cap = np.asarray(caption_embeddings, dtype=np.float32)
+
+    def default_add(sugg: list[Suggestion]) -> EditResult:
+        idx = np.asarray([s.pool_index for s in sugg])
+        cls = np.asarray([s.class_index for s in sugg])
+        return session.add(pool[idx], cap[cls],
+                           metadata=[{"caption": s.caption, "pool_index": s.pool_index} for s in sugg])
+
+    apply_add = apply_add or default_add
+    added: list[Suggestion] = []
+    while len(added) < max_additions:
+        if should_stop is not None and should_stop():
+            break
+        plan = suggest_additions(session, pool, pool_labels, cap, captions, tune_mask,
+                                 min(int(per_round), int(max_additions) - len(added)),
+                                 exclude=[s.pool_index for s in added], preview=False)
+        if not plan.suggestions:
+            break
+        apply_add(plan.suggestions)
+        added += plan.suggestions
+        if progress:
+            progress(len(added) / max(1, int(max_additions)), f"added {len(added)} suggested pairs")
+    return added

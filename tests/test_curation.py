@@ -47,6 +47,13 @@ def test_split_is_stratified_seeded_and_stable(cifar_small):
     assert stratified_split(["a", "b"], np.array([0, 0]), 0.01).sum() == 1
 
 
+def test_cli_splits_like_the_app(cifar_small):
+    from core.demo import demo_labeled_items
+
+    items = demo_labeled_items(20)  # the app's demo references for the same 200 pictures
+    assert split_keys(cifar_small) == [ref for ref, _ in items]
+
+
 def test_split_rejects_small_classes_and_bad_fractions():
     with pytest.raises(ValueError, match=r"Class 'dog' has 1 labeled item"):
         stratified_split(["x", "y", "z"], np.array(["cat", "cat", "dog"]))
@@ -74,13 +81,18 @@ def test_class_caption_articles():
 
 # ------------------------------------------------------------------------------- choosing
 
+def _texts(texts):
+    from core.cache import default_cache
+    from core.embedded import embed
+    from conftest import TEXT_ENCODER
+
+    return embed(TEXT_ENCODER, texts, cache=default_cache()).vectors
+
+
 def _session(flickr_embeddings, cifar_small, cifar_small_embeddings, labels=None):
     img, txt = flickr_embeddings
     prompts, pc = build_prompts(cifar_small.class_names, DEFAULT_TEMPLATES)
-    from core.cache import embed_texts
-    from conftest import TEXT_ENCODER
-
-    pe = embed_texts(TEXT_ENCODER, prompts)
+    pe = _texts(prompts)
     model = AsifModel(img, txt, k=K, p=8.0)
     y = cifar_small.labels if labels is None else labels
     return EditSession(model, cifar_small_embeddings, y, pe, pc, class_names=cifar_small.class_names)
@@ -107,8 +119,8 @@ def test_choosing_never_reads_test_labels(flickr_embeddings, cifar_small, cifar_
     np.testing.assert_array_equal(ia.loo_delta, ib.loo_delta)
     np.testing.assert_array_equal(ia.order_most_harmful(), ib.order_most_harmful())
     assert np.nanmax(ia.loo_delta) > 0  # there is something to choose
-    ra = auto_curate(a, split, max_removals=30, per_round=10, holdout_fraction=0.3, seed=0)
-    rb = auto_curate(b, split, max_removals=30, per_round=10, holdout_fraction=0.3, seed=0)
+    ra = auto_curate(a, split, max_removals=30, per_round=5, holdout_fraction=0.3, seed=0)
+    rb = auto_curate(b, split, max_removals=30, per_round=5, holdout_fraction=0.3, seed=0)
     assert ra.removed.size > 0
     assert [r.pair_ids.tolist() for r in ra.rounds] == [r.pair_ids.tolist() for r in rb.rounds]
     assert ra.stopped_because == rb.stopped_because
@@ -121,9 +133,9 @@ def test_auto_curate_rounds_are_single_edits_and_incremental_equals_full(
     s = _session(flickr_embeddings, cifar_small, cifar_small_embeddings)
     n0 = s.n_anchors
     seen = []
-    report = auto_curate(s, split, max_removals=40, per_round=10, holdout_fraction=0.3, seed=0,
+    report = auto_curate(s, split, max_removals=40, per_round=5, holdout_fraction=0.3, seed=0,
                          progress=lambda f, m: seen.append((f, m)))
-    assert report.rounds and report.rule == STOP_RULE
+    assert len(report.rounds) > 1 and report.rule == STOP_RULE
     assert report.removed.size <= 40 and s.n_anchors == n0 - report.removed.size
     assert len(s.history) == len(report.rounds)  # one edit per round
     assert seen[-1][0] == 1.0 and all(0 <= f <= 1 for f, _ in seen)
@@ -156,25 +168,21 @@ def test_auto_curate_cancels_between_rounds_and_routes_edits(
 
 
 @pytest.fixture(scope="module")
-def pool(data_root):
-    from core.cache import embed_labeled
+def pool(data_root, embedding_cache):
     from core.data import load_labeled
-
-    train = load_labeled(data_root / "cifar10" / "train").per_class(8)
+    from core.embedded import EmbeddedLabeled
     from conftest import IMAGE_ENCODER
 
-    return train, embed_labeled(train, IMAGE_ENCODER)
+    train = load_labeled(data_root / "cifar10" / "train").per_class(8)
+    return train, EmbeddedLabeled.from_labeled(train, IMAGE_ENCODER, cache=embedding_cache).vectors
 
 
 def test_suggest_additions_reads_tuning_only_and_previews_exactly(
         flickr_embeddings, cifar_small, cifar_small_embeddings, split, pool):
-    from core.cache import embed_texts
-    from conftest import TEXT_ENCODER
-
     train, pool_emb = pool
     captions = [class_caption(DEFAULT_TEMPLATES[0], c) for c in cifar_small.class_names]
     assert "a photo of an airplane." in captions
-    cap_emb = embed_texts(TEXT_ENCODER, captions)
+    cap_emb = _texts(captions)
     a = _session(flickr_embeddings, cifar_small, cifar_small_embeddings)
     b = _session(flickr_embeddings, cifar_small, cifar_small_embeddings,
                  _shuffled_test_labels(cifar_small.labels, split))
@@ -213,20 +221,18 @@ def test_cli_curate_json(data_root, flickr_embeddings, cifar_small, cifar_small_
     r = json.loads(lines[0])
     for key in ("tune_before", "tune_after", "test_before", "test_after"):
         assert 0.0 <= r[key] <= 1.0, key
-    assert 0 <= r["removed"] <= 20 and r["added"] == 10
+    assert 0 <= r["removed"] <= 20 and r["added"] == 10 and sum(r["additions"]["per_class"].values()) == 10
     assert r["n_tune"] == r["n_test"] == 100
     st = r["settings"]
     assert (st["k"], st["p"], st["tune_fraction"], st["seed"], st["per_round"]) == (K, 8.0, 0.5, 0, 10)
     assert st["templates"] == list(DEFAULT_TEMPLATES) and st["stopping_rule"] == STOP_RULE
     assert st["image_encoder"] == "efficientnet-lite0" and st["text_encoder"] == "minilm"
     # the reported test accuracy before curating is the plain model's on the same held-out split
-    from core.cache import embed_texts
-    from conftest import TEXT_ENCODER
 
     img, txt = flickr_embeddings
     prompts, pc = build_prompts(cifar_small.class_names, DEFAULT_TEMPLATES)
     res = AsifModel(img[:300], txt[:300], k=K, p=8.0).classify(
-        cifar_small_embeddings[~split], embed_texts(TEXT_ENCODER, prompts), pc, n_classes=10)
+        cifar_small_embeddings[~split], _texts(prompts), pc, n_classes=10)
     assert r["test_before"] == pytest.approx(res.accuracy(cifar_small.labels[~split]))
     bad = subprocess.run([sys.executable, "-m", "core", "asif", "curate", "--max-additions", "5", "--json"],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -5,10 +5,12 @@
         [--add-pool <labeled folder> --max-additions 500] [--limit-anchors N] [--per-class N] --json
 
 The labeled folder is split, stratified by class and seeded (:func:`core.curation.stratified_split`,
-keyed by each image's path relative to the folder, ``<class>/<file>``), into a tuning part that
+keyed by the reference the app stores for each image, :func:`split_keys`: the same split as the
+app's), into a tuning part that
 chooses and a test part that only scores. Pairs are pruned by :func:`core.curation.auto_curate`;
-with ``--add-pool``, :func:`core.curation.suggest_additions` proposes pool images captioned with the
-class prompt and all are added as one edit. ``--json`` prints one object with ``tune_before``,
+with ``--add-pool``, :func:`core.curation.suggest_additions` first proposes pool images captioned with
+the class prompt and adds them, ``--per-round`` at a time (one edit per round) (then the pruning runs on top, as the benchmark's
+"combined" recipe). ``--json`` prints one object with ``tune_before``,
 ``tune_after``, ``test_before``, ``test_after`` (fractions), ``removed``, ``added`` and the settings.
 Defaults are the app's (encoders, k, p, templates, strategy; the demo Flickr8k pairs and CIFAR-10
 test images).
@@ -16,12 +18,9 @@ test images).
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
-
-import numpy as np
 
 
 def register(asif_subparsers) -> None:
@@ -72,17 +71,29 @@ def _counts_progress(label: str, quiet: bool):
 
 
 def split_keys(labeled) -> list[str]:
-    """The split key of each labeled image: its path relative to the set's folder, ``<class>/<file>``."""
-    return [Path(os.path.relpath(p, labeled.root)).as_posix() for p in labeled.paths]
+    """The split key of each labeled image, the reference the app stores for it (so the CLI and the
+    app split alike): ``demo:<path relative to the data folder>`` inside the demo data folder
+    (:mod:`core.demo`), the absolute path elsewhere (:func:`core.store.eval_items_from_labeled`)."""
+    from core.data import data_dir
+
+    root = data_dir(required=False)
+    keys = []
+    for path in labeled.paths:
+        p = Path(path)
+        if root is not None and p.is_relative_to(root):
+            keys.append(f"demo:{p.relative_to(root).as_posix()}")
+        else:
+            keys.append(str(p.resolve()))
+    return keys
 
 
 def run_curate(args) -> int:
-    from core.asif import DEFAULT_K, DEFAULT_P, DEFAULT_TEMPLATE_STRATEGY, DEFAULT_TEMPLATES, AsifModel, build_prompts
-    from core.cache import embed_labeled, embed_pairs, embed_texts
-    from core.curation import (STOP_RULE, auto_curate, class_caption, stratified_split,
-                               suggest_additions)
+    from core.asif import DEFAULT_K, DEFAULT_P, DEFAULT_TEMPLATE_STRATEGY, DEFAULT_TEMPLATES, AsifModel
+    from core.cache import default_cache
+    from core.curation import STOP_RULE, add_suggested, auto_curate, class_caption, stratified_split
     from core.data import data_dir, load_labeled, load_pairs
     from core.edits import EditSession
+    from core.embedded import EmbeddedLabeled, EmbeddedPairs, embed, embed_prompts
 
     t0 = time.perf_counter()
     quiet = bool(args.json)
@@ -105,58 +116,63 @@ def run_curate(args) -> int:
         labeled = labeled.per_class(args.per_class)
     if len(labeled) == 0:
         raise ValueError(f"No usable labeled images in {test}.")
-    tune = stratified_split(split_keys(labeled), labeled.labels, args.tune_fraction, args.seed,
-                            class_names=labeled.class_names)
+    stratified_split(split_keys(labeled), labeled.labels, args.tune_fraction, args.seed,
+                     class_names=labeled.class_names)  # a class too small to split fails before embedding
     k = args.k if args.k is not None else min(DEFAULT_K, len(pairs))
     p = args.p if args.p is not None else DEFAULT_P
     templates = args.template or list(DEFAULT_TEMPLATES)
     strategy = args.strategy or DEFAULT_TEMPLATE_STRATEGY
-    img, txt = embed_pairs(pairs, image_encoder, text_encoder,
-                           progress=_counts_progress("embedding anchors", quiet))
-    q = embed_labeled(labeled, image_encoder, progress=_counts_progress("embedding labeled images", quiet))
-    prompts, prompt_classes = build_prompts(labeled.class_names, templates)
-    prompt_emb = embed_texts(text_encoder, prompts)
-    model = AsifModel(img, txt, k=k, p=p, template_strategy=strategy,
-                      metadata=[{"image": pairs.image_names[i], "caption": c}
-                                for i, c in zip(pairs.pair_image.tolist(), pairs.captions)],
+    cache = default_cache()
+    emb = EmbeddedPairs.from_pairset(pairs, image_encoder, text_encoder, cache=cache,
+                                     progress=_counts_progress("embedding anchors", quiet))
+    lab = EmbeddedLabeled.from_labeled(labeled, image_encoder, cache=cache,
+                                       progress=_counts_progress("embedding labeled images", quiet))
+    if len(emb) == 0 or len(lab) == 0:
+        raise ValueError("No anchor pair or no labeled image could be embedded.")
+    tune = stratified_split(split_keys(lab), lab.labels, args.tune_fraction, args.seed,
+                            class_names=lab.class_names)
+    prompt_emb, prompt_classes = embed_prompts(lab.class_names, templates, text_encoder, cache=cache)
+    name_of = dict(zip(pairs.images, pairs.image_names))
+    model = AsifModel(emb.pair_image_vectors, emb.text_vectors, k=k, p=p, template_strategy=strategy,
+                      metadata=[{"image": name_of[path], "caption": c}
+                                for path, c in zip(emb.pair_paths, emb.captions)],
                       info={"image_encoder": image_encoder, "text_encoder": text_encoder})
-    session = EditSession(model, q, labeled.labels, prompt_emb, prompt_classes,
-                          class_names=labeled.class_names)
+    session = EditSession(model, lab.vectors, lab.labels, prompt_emb, prompt_classes,
+                          class_names=lab.class_names)
     test_mask = ~tune
     tune_before, test_before = session.accuracy_on(tune), session.accuracy_on(test_mask)
     t_ready = time.perf_counter()
 
-    holdout = 0.3 if args.holdout_fraction is None else args.holdout_fraction
-    report = auto_curate(session, tune, max_removals=args.max_removals, per_round=args.per_round,
-                         holdout_fraction=holdout, seed=args.seed,
-                         progress=_stderr_progress("auto-curate", quiet))
-    after_removal = {"tune": session.accuracy_on(tune), "test": session.accuracy_on(test_mask)}
     added = 0
     plan_info = None
     if args.add_pool and args.max_additions:
         pool = load_labeled(args.add_pool)
-        if list(pool.class_names) != list(labeled.class_names):
+        if list(pool.class_names) != list(lab.class_names):
             raise ValueError("The pool's class folders must have the same names as the labeled set's.")
         if args.pool_per_class:
             pool = pool.per_class(args.pool_per_class)
-        pool_emb = embed_labeled(pool, image_encoder, progress=_counts_progress("embedding the pool", quiet))
-        captions = [class_caption(templates[0], c) for c in labeled.class_names]
-        caption_emb = embed_texts(text_encoder, captions)
-        plan = suggest_additions(session, pool_emb, pool.labels, caption_emb, captions, tune,
-                                 args.max_additions, preview=False)
-        if plan.suggestions:
-            idx = np.asarray([s.pool_index for s in plan.suggestions])
-            cls = np.asarray([s.class_index for s in plan.suggestions])
-            session.add(pool_emb[idx], caption_emb[cls],
-                        metadata=[{"image": os.path.relpath(pool.paths[i], pool.root), "caption": captions[c]}
-                                  for i, c in zip(idx.tolist(), cls.tolist())])
-            added = int(idx.size)
-        plan_info = {"quota": plan.quota, "captions": captions, "pool": str(args.add_pool),
+        pool = EmbeddedLabeled.from_labeled(pool, image_encoder, cache=cache,
+                                            progress=_counts_progress("embedding the pool", quiet))
+        pool_emb = pool.vectors
+        captions = [class_caption(templates[0], c) for c in lab.class_names]
+        caption_emb = embed(text_encoder, captions, cache=cache).vectors
+        done = add_suggested(session, pool_emb, pool.labels, caption_emb, captions, tune, args.max_additions,
+                             per_round=args.per_round, progress=_stderr_progress("additions", quiet))
+        added = len(done)
+        quota: dict[str, int] = {}
+        for s in done:
+            quota[s.class_name] = quota.get(s.class_name, 0) + 1
+        plan_info = {"per_class": quota, "captions": captions, "pool": str(args.add_pool),
                      "n_pool": len(pool)}
+    after_additions = {"tune": session.accuracy_on(tune), "test": session.accuracy_on(test_mask)}
+    holdout = 0.3 if args.holdout_fraction is None else args.holdout_fraction
+    report = auto_curate(session, tune, max_removals=args.max_removals, per_round=args.per_round,
+                         holdout_fraction=holdout, seed=args.seed,
+                         progress=_stderr_progress("auto-curate", quiet))
     out = {
         "tune_before": tune_before, "tune_after": session.accuracy_on(tune),
         "test_before": test_before, "test_after": session.accuracy_on(test_mask),
-        "after_removals": after_removal,
+        "after_additions": after_additions,
         "removed": int(report.removed.size), "added": added, "rounds": len(report.rounds),
         "stopped_because": report.stopped_because,
         "holdout_before": report.holdout_before, "holdout_after": report.holdout_after,
@@ -165,7 +181,7 @@ def run_curate(args) -> int:
         "settings": {"anchors": str(anchors), "test": str(test), "image_encoder": image_encoder,
                      "text_encoder": text_encoder, "k": k, "p": p, "templates": templates,
                      "strategy": strategy, "tune_fraction": args.tune_fraction, "seed": args.seed,
-                     "split_key": "path relative to the labeled folder", "max_removals": args.max_removals,
+                     "split_key": "the app's image reference (demo:<relative path> or absolute path)", "max_removals": args.max_removals,
                      "per_round": args.per_round, "holdout_fraction": holdout,
                      "max_additions": args.max_additions, "stopping_rule": STOP_RULE,
                      "limit_anchors": args.limit_anchors, "per_class": args.per_class},
