@@ -241,26 +241,40 @@ def main(argv=None) -> int:
     ap.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=RECIPES)
     ap.add_argument("--out", default=str(DOCS / "curation_bench.json"))
     ap.add_argument("--plot", default=str(DOCS / "curation_curves.svg"))
+    ap.add_argument("--combine", nargs="+", default=None,
+                    help="summarise and plot earlier runs' JSON files (e.g. one seed each, run side by side)")
     args = ap.parse_args(argv)
 
     def log(msg):
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
-    info = {"machine": machine(), "load_avg_start": os.getloadavg()}
-    t0 = time.perf_counter()
-    data = load_demo(args.limit_anchors, args.per_class, args.pool_per_class, "efficientnet-lite0", "minilm")
-    log(f"loaded {len(data['img'])} anchors, {len(data['labeled'])} labeled, {len(data['pool'])} pool "
-        f"in {time.perf_counter() - t0:.0f}s")
-    suspicious_order = None
-    if "suspicious" in args.recipes:
-        from core.matching import suspicious_pair_scores
+    if args.combine:
+        runs = [json.loads(Path(f).read_text()) for f in args.combine]
+        per_seed = {int(sd): {r: {**d, "curve": [tuple(x) for x in d["curve"]]} for r, d in recs.items()}
+                    for run in runs for sd, recs in run["per_seed"].items()}
+        args.seeds = sorted(per_seed)
+        args.recipes = [r for r in RECIPES if all(r in per_seed[sd] for sd in args.seeds)]
+        info = {"machine": runs[0]["machine"], "combined_from": list(args.combine),
+                "load_avg_start": [r["load_avg_start"] for r in runs], "run_args": runs[0]["args"]}
+        sizes = {k: runs[0][k] for k in ("n_anchors", "n_labeled", "n_pool")}
+        t0 = time.perf_counter()
+    else:
+        info = {"machine": machine(), "load_avg_start": os.getloadavg()}
+        t0 = time.perf_counter()
+        data = load_demo(args.limit_anchors, args.per_class, args.pool_per_class, "efficientnet-lite0", "minilm")
+        sizes = {"n_anchors": len(data["img"]), "n_labeled": len(data["labeled"]), "n_pool": len(data["pool"])}
+        log(f"loaded {sizes['n_anchors']} anchors, {sizes['n_labeled']} labeled, {sizes['n_pool']} pool "
+            f"in {time.perf_counter() - t0:.0f}s")
+        suspicious_order = None
+        if "suspicious" in args.recipes:
+            from core.matching import suspicious_pair_scores
 
-        t = time.perf_counter()
-        score = suspicious_pair_scores(data["img"], data["txt"], seed=0)
-        suspicious_order = np.argsort(-score, kind="stable")
-        info["suspicious_s"] = round(time.perf_counter() - t, 1)
-        log(f"suspicious scores in {info['suspicious_s']}s")
-    per_seed = {seed: run_seed(data, seed, args, suspicious_order, log) for seed in args.seeds}
+            t = time.perf_counter()
+            score = suspicious_pair_scores(data["img"], data["txt"], seed=0)
+            suspicious_order = np.argsort(-score, kind="stable")
+            info["suspicious_s"] = round(time.perf_counter() - t, 1)
+            log(f"suspicious scores in {info['suspicious_s']}s")
+        per_seed = {seed: run_seed(data, seed, args, suspicious_order, log) for seed in args.seeds}
     summary = {}
     for recipe in args.recipes:
         rows = [per_seed[s][recipe] for s in args.seeds]
@@ -277,15 +291,14 @@ def main(argv=None) -> int:
     if "greedy" in summary and "influence" in summary and summary["greedy"]["test_gain_points"]:
         info["influence_vs_greedy_test_gain_ratio"] = (summary["influence"]["test_gain_points"]
                                                        / summary["greedy"]["test_gain_points"])
-    info.update(n_anchors=len(data["img"]), n_labeled=len(data["labeled"]), n_pool=len(data["pool"]),
-                args=vars(args), summary=summary, load_avg_end=os.getloadavg(),
+    info.update(**sizes, args=vars(args), summary=summary, load_avg_end=os.getloadavg(),
                 total_s=round(time.perf_counter() - t0, 1),
                 per_seed={str(s): {r: {k: v for k, v in d.items()} for r, d in per_seed[s].items()}
                           for s in args.seeds})
     Path(args.out).write_text(json.dumps(info, indent=1))
     curves = {r: mean_curve([per_seed[s][r]["curve"] for s in args.seeds]) for r in args.recipes}
     Path(args.plot).write_text(svg_curves(
-        curves, f"Curation on {len(data['img']):,} anchors, CIFAR-10 {len(data['labeled']):,} images split "
+        curves, f"Curation on {sizes['n_anchors']:,} anchors, CIFAR-10 {sizes['n_labeled']:,} images split "
                 f"50/50, mean of {len(args.seeds)} seed(s)"))
     for recipe, r in summary.items():
         print(f"{recipe:>10s}: {r['edits_mean']:6.0f} edits  tune {r['tune_before']:.3f}->{r['tune_after']:.3f}  "

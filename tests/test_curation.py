@@ -252,3 +252,57 @@ def test_cli_names_a_class_too_small_to_split(data_root, tmp_path):
                          timeout=300)
     assert out.returncode == 2 and out.stdout == ""
     assert "Class 'dog' has 1 labeled item" in out.stderr
+
+
+# ------------------------------------------------------------------------------- the Curate page panel
+
+def test_app_auto_curate_and_suggested_additions(demo_root):
+    import time
+
+    from streamlit.testing.v1 import AppTest
+
+    from app_helpers import APP, run_ready, texts
+    from core import store
+    from core.cache import EmbeddingCache
+    from core.live import LiveModel, WorkspaceVectors
+
+    at = run_ready(AppTest.from_file(APP, default_timeout=240))
+    at.switch_page("pages/curate.py").run()
+    deadline = time.time() + 120
+    while "Measuring each pair's influence" in texts(at) and time.time() < deadline:
+        time.sleep(0.3)
+        at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    ws = store.Workspace(store.list_workspaces(demo_root)[0])
+    at.number_input(key="ac_budget").set_value(20)
+    at.number_input(key="ac_per_round").set_value(5)
+    [b for b in at.button if b.label == "Run auto-curate"][0].click()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    edits = ws.edits()
+    assert edits and all(e.kind == "remove" and len(e.pair_ids) <= 5 for e in edits) and len(edits) <= 4
+    assert [e.note for e in edits] == [f"auto-curate round {i + 1}" for i in range(len(edits))]
+    # the summary shows both parts, as a fresh model of the workspace computes them
+    fresh = LiveModel(ws, WorkspaceVectors(ws, EmbeddingCache()))
+    m = fresh.metrics()
+    shown = {x.label: x.value for x in at.metric}
+    assert shown["Tuning accuracy (chooses)"] == f"{100 * m.tune:.1f}%"
+    assert shown["Test accuracy (held out, honest)"] == f"{100 * m.test:.1f}%"
+    assert "stopped because" in texts(at)
+
+    at.number_input(key="suggest_n").set_value(6)
+    at.number_input(key="suggest_pool").set_value(8)
+    at.button(key="suggest_go").click()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "If all 6 were added" in texts(at)
+    n0 = len(ws.edits())
+    [b for b in at.button if b.label.startswith("Add 6 checked")][0].click()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    last = ws.edits()[-1]
+    assert len(ws.edits()) == n0 + 1 and last.kind == "add" and len(last.pair_ids) == 6
+    added = [p for p in ws.all_pairs() if p.pair_id in set(last.pair_ids)]
+    assert all(p.image.startswith("demo:cifar10/train/") for p in added)
+    assert {p.caption for p in added} <= {f"a photo of a{'n' if c[0] in 'aeiou' else ''} {c}."
+                                          for c in fresh.vectors.classes}

@@ -4,8 +4,9 @@ tuning part) and suggested in-domain additions. Streamlit glue only: the work is
 ``ui.state.remove_pairs`` / ``ui.state.add_pairs`` (one transaction, one undo each)."""
 from __future__ import annotations
 
-import os
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -21,13 +22,13 @@ def _pts(x: float) -> str:
 
 
 def auto_curate_panel(ws, model) -> None:
-    """Auto-curate and suggested additions for the live ``model`` of workspace ``ws``.
-
-    Needs ``model.tune_mask`` (bool ``[Q]``: the tuning part of the evaluation set)."""
-    tune = getattr(model, "tune_mask", None)
+    """Auto-curate and suggested additions for the live ``model`` (:class:`core.live.LiveModel`) of
+    workspace ``ws``; ``model.is_tune`` (bool ``[Q]``) is the tuning part of the labeled pictures."""
+    tune = np.asarray(model.is_tune, dtype=bool)
     st.subheader("Auto-curate")
-    if tune is None:
-        st.info("Automatic curation needs the evaluation set split into a tuning and a test part.")
+    if tune.all() or not tune.any():
+        st.info("Automatic curation needs the labeled pictures split into a tuning and a test part "
+                "(see Settings).")
         return
     from core.curation import STOP_RULE
 
@@ -40,14 +41,14 @@ def auto_curate_panel(ws, model) -> None:
     with st.form("auto_curate_form"):
         c1, c2, c3 = st.columns(3)
         most = max(0, model.n_anchors - model.session.k)
-        budget = c1.number_input("Most pairs to remove", 0, most, min(500, most), step=50)
-        per_round = c2.number_input("Pairs per round", 1, 1000, 50, step=10)
+        budget = c1.number_input("Most pairs to remove", 0, most, min(500, most), step=50, key="ac_budget")
+        per_round = c2.number_input("Pairs per round", 1, 1000, 50, step=10, key="ac_per_round")
         holdout = c3.number_input("Share of tuning held back to decide when to stop", 0.1, 0.5, 0.3,
-                                  step=0.05, format="%.2f")
+                                  step=0.05, format="%.2f", key="ac_holdout")
         go = st.form_submit_button("Run auto-curate", type="primary", icon=":material/auto_fix_high:")
     if go:
         _run_auto_curate(ws, model, tune, int(budget), int(per_round), float(holdout))
-    _show_last_run(model, tune)
+    _show_last_run()
     st.divider()
     suggest_additions_panel(ws, model, tune)
 
@@ -65,7 +66,7 @@ def _run_auto_curate(ws, model, tune, budget: int, per_round: int, holdout: floa
 
     def apply(pair_ids):
         result = state.remove_pairs(ws, model, [int(i) for i in pair_ids],
-                                    note=f"auto-curate round {run['rounds'] + 1}")
+                                    note=f"auto-curate round {run['rounds'] + 1}", where="auto-curate")
         run["rounds"] += 1
         run["removed"] += len(pair_ids)
         run["tune_after"], run["test_after"] = session.accuracy_on(tune), session.accuracy_on(~tune)
@@ -82,7 +83,7 @@ def _run_auto_curate(ws, model, tune, budget: int, per_round: int, holdout: floa
     st.rerun()
 
 
-def _show_last_run(model, tune) -> None:
+def _show_last_run() -> None:
     run = st.session_state.get(RUN_KEY)
     if not run:
         return
@@ -100,16 +101,18 @@ def _show_last_run(model, tune) -> None:
 # ------------------------------------------------------------------------------- additions
 
 @st.cache_resource(show_spinner="Embedding the CIFAR-10 training pictures (once)…", max_entries=4)
-def _pool(folder: str, image_encoder: str):
-    """``(LabeledSet, vectors [M, d])`` of a labeled folder, through the embedding cache."""
-    from core.cache import embed_labeled
+def _pool(folder: str, per_class: int, image_encoder: str, _cache):
+    """The first ``per_class`` pictures of each class of the pool folder, embedded
+    (:class:`core.embedded.EmbeddedLabeled`) through the cache."""
     from core.data import load_labeled
+    from core.embedded import EmbeddedLabeled
 
-    labeled = load_labeled(folder)
-    return labeled, embed_labeled(labeled, image_encoder)
+    return EmbeddedLabeled.from_labeled(load_labeled(folder, limit_per_class=per_class), image_encoder,
+                                        cache=_cache)
 
 
 def _pool_folder():
+    """``(data root, its cifar10/train folder)``, or ``(root, None)`` when there is no such folder."""
     from core.data import data_dir
 
     root = data_dir(required=False)
@@ -119,8 +122,8 @@ def _pool_folder():
 
 def suggest_additions_panel(ws, model, tune) -> None:
     """Propose in-domain pairs for the classes the tuning part gets wrong; accept all or some."""
-    from core.cache import embed_texts
     from core.curation import class_caption, suggest_additions
+    from core.embedded import embed
 
     st.subheader("Suggest additions")
     root, folder = _pool_folder()
@@ -128,24 +131,28 @@ def suggest_additions_panel(ws, model, tune) -> None:
         st.caption("The CIFAR-10 training pictures are not in the demo data folder, so there is no pool "
                    "to propose pairs from.")
         return
-    bank = model.bank
+    v = model.vectors
     st.caption("Proposes CIFAR-10 training pictures for the classes with the lowest **tuning** "
                "accuracy (shares in proportion to their wrong tuning pictures), each captioned with "
                "the class prompt. Accepting adds them as one edit.")
-    c1, c2 = st.columns([1, 2])
+    c1, c2, c3 = st.columns([1, 1, 1])
     n = c1.number_input("Pairs to propose", 1, 500, 50, step=10, key="suggest_n")
-    if c2.button("Suggest pairs", icon=":material/lightbulb:"):
-        pool, vectors = _pool(str(folder), bank.settings["image_encoder"])
-        if list(pool.class_names) != list(bank.classes):
+    per_class = c2.number_input("Pool: training pictures per class", 1, 500, 100, step=50, key="suggest_pool",
+                                help="The first N CIFAR-10 training pictures of each class (500 = all); "
+                                     "each is embedded once.")
+    c3.write("")
+    if c3.button("Suggest pairs", icon=":material/lightbulb:", key="suggest_go"):
+        pool = _pool(str(folder), int(per_class), v.image_encoder, v.cache)
+        if list(pool.class_names) != list(v.classes):
             st.warning("The pool's classes differ from this workspace's classes; nothing to propose.")
             return
-        captions = [class_caption(bank.templates[0], c) for c in bank.classes]
-        caption_vecs = embed_texts(bank.settings["text_encoder"], captions)
+        captions = [class_caption(v.templates[0], c) for c in v.classes]
+        caption_vecs = embed(v.text_encoder, captions, cache=v.cache).vectors
         known = {p.image for p in ws.all_pairs()}
-        refs = [f"demo:{os.path.relpath(p, root)}".replace(os.sep, "/") for p in pool.paths]
+        refs = [f"demo:{Path(p).relative_to(root).as_posix()}" for p in pool.paths]
         exclude = [i for i, r in enumerate(refs) if r in known]
         with model.lock:
-            plan = suggest_additions(model.session, vectors, pool.labels, caption_vecs, captions, tune,
+            plan = suggest_additions(model.session, pool.vectors, pool.labels, caption_vecs, captions, tune,
                                      int(n), exclude=exclude)
         st.session_state[PLAN_KEY] = {
             "version": model.version, "tune_before": plan.tune_before,
@@ -180,10 +187,8 @@ def suggest_additions_panel(ws, model, tune) -> None:
         pairs = [(plan["rows"][i]["ref"], plan["rows"][i]["caption"]) for i in chosen]
         try:
             with st.spinner(f"Adding {len(pairs)} pairs…"):
-                r = state.add_pairs(ws, model, pairs, note="suggested additions")
+                outcome = state.add_pairs(ws, model, pairs, note="suggested additions", where="suggest")
             st.session_state.pop(PLAN_KEY, None)
-            st.success(f"Added {len(pairs)} pairs: tuning accuracy {pct(model.session.accuracy_on(tune))}, "
-                       f"test accuracy {pct(model.session.accuracy_on(~tune))} (overall "
-                       f"{pct(r.accuracy_before)} → {pct(r.accuracy)}).")
+            st.success(outcome.message())
         except ValueError as error:
             st.error(str(error))
