@@ -143,7 +143,7 @@ class CurationRound:
     holdout_accuracy: float
     tune_accuracy: float
     influence_s: float
-    edit: EditResult
+    edit: object  # what ``apply_remove`` returned (an EditResult by default)
 
 
 @dataclass
@@ -170,7 +170,7 @@ class CurationReport:
 
 def auto_curate(session: EditSession, tune_mask: np.ndarray, *, max_removals: int,
                 per_round: int = 50, holdout_fraction: float = 0.3, seed: int = 0,
-                apply_remove: Callable[[np.ndarray], EditResult] | None = None,
+                apply_remove: Callable[[np.ndarray], object] | None = None,
                 progress: ProgressFn | None = None,
                 should_stop: Callable[[], bool] | None = None) -> CurationReport:
     """Greedy influence-guided pruning that chooses on tuning data and never reads the test labels.
@@ -408,7 +408,7 @@ def _cover_order(sims: np.ndarray, n: int) -> list[tuple[int, int]]:
 def add_suggested(session: EditSession, pool_image_embeddings: np.ndarray, pool_labels: np.ndarray,
                   caption_embeddings: np.ndarray, captions: Sequence[str], tune_mask: np.ndarray,
                   max_additions: int, *, per_round: int = 50,
-                  apply_add: Callable[[list[Suggestion]], EditResult] | None = None,
+                  apply_add: Callable[[list[Suggestion]], object] | None = None,
                   progress: ProgressFn | None = None,
                   should_stop: Callable[[], bool] | None = None) -> list[Suggestion]:
     """Accept suggestions in rounds: each round asks :func:`suggest_additions` for up to
