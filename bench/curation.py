@@ -142,7 +142,8 @@ def run_seed(data, seed, args, suspicious_order, log):
             greedy(s, tune, args.max_removals, args.per_round, rec)
         elif recipe == "influence":
             rep = auto_curate(s, tune, max_removals=args.max_removals, per_round=args.per_round,
-                              holdout_fraction=args.holdout_fraction, seed=seed, apply_remove=rec.remove)
+                              holdout_fraction=args.holdout_fraction, seed=seed, tolerance=args.tolerance,
+                              apply_remove=rec.remove)
             info = {"stopped_because": rep.stopped_because, "rounds": len(rep.rounds)}
         elif recipe == "suspicious":
             ids = model.pair_ids[suspicious_order[:args.max_removals]]
@@ -153,7 +154,8 @@ def run_seed(data, seed, args, suspicious_order, log):
         elif recipe == "combined":
             add_rounds(s, data, tune, args.max_additions, args.per_round, rec)
             rep = auto_curate(s, tune, max_removals=args.max_removals, per_round=args.per_round,
-                              holdout_fraction=args.holdout_fraction, seed=seed, apply_remove=rec.remove)
+                              holdout_fraction=args.holdout_fraction, seed=seed, tolerance=args.tolerance,
+                              apply_remove=rec.remove)
             info = {"stopped_because": rep.stopped_because, "rounds": len(rep.rounds)}
         assert np.array_equal(s.predictions, s.full_recompute()), "incremental != full recompute"
         out[recipe] = {"curve": rec.curve, "edits": rec.n, "seconds": round(time.perf_counter() - t, 1), **info}
@@ -238,6 +240,8 @@ def main(argv=None) -> int:
     ap.add_argument("--max-additions", type=int, default=500)
     ap.add_argument("--per-round", type=int, default=50)
     ap.add_argument("--holdout-fraction", type=float, default=0.3)
+    ap.add_argument("--tolerance", type=float, default=None,
+                    help="auto-curate's held-back tolerance (default: one standard error; 0 = strict)")
     ap.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=RECIPES)
     ap.add_argument("--out", default=str(DOCS / "curation_bench.json"))
     ap.add_argument("--plot", default=str(DOCS / "curation_curves.svg"))

@@ -92,10 +92,11 @@ ProgressFn = Callable[[float, str], None]
 
 #: The stopping rule of :func:`auto_curate`, as shown to users and written to reports.
 STOP_RULE = ("each round removes the pairs whose leave-one-out removal helps the choosing part most; "
-             "a round is applied only if the held-back slice's accuracy does not fall (checked by a "
-             "what-if before committing); the loop stops at the first round that would lower it "
-             "(that round is not applied), when no pair's removal helps the choosing part, when the "
-             "budget is spent, or when cancelled")
+             "before committing, a what-if checks the held-back slice: the round is applied unless it "
+             "would put the slice's accuracy more than the tolerance (default: one binomial standard "
+             "error of the slice's starting accuracy, sqrt(a(1-a)/n)) below the best it has reached; "
+             "the loop stops at the first round that would (that round is not applied), when no "
+             "pair's removal helps the choosing part, when the budget is spent, or when cancelled")
 
 
 def accuracy_on(predictions: np.ndarray, labels: np.ndarray, mask: np.ndarray) -> float:
@@ -170,6 +171,7 @@ class CurationReport:
 
 def auto_curate(session: EditSession, tune_mask: np.ndarray, *, max_removals: int,
                 per_round: int = 50, holdout_fraction: float = 0.3, seed: int = 0,
+                tolerance: float | None = None,
                 apply_remove: Callable[[np.ndarray], object] | None = None,
                 progress: ProgressFn | None = None,
                 should_stop: Callable[[], bool] | None = None) -> CurationReport:
@@ -181,7 +183,9 @@ def auto_curate(session: EditSession, tune_mask: np.ndarray, *, max_removals: in
     retraining) on the choosing part only, takes up to ``per_round`` pairs with the largest positive
     gain, and applies them as ONE removal edit through ``apply_remove(pair_ids) -> EditResult``
     (default ``session.remove``; the app passes its transaction path), so one undo reverts one
-    round. Influence is re-measured after every round. Stopping: see :data:`STOP_RULE`.
+    round. Influence is re-measured after every round. Stopping: see :data:`STOP_RULE`;
+    ``tolerance=0`` never lets the held-back slice fall below its best (measured: too strict on a
+    150-picture slice, docs/RESULTS.md).
 
     Nothing here reads the labels outside ``tune_mask``: influence is scored with
     ``eval_mask=choose`` and accuracies are taken on masks inside the tuning part.
@@ -205,7 +209,10 @@ def auto_curate(session: EditSession, tune_mask: np.ndarray, *, max_removals: in
                 accuracy_on(pred, labels, tune))
 
     choose0, hold0, tune0 = accs(session.predictions)
-    hold_now = hold0
+    hold_now = best = hold0
+    n_hold = int(holdout.sum())
+    tol = (float(np.sqrt(hold0 * (1 - hold0) / n_hold)) if n_hold else 0.0) if tolerance is None \
+        else float(tolerance)
     rounds: list[CurationRound] = []
     n_removed = 0
     stopped = "the budget is spent"
@@ -233,11 +240,12 @@ def auto_curate(session: EditSession, tune_mask: np.ndarray, *, max_removals: in
             stopped = "cancelled"
             break
         preview = session.what_if_remove(ids)
-        if accuracy_on(preview.predictions, labels, holdout) < hold_now:
-            stopped = "the next round would lower the held-back slice's accuracy"
+        if accuracy_on(preview.predictions, labels, holdout) < best - tol - 1e-12:
+            stopped = "the next round would lower the held-back slice's accuracy beyond the tolerance"
             break
         edit = apply_remove(ids)
         choose_acc, hold_now, tune_acc = accs(session.predictions)
+        best = max(best, hold_now)
         rounds.append(CurationRound(len(rounds) + 1, np.asarray(ids, dtype=np.int64), choose_acc,
                                     hold_now, tune_acc, inf_s, edit))
         n_removed += len(ids)
@@ -252,6 +260,7 @@ def auto_curate(session: EditSession, tune_mask: np.ndarray, *, max_removals: in
                           holdout_after=hold1,
                           settings={"max_removals": int(max_removals), "per_round": int(per_round),
                                     "holdout_fraction": float(holdout_fraction), "seed": int(seed),
+                                    "tolerance": tol,
                                     "n_choose": int(choose.sum()), "n_holdout": int(holdout.sum())})
 
 

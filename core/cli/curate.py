@@ -184,6 +184,7 @@ def run_curate(args) -> int:
                      "split_key": "the app's image reference (demo:<relative path> or absolute path)", "max_removals": args.max_removals,
                      "per_round": args.per_round, "holdout_fraction": holdout,
                      "max_additions": args.max_additions, "stopping_rule": STOP_RULE,
+                     "tolerance": report.settings["tolerance"],
                      "limit_anchors": args.limit_anchors, "per_class": args.per_class},
         "additions": plan_info,
         "seconds": {"prepare": round(t_ready - t0, 2), "curate": round(time.perf_counter() - t_ready, 2)},
