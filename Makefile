@@ -8,7 +8,7 @@ INSTALLED := $(VENV)/.installed
 .PHONY: demo test install browser screenshot
 
 demo: $(INSTALLED)
-	$(VENV)/bin/streamlit run app.py
+	$(VENV)/bin/streamlit run app.py --server.address "$${ROSETTA_ADDRESS:-127.0.0.1}"
 
 test: $(INSTALLED) browser
 	$(PYTHON) -m pytest -q

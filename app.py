@@ -17,7 +17,8 @@ from ui import boot, state  # noqa: E402
 
 boot.mark()
 
-st.set_page_config(page_title="Rosetta", page_icon=":material/translate:", layout="wide")
+# an emoji favicon is inline; a :material: one would be fetched from fonts.gstatic.com
+st.set_page_config(page_title="Rosetta", page_icon="🔤", layout="wide")
 
 
 def page(file: str, title: str, icon: str, **kw):

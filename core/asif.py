@@ -514,6 +514,11 @@ class AsifModel:
     Shapes: ``image_embeddings [N, d_img]``, ``text_embeddings [N, d_txt]``, ``pair_ids [N]``.
     """
 
+    #: Image-side FAISS settings (:class:`core.ann.AnnSettings`; ``None``: its defaults, i.e. FAISS
+    #: with an exact re-rank from ``core.ann.ANN_MIN_ANCHORS`` distinct anchor images, kept in memory).
+    #: Set on a model before its first search; ``with_params`` keeps it.
+    ann = None
+
     def __init__(self, image_embeddings, text_embeddings, pair_ids=None, metadata=None, *,
                  k: int = DEFAULT_K, p: float = DEFAULT_P, info: Mapping[str, Any] | None = None,
                  template_strategy: str = DEFAULT_TEMPLATE_STRATEGY,
@@ -581,8 +586,11 @@ class AsifModel:
         """The :class:`core.search.ExactIndex` over the anchors of ``modality`` ("image" or "text"),
         built on first use (repeated anchor images, e.g. 5 captions per image, are searched once)."""
         if modality not in self._indexes:
-            anchors = self.image_embeddings if modality == "image" else self.text_embeddings
-            self._indexes[modality] = ExactIndex(anchors)
+            if modality == "image":  # core.ann hook: FAISS + exact re-rank above a measured size
+                from core.ann import image_search_index
+                self._indexes[modality] = image_search_index(self.image_embeddings, self.ann)
+            else:
+                self._indexes[modality] = ExactIndex(self.text_embeddings)
         return self._indexes[modality]
 
     def _represent(self, modality: str, queries, progress: ProgressFn | None):
@@ -672,7 +680,7 @@ class AsifModel:
         if class_names is not None and len(class_names) != n_classes:
             raise ValueError(f"{len(class_names)} class names for {n_classes} classes.")
         all_img = (q @ self.image_embeddings.T)[0]
-        img_pos, img_sim = exact_topk(q, self.image_embeddings, self.k)
+        img_pos, img_sim = self.search_index("image").topk(q, self.k)  # as classify (core.ann above the threshold)
         img_pos, img_sim = img_pos[0], img_sim[0]
         img_w = process_similarities(img_sim[None], self.p)[0]
         all_cap = cand @ self.text_embeddings.T  # [P', N]
@@ -765,18 +773,60 @@ class AsifModel:
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, device: str | None = "cpu") -> "AsifModel":
-        """Load a model written by :meth:`save` (``allow_pickle=False``); bad files raise ``ValueError``."""
+        """Load a model written by :meth:`save` (``allow_pickle=False``). Every array and field is
+        checked (shapes, dtypes, ``k`` a positive integer, ``p`` a finite number); a file that is not
+        a valid model raises ``ValueError`` with one sentence naming what is wrong."""
+        import math
+        import zipfile
+
+        name = os.path.basename(os.fspath(path))
+
+        def bad(why: str) -> ValueError:
+            return ValueError(f"{name} is not a valid ASIF model file: {why}.")
+
         try:
             with np.load(os.fspath(path), allow_pickle=False) as f:
-                img, txt, ids = f["image_embeddings"], f["text_embeddings"], f["pair_ids"]
-                meta = json.loads(bytes(f["meta_json"]).decode("utf-8"))
-        except (OSError, KeyError, ValueError, json.JSONDecodeError) as error:
-            raise ValueError(f"{os.fspath(path)} is not a readable ASIF model file ({error}).") from None
-        if meta.get("format") != "rosetta-asif":
-            raise ValueError(f"{os.fspath(path)} is not an ASIF model file.")
-        return cls(img, txt, ids, meta.get("metadata"), k=int(meta["k"]), p=float(meta["p"]),
-                   info=meta.get("info"), template_strategy=meta.get("template_strategy", DEFAULT_TEMPLATE_STRATEGY),
-                   temperature=float(meta.get("temperature", DEFAULT_TEMPERATURE)), device=device)
+                missing = [a for a in ("image_embeddings", "text_embeddings", "pair_ids", "meta_json")
+                           if a not in f.files]
+                if missing:
+                    raise bad(f"it has no {', '.join(missing)}")
+                img, txt, ids, blob = (f["image_embeddings"], f["text_embeddings"], f["pair_ids"],
+                                       f["meta_json"])
+            if blob.dtype != np.uint8 or blob.ndim != 1:
+                raise bad("meta_json is not UTF-8 bytes")
+            meta = json.loads(blob.tobytes().decode("utf-8"))
+        except ValueError as error:
+            if str(error).startswith(f"{name} is not a valid"):
+                raise
+            raise bad("it cannot be read as a .npz of arrays with JSON metadata") from None
+        except (OSError, EOFError, RecursionError, zipfile.BadZipFile):
+            raise bad("it cannot be read as a .npz of arrays with JSON metadata") from None
+        if not isinstance(meta, dict) or meta.get("format") != "rosetta-asif":
+            raise bad("its metadata does not say format 'rosetta-asif'")
+        k, p = meta.get("k"), meta.get("p")
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise bad("'k' must be a positive whole number")
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not math.isfinite(p) or p <= 0:
+            raise bad("'p' must be a finite positive number")
+        for label, arr in (("image_embeddings", img), ("text_embeddings", txt)):
+            if arr.ndim != 2 or arr.dtype.kind != "f" or not np.isfinite(arr).all():
+                raise bad(f"{label} must be a 2-D array of finite floats")
+        if ids.ndim != 1 or ids.dtype.kind not in "iu" or not (len(img) == len(txt) == len(ids)):
+            raise bad("the embeddings and pair_ids must be one row per pair (integer ids)")
+        metadata, strategy = meta.get("metadata"), meta.get("template_strategy", DEFAULT_TEMPLATE_STRATEGY)
+        temperature = meta.get("temperature", DEFAULT_TEMPERATURE)
+        if metadata is not None and (not isinstance(metadata, list) or len(metadata) != len(ids)):
+            raise bad("'metadata' must be a list with one entry per pair")
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or \
+                not math.isfinite(temperature) or temperature <= 0:
+            raise bad("'temperature' must be a finite positive number")
+        if not isinstance(strategy, str):
+            raise bad("'template_strategy' must be text")
+        try:
+            return cls(img, txt, ids, metadata, k=k, p=float(p), info=meta.get("info"),
+                       template_strategy=strategy, temperature=float(temperature), device=device)
+        except (TypeError, ValueError) as error:
+            raise bad(f"its settings are not usable ({type(error).__name__})") from None
 
     def __repr__(self) -> str:
         return (f"AsifModel(n_anchors={self.n_anchors}, d_img={self.image_embeddings.shape[1]}, "

@@ -31,6 +31,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from core import store
+from core.ann import AnnSettings
 from core.asif import AsifModel, build_prompts, softmax
 from core.cache import EmbeddingCache
 from core.curation import stratified_split
@@ -59,9 +60,11 @@ class WorkspaceVectors:
     ``prompts [C*T, dt]`` with ``prompt_classes [C*T]`` (``core.asif.build_prompts``).
     """
 
-    def __init__(self, ws: store.Workspace, cache: EmbeddingCache, progress: ProgressFn | None = None):
-        from core.embedded import embed
-
+    def __init__(self, ws: store.Workspace, cache: EmbeddingCache, progress: ProgressFn | None = None,
+                 first_images: int | None = None):
+        """``first_images``: compute at most the first N anchor pictures (and their captions) that are
+        not cached yet; the other uncached pairs are left ``pending`` (a quick first start that
+        :func:`core.live.WorkspaceVectors` without the limit then completes)."""
         report = progress or (lambda f, m: None)
         self.ws_path = ws.path
         self.settings = ws.settings()
@@ -90,13 +93,14 @@ class WorkspaceVectors:
                                        f"{label}: {d:,} of {t:,} computed (the rest are cached)")
 
         report(0.0, f"Reading {n_img:,} anchor pictures from the embedding cache")
-        res = embed(self.image_encoder, [str(ws.resolve(r)) for r in self.img_refs], cache=cache,
-                    progress=stage(0, n_img, "Embedding anchor pictures"))
+        first = np.arange(n_img) < (n_img if first_images is None else first_images)
+        res = _embed_where(self.image_encoder, [str(ws.resolve(r)) for r in self.img_refs], first, cache,
+                           stage(0, n_img, "Embedding anchor pictures"))
         self.img, img_ok = res.vectors, res.ok
         bad_img = {f.index: f.reason for f in res.failed}
         report(n_img / total, f"Reading {n_items:,} labeled pictures")
-        res = embed(self.image_encoder, [str(ws.resolve(e.image)) for e in items], cache=cache,
-                    progress=stage(n_img, n_items, "Embedding labeled pictures"))
+        res = _embed_where(self.image_encoder, [str(ws.resolve(e.image)) for e in items],
+                           np.ones(n_items, bool), cache, stage(n_img, n_items, "Embedding labeled pictures"))
         keep = np.flatnonzero(res.ok)
         self.skipped_items = [Quarantined(items[f.index].item_id, items[f.index].image, f.reason)
                               for f in res.failed]
@@ -104,17 +108,20 @@ class WorkspaceVectors:
         self.item_vecs = res.vectors[keep]
         self.item_labels = np.array([label_index[e.label] for e in self.items], dtype=np.int64)
         report((n_img + n_items) / total, f"Reading {n_cap:,} captions")
-        res = embed(self.text_encoder, self.captions, cache=cache,
-                    progress=stage(n_img + n_items, n_cap / 50, "Embedding captions"))
+        res = _embed_where(self.text_encoder, self.captions, first[self.pair_img], cache,
+                           stage(n_img + n_items, n_cap / 50, "Embedding captions"))
         self.cap = res.vectors
         self.ok = img_ok[self.pair_img] & res.ok
         bad_cap = {f.index: f.reason for f in res.failed}
+        failed = {i for i in np.flatnonzero(~self.ok) if int(self.pair_img[i]) in bad_img or i in bad_cap}
         self.quarantined = [
             Quarantined(int(self.pair_ids[i]), self.pair_refs[i],
                         bad_img.get(int(self.pair_img[i])) or bad_cap.get(i) or "could not be embedded")
-            for i in np.flatnonzero(~self.ok)]
+            for i in sorted(failed)]
+        #: pairs not embedded yet (``first_images`` left them for later)
+        self.pending = int((~self.ok).sum()) - len(failed)
         prompts, self.prompt_classes = build_prompts(self.classes, self.templates)
-        res = embed(self.text_encoder, prompts, cache=cache)
+        res = _embed_where(self.text_encoder, prompts, np.ones(len(prompts), bool), cache, None)
         if not res.ok.all():
             raise ValueError("The class prompts could not be embedded with the text encoder "
                              f"{self.text_encoder!r}.")
@@ -196,6 +203,23 @@ class WorkspaceVectors:
         out.pair_refs = self.pair_refs + [r for r, _ in pairs]
         out.pos_of = {int(pid): i for i, pid in enumerate(out.pair_ids)}
         return out
+
+
+def _embed_where(encoder: str, items: list, compute: np.ndarray, cache: EmbeddingCache, progress):
+    """``core.embedded.embed`` of ``items``, computing only where ``compute`` is True (the rest
+    are read from the cache if there, else left out: ``ok`` False, not failed)."""
+    from core.embedded import EmbedResult, embed
+
+    if compute.all() or not len(items):
+        return embed(encoder, items, cache=cache, progress=progress)
+    on, off = np.flatnonzero(compute), np.flatnonzero(~compute)
+    a = embed(encoder, [items[i] for i in on], cache=cache, progress=progress)
+    b = embed(encoder, [items[i] for i in off], cache=cache, compute=False)
+    vectors = np.zeros((len(items), a.vectors.shape[1]), np.float32)
+    ok = np.zeros(len(items), bool)
+    vectors[on], vectors[off], ok[on], ok[off] = a.vectors, b.vectors, a.ok, b.ok
+    failed = tuple(type(f)(int(on[f.index]), f.item, f.reason) for f in a.failed)
+    return EmbedResult(vectors=vectors, ok=ok, failed=failed, hits=a.hits + b.hits, computed=a.computed)
 
 
 # ------------------------------------------------------------------------------------ metrics
@@ -413,7 +437,9 @@ class LiveModel:
         with self.lock:
             cached = getattr(self, "_model", None)
             if cached is None or cached[0] != self.version:
-                self._model = (self.version, self.session.current_model())
+                model = self.session.current_model()
+                model.ann = AnnSettings(folder=str(self.ws.state_dir / "ann"))  # saved per anchor set
+                self._model = (self.version, model)
             return self._model[1]
 
     # ------------------------------------------------------------------ sync

@@ -15,6 +15,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from core import gap
+from core.arrays import l2_normalize
 from core.cache import EmbeddingCache
 from core.contrastive import (DEFAULT_HEADS, ContrastiveConfig, ContrastiveHeads, MiniLMTextEncoder,
                               load_heads, load_minilm, save_heads, train_contrastive, zero_shot_classify)
@@ -91,8 +92,10 @@ def get_model(path: str | Path = DEFAULT_HEADS, train_if_missing: bool = True,
     ``cache``) if absent."""
     path = Path(path)
     if not path.exists():
-        if not train_if_missing or cache is None:
+        if not train_if_missing:
             raise ValueError(f"No trained heads at {path}; run `python -m core train-contrastive`.")
+        if cache is None:
+            raise ValueError("Training the heads reads the Flickr8k embeddings: pass cache=.")
         train_on_flickr(progress=progress, save_to=path, cache=cache)
     return load_heads(path)
 
@@ -128,20 +131,29 @@ def asif_zero_shot(n_images: Optional[int] = None, per_class: Optional[int] = No
 # --------------------------------------------------------------------------------------------------
 # inversion experiments
 # --------------------------------------------------------------------------------------------------
-def lit_text_encoder(heads: ContrastiveHeads) -> MiniLMTextEncoder:
+def minilm_tokens(cache: Optional[EmbeddingCache] = None, head=None) -> MiniLMTextEncoder:
+    """MiniLM's token space for OTI, sharing the model ``cache.encoders`` loaded (a fresh load
+    without a cache); ``head`` (our text projection) lands it in our shared space."""
+    model = cache.encoders.get(TEXT_ENCODER).model if cache is not None else load_minilm()
+    return MiniLMTextEncoder(model, head=head)
+
+
+def lit_text_encoder(heads: ContrastiveHeads, *,
+                     cache: Optional[EmbeddingCache] = None) -> MiniLMTextEncoder:
     """MiniLM + our text head: OTI through it lands in our shared space."""
-    return MiniLMTextEncoder(load_minilm(), head=heads.text_proj)
+    return minilm_tokens(cache, head=heads.text_proj)
 
 
-def oti_lit(heads: ContrastiveHeads, image_features: np.ndarray, **kwargs) -> InversionResult:
+def oti_lit(heads: ContrastiveHeads, image_features: np.ndarray, *,
+            cache: Optional[EmbeddingCache] = None, **kwargs) -> InversionResult:
     """OTI of raw image-encoder features ``[B, d_i]`` into our model's text side; ``features`` are in
     the shared space (normalised text-head outputs). kwargs go to :func:`core.inversion.oti`."""
     target = heads.encode_image_features(image_features)
-    return oti(lit_text_encoder(heads), target, **kwargs)
+    return oti(lit_text_encoder(heads, cache=cache), target, **kwargs)
 
 
 def asif_oti(image_features: np.ndarray, anchor_images: np.ndarray, anchor_texts: np.ndarray,
-             k: int, p: float, **kwargs) -> InversionResult:
+             k: int, p: float, *, cache: Optional[EmbeddingCache] = None, **kwargs) -> InversionResult:
     """OTI into the ASIF space: learn a MiniLM pseudo-token whose sentence embedding's relative
     representation over the anchor captions matches the image's over the anchor images.
     ``features`` are MiniLM sentence embeddings ``[B, 384]``."""
@@ -149,12 +161,12 @@ def asif_oti(image_features: np.ndarray, anchor_images: np.ndarray, anchor_texts
 
     idx, val = relative_representation(image_features, anchor_images, k, p)
     objective = ASIFObjective(anchor_texts, idx, val, k, p)
-    return oti(MiniLMTextEncoder(load_minilm()), objective=objective, **kwargs)
+    return oti(minilm_tokens(cache), objective=objective, **kwargs)
 
 
 def nearest_texts(features: np.ndarray, text_bank: np.ndarray, texts: Sequence[str], k: int = 5):
     """Top-``k`` ``(text, cosine)`` per row of ``features`` against ``text_bank [M, d]``."""
-    s = gap.normalize(features) @ gap.normalize(text_bank).T
+    s = l2_normalize(features) @ l2_normalize(text_bank).T
     top = np.argsort(-s, axis=1)[:, :k]
     return [[(texts[j], float(s[i, j])) for j in row] for i, row in enumerate(top)]
 
@@ -184,9 +196,10 @@ def image_retrieval_experiment(heads: ContrastiveHeads, per_class: int = 50, que
     g = heads.encode_image_features(g_raw)
     rel = gap.label_relevance(q_lab, g_lab)
     native = gap.mean_average_precision(q, g, rel)
-    inv = oti_lit(heads, q_raw, steps=steps, seed=seed, batch_size=batch_size, progress=progress)
+    inv = oti_lit(heads, q_raw, steps=steps, seed=seed, batch_size=batch_size, progress=progress,
+                  cache=cache)
     inverted = gap.mean_average_precision(inv.features, g, rel)
-    mixed = gap.mean_average_precision(gap.normalize(q + inv.features), g, rel)
+    mixed = gap.mean_average_precision(l2_normalize(q + inv.features), g, rel)
     return {"native_mAP": native["mAP"], "oti_mAP": inverted["mAP"], "native_plus_oti_mAP": mixed["mAP"],
             "n_queries": native["n_queries"], "n_gallery": int(len(g)), "oti": inv.to_json(),
             "oti_features": inv.features}
@@ -329,12 +342,12 @@ def asif_oti_experiment(n_images: Optional[int] = None, per_class: int = 5, k: O
     test = cifar_embedded("test", per_class, cache=cache)
     feats, labels, names = test.vectors, test.labels, test.class_names
     result = asif_oti(feats, img, txt, k, p, steps=steps, seed=seed, batch_size=batch_size,
-                      progress=progress)
+                      progress=progress, cache=cache)
     prompts, classes = embed_prompts(names, DEFAULT_TEMPLATES, TEXT_ENCODER, cache=cache)
     pe = prompts.reshape(len(names), len(DEFAULT_TEMPLATES), -1).mean(1)
-    pred = (result.features @ gap.normalize(pe).T).argmax(1)
+    pred = (result.features @ l2_normalize(pe).T).argmax(1)
     asif = AsifModel(img, txt, k=k, p=p).classify(feats, prompts, classes)
-    words = nearest_vocabulary(MiniLMTextEncoder(load_minilm()), result.pseudo.reshape(len(feats), -1), n_words)
+    words = nearest_vocabulary(minilm_tokens(cache), result.pseudo.reshape(len(feats), -1), n_words)
     return {"n_images": int(len(feats)), "k": k, "p": p, "n_anchors": int(len(txt)),
             "oti": result.to_json(), "pseudo_sentence_accuracy": float((pred == labels).mean()),
             "asif_accuracy": asif.accuracy(labels),

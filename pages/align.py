@@ -17,6 +17,7 @@ boot.ensure_app()
 from core import cka, matching  # noqa: E402
 from core.embedded import first_pair_per_image  # noqa: E402
 from ui import state  # noqa: E402
+from ui.safe import plain  # noqa: E402
 from ui.widgets import thumbnail_url  # noqa: E402
 
 st.title("Align")
@@ -67,8 +68,8 @@ with st.container(border=True):
     if source == SOURCE_WS:
         ws = state.require_workspace()
         data, ienc, tenc = _workspace_pairs(ws)
-        c2.markdown(f"**{ws.name}**: {len(data['ids']):,} active pairs · image encoder `{ienc}` · "
-                    f"text encoder `{tenc}` (change them in Settings).")
+        c2.markdown(f"**{plain(ws.name)}**: {len(data['ids']):,} active pairs · image encoder "
+                    f"*{plain(ienc)}* · text encoder *{plain(tenc)}* (change them in Settings).")
     else:
         i_opts, t_opts = _builtin("image"), _builtin("text")
         cc = c2.columns(3)
@@ -79,7 +80,7 @@ with st.container(border=True):
             with st.spinner("Embedding the pairs (cached after the first time)…"):
                 data = _demo_pairs(ienc, tenc, int(limit))
         except ValueError as error:
-            st.error(str(error))
+            st.error(plain(error))
             st.stop()
         if data["skipped"]:
             st.warning(f"{len(data['skipped']):,} picture(s) could not be read and were left out:",
@@ -172,7 +173,7 @@ if st.session_state.pop("align_want_matching", False):
             st.session_state["align_match_result"] = (
                 key, _matching(data["img"], data["txt"], data["groups"], key, int(n_base), int(n_query), int(seeds), tuple(methods)))
     except ValueError as error:
-        st.error(str(error))
+        st.error(plain(error))
 res = st.session_state.get("align_match_result")
 if res and res[0] == key:
     names = {"qap": "QAP (seeded)", "local_cka": "Local CKA", "linear": "Linear map", "relative": "Relative reps"}
@@ -212,7 +213,7 @@ if st.session_state.pop("align_want_suspicion", False):
             st.session_state["align_suspicion"] = (
                 key, _suspicion(data["img"], data["txt"], data["groups"], key, SUS_METHODS[sus_label]))
     except ValueError as error:
-        st.error(str(error))
+        st.error(plain(error))
 sus = st.session_state.get("align_suspicion")
 if sus and sus[0] == key:
     scores = sus[1]

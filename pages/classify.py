@@ -10,6 +10,7 @@ from ui import boot
 boot.ensure_app()
 
 from ui import state
+from ui.safe import plain
 from ui.widgets import image_path, metrics_header, pct, thumbnail_url
 
 st.title("Classify & explain")
@@ -63,12 +64,12 @@ with left:
                 if url:
                     st.image(url, width="stretch")
                 ok = preds[i] == labels[i]
-                st.button(f"{classes[labels[i]]}" + ("" if ok else " ✗"), key=f"pick_{i}",
+                st.button(plain(classes[labels[i]]) + ("" if ok else " ✗"), key=f"pick_{i}",
                           on_click=_set_query, args=({"kind": "eval", "index": int(i)},),
                           width="stretch",
                           help=f"Labeled picture #{i} ({'tuning' if vec.is_tune[i] else 'test'} part): "
-                               f"true class {classes[labels[i]]}, "
-                               f"predicted {classes[preds[i]]}")
+                               f"true class {plain(classes[labels[i]])}, "
+                               f"predicted {plain(classes[preds[i]])}")
         if st.button("More pictures", icon=":material/refresh:"):
             st.session_state["gallery_page"] = page + 1
             st.rerun()
@@ -114,8 +115,9 @@ with right:
         st.stop()
     try:
         qvec, qimage, truth = _query_vector(query)
-    except ValueError as error:
-        st.error(f"That file could not be used as a picture: {error}")
+    except ValueError:
+        st.error("That file could not be used as a picture: it is not a readable image, or it is over "
+                 "the pixel limit.")
         st.stop()
     explanation = _explain(model, qvec)
     probs = model.probabilities(explanation.scores)
@@ -124,13 +126,13 @@ with right:
     a, b = st.columns([1, 1.3])
     with a:
         st.image(qimage, width="stretch",
-                 caption=query.get("name") or f"labeled picture #{query['index']} "
-                                                 f"({'tuning' if vec.is_tune[query['index']] else 'test'} part)")
+                 caption=plain(query["name"]) if query.get("name") else
+                 f"labeled picture #{query['index']} ({'tuning' if vec.is_tune[query['index']] else 'test'} part)")
     with b:
         verdict = ""
         if truth is not None:
-            verdict = " ✓ correct" if truth == pred else f" ✗ (true class: **{truth}**)"
-        st.markdown(f"### It's a **{pred}**{verdict}")
+            verdict = " ✓ correct" if truth == pred else f" ✗ (true class: **{plain(truth)}**)"
+        st.markdown(f"### It's a **{plain(pred)}**{verdict}")
         st.caption(f"{pct(probs[explanation.prediction])} confident · ASIF score "
                    f"{explanation.scores[explanation.prediction]:.3f}")
         top5 = order[:5]
@@ -140,7 +142,7 @@ with right:
 
 # ----------------------------------------------------------------------------- why?
 st.divider()
-st.subheader(f"3 · Why *{pred}*? The anchor pairs behind the answer")
+st.subheader(f"3 · Why *{plain(pred)}*? The anchor pairs behind the answer")
 st.caption("Each pair scores **image weight × text weight**: how close its photo is to your picture, "
            "times how close its caption is to the class prompt. The class with the largest total "
            "wins. A wrong or misleading pair? Remove it and watch the accuracy move.")
@@ -154,23 +156,22 @@ def pairs_panel():
     last = st.session_state.get("last_edit")
     if last and last.get("where") == "classify":
         st.success(last["message"], icon=":material/check_circle:")
-    tabs = st.tabs([f"{classes[c]} · {expl.scores[c]:.3f}" for c in order[:3]])
+    tabs = st.tabs([f"{plain(classes[c])} · {expl.scores[c]:.3f}" for c in order[:3]])
     for tab, c in zip(tabs, order[:3]):
         with tab:
             rows = expl.contributions(int(c), top=8)
             if not rows:
-                st.info(f"No anchor pair supports *{classes[c]}* for this picture.")
+                st.info(f"No anchor pair supports *{plain(classes[c])}* for this picture.")
                 continue
             for r in rows:
                 cols = st.columns([1, 5, 1.3])
                 url = thumbnail_url(image_path(ws, r["image"]), 96)
                 if url:
                     cols[0].image(url, width=80)
-                cols[1].markdown(f"**“{r['caption']}”**  \n"
-                                 f"<small>pair #{r['pair_id']} · image weight {r['image_weight']:.3f} × "
-                                 f"text weight {r['text_weight']:.3f} = **{r['product']:.4f}** "
-                                 f"({100 * r['share']:.0f}% of the score)</small>",
-                                 unsafe_allow_html=True)
+                cols[1].markdown(f"**“{plain(r['caption'])}”**")
+                cols[1].caption(f"pair #{r['pair_id']} · image weight {r['image_weight']:.3f} × "
+                                f"text weight {r['text_weight']:.3f} = **{r['product']:.4f}** "
+                                f"({100 * r['share']:.0f}% of the score)")
                 if cols[2].button("Remove", key=f"rm_{c}_{r['pair_id']}", icon=":material/delete:",
                                   help="Take this pair out of the anchors (undo on the Curate page)"):
                     try:
@@ -178,7 +179,7 @@ def pairs_panel():
                                            where="classify")
                         st.rerun()  # only on success: a rerun would wipe the message below
                     except ValueError as error:
-                        st.error(str(error))
+                        st.error(plain(error))
 
 
 pairs_panel()
@@ -268,4 +269,4 @@ with st.expander("Classes and prompt templates"):
                 st.session_state.pop("query", None)
                 st.rerun()
             except ValueError as error:
-                st.error(str(error))
+                st.error(plain(error))

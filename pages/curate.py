@@ -11,6 +11,7 @@ boot.ensure_app()
 from ui import state
 from ui.charts import per_class_figure, timeline_figure
 from ui.curation_panel import auto_curate_panel
+from ui.safe import plain
 from ui.widgets import image_path, metrics_header, pct, thumbnail_url
 
 st.title("Curate")
@@ -53,10 +54,11 @@ def _history_buttons() -> None:
         column.button(label, icon=f":material/{label.lower()}:", disabled=pending is None, width="stretch",
                       key=f"curate_{label}", on_click=_step,
                       args=(label.lower(), None if pending is None else pending.seq))
-        column.caption("Nothing to " + label.lower() if pending is None else f"{label}: {pending.describe()}")
+        column.caption("Nothing to " + label.lower() if pending is None
+                       else f"{label}: {pending.describe()}")
     error = st.session_state.pop("edit_error", None)
     if error:
-        st.error(error)
+        st.error(plain(error))
 
 
 def curate_panel():
@@ -88,7 +90,7 @@ def curate_panel():
             scores = _suspicion(str(ws.path), model.key, len(model.vectors.pair_ids), model.vectors)
             df["suspicious"] = df["pair_id"].map(scores)
         except ValueError as error:  # e.g. too few pairs to compare neighbourhoods
-            st.caption(f"Suspicious-pair scores unavailable: {error}")
+            st.caption(f"Suspicious-pair scores unavailable: {plain(error)}")
     f1, f2 = st.columns([2, 1])
     search = f1.text_input("Find pairs whose caption contains", key="curate_search",
                            placeholder="e.g. dog, skateboard, water")
@@ -147,14 +149,14 @@ def curate_panel():
                     f"test {pct(what.before.test)} → {pct(what.after.test)}. {what.n_changed:,} prediction"
                     f"{'s' if what.n_changed != 1 else ''} would change.")
         except ValueError as error:
-            c1.warning(str(error))
+            c1.warning(plain(error))
         if c2.button(f"Remove {n} pair{'s' if n != 1 else ''}", type="primary", icon=":material/delete:",
                      width="stretch", key=state.selection_key("remove_selected")):
             try:
                 state.remove_pairs(ws, model, chosen, note="from Curate", where="curate")
                 st.rerun()  # only on success: a rerun would wipe the message below
             except ValueError as error:
-                st.error(str(error))
+                st.error(plain(error))
     else:
         c1.caption("Select one or more rows to preview the accuracy without them.")
     if not st.session_state.get("suspicion_on"):
@@ -219,13 +221,13 @@ with tab_up:
                 data = f.getvalue()
                 try:
                     load_image(data)
-                except ValueError as error:
-                    bad.append(f"{f.name}: {error}")
+                except ValueError:
+                    bad.append(f"{f.name}: not a readable image, or over the pixel limit")
                     continue
                 suffix = "." + f.name.rsplit(".", 1)[-1] if "." in f.name else ".jpg"
                 good.append((ws.store_file(data, suffix), template.replace("{}", cls)))
             for msg in bad:
-                st.warning(f"Skipped {msg}")
+                st.warning(f"Skipped {plain(msg)}")
             if not good:
                 st.error("No readable photo to add.")
             else:
@@ -234,7 +236,7 @@ with tab_up:
                         r = state.add_pairs(ws, model, good, note="uploaded", where="add")
                     st.success(r.message())
                 except ValueError as error:
-                    st.error(str(error))
+                    st.error(plain(error))
 with tab_demo:
     from core.data import demo_data_root
 
@@ -268,7 +270,7 @@ with tab_demo:
                         r = state.add_pairs(ws, model, pairs, note="in-domain CIFAR-10 train", where="add")
                     st.success(r.message())
                 except ValueError as error:
-                    st.error(str(error))
+                    st.error(plain(error))
 
 # -------------------------------------------------------------------- automatic curation
 st.divider()

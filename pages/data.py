@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from pathlib import Path
 
 import pandas as pd
 import streamlit as st
@@ -14,6 +13,7 @@ boot.ensure_app()
 
 from core import demo, store
 from ui import state
+from ui.safe import plain
 from ui.widgets import thumbnail_url
 
 st.title("Data")
@@ -35,7 +35,7 @@ def _grid(refs, captions, n_cols=5, size=160):
                                 else str(ref), size)
             if url:
                 st.image(url, width="stretch")
-            st.caption(cap)
+            st.caption(cap)  # already made plain by the caller
 
 
 tab_pairs, tab_test, tab_new = st.tabs(["Anchor pairs", "Test pictures", "Bring your own pairs"])
@@ -60,7 +60,7 @@ with tab_pairs:
         st.caption(f"{len(pairs):,} pair(s) from {len(images):,} photo(s)")
         chunk = images[(page - 1) * per_page: page * per_page]
         _grid([str(ws.resolve(r)) for r in chunk],
-              ["  \n".join(f"#{p.pair_id} · {p.caption}" for p in by_image[r]) for r in chunk])
+              ["  \n".join(f"#{p.pair_id} · {plain(p.caption)}" for p in by_image[r]) for r in chunk])
         st.download_button("Download the curated pairs (CSV)", ws.export_pairs_csv(),
                            file_name=f"{ws.id}-pairs.csv", mime="text/csv", icon=":material/download:")
 
@@ -72,64 +72,29 @@ with tab_test:
         if items:
             pick = st.selectbox("Class", labels, key="data_eval_class")
             sel = [e for e in items if e.label == pick][:20]
-            _grid([str(ws.resolve(e.image)) for e in sel], [e.label for e in sel], n_cols=10, size=96)
+            _grid([str(ws.resolve(e.image)) for e in sel], [plain(e.label) for e in sel], n_cols=10, size=96)
 
 
 # ------------------------------------------------------------------ bring your own
-def _staging_dir(key: bytes) -> Path:
-    from core.encoders import rosetta_cache_dir
-
-    d = rosetta_cache_dir() / "uploads" / hashlib.sha256(key).hexdigest()[:16]
-    d.mkdir(parents=True, exist_ok=True)
-    return d
-
-
-def _safe_name(name: str) -> str | None:
-    """The base name of an uploaded file, or None when it is not a plain name."""
-    base = os.path.basename(name.replace("\\", "/"))
-    if not base or base in (".", "..") or base.startswith("."):
-        return None
-    return base
-
-
-def load_uploads(files) -> tuple[object | None, list[str]]:
-    """A PairSet from uploaded files: one zip, or images + a CSV (image,caption). Never raises."""
+def load_uploads(files):
+    """A PairSet from uploaded files (one zip, or images + a CSV), staged by core; kept for this
+    session while the same files are uploaded, so reruns reuse it and its staging folder."""
     from core import data
 
-    notes = []
-    zips = [f for f in files if f.name.lower().endswith(".zip")]
-    if zips:
-        if len(zips) > 1 or len(files) > 1:
-            notes.append("Upload one zip on its own; using the first zip only.")
-        try:
-            return data.load_pairs_zip(zips[0].getvalue()), notes
-        except ValueError as error:
-            return None, notes + [str(error)]
-    csvs = [f for f in files if f.name.lower().endswith(".csv")]
-    if not csvs:
-        return None, ["Add a CSV with columns image,caption (one row per caption) next to the photos, "
-                      "or upload a zip holding both."]
-    digest = hashlib.sha256(b"".join(hashlib.sha256(f.getvalue()).digest() for f in files)).digest()
-    folder = _staging_dir(digest)
-    for f in files:
-        name = _safe_name(f.name)
-        if name is None:
-            notes.append(f"Skipped {f.name!r}: not a plain file name.")
-            continue
-        (folder / name).write_bytes(f.getvalue())
-    csv_name = _safe_name(csvs[0].name)
-    if len(csvs) > 1:
-        notes.append(f"Several CSV files: using {csv_name}.")
-    try:
-        return data.load_pairs_csv(folder / csv_name, folder, deep=True), notes
-    except ValueError as error:
-        return None, notes + [str(error)]
+    digest = hashlib.sha256(b"".join(f.name.encode() + b"\0" + hashlib.sha256(f.getvalue()).digest()
+                                     for f in files)).hexdigest()
+    held = st.session_state.get("byo_staged")
+    if held is None or held[0] != digest:
+        held = (digest, data.stage_uploads([(f.name, f.getvalue()) for f in files]))
+        st.session_state["byo_staged"] = held
+    return held[1]
 
 
 def show_report(pairset) -> None:
     rep = pairset.report
     if rep.fatal:
-        st.error(f"Nothing could be loaded: {rep.summary()}")
+        first = next((p.message for p in rep.problems if p.severity == "error"), rep.summary())
+        st.error(f"Nothing could be loaded: {plain(first)}.")
     elif rep.problems:
         st.warning(f"Loaded with problems — {rep.summary()}. Rejected items are listed below; the "
                    "rest is usable.")
@@ -143,11 +108,12 @@ def show_report(pairset) -> None:
 def use_pairset(pairset, copy: bool, source: dict) -> None:
     """Preview + 'create a workspace' / 'add to the current workspace'."""
     show_report(pairset)
-    if pairset is None or len(pairset) == 0:
+    if len(pairset) == 0:
         return
     st.markdown(f"**Preview** — {len(pairset):,} pairs from {len(pairset.images):,} photos")
     n = min(10, len(pairset))
-    _grid([pairset.images[i] for i in pairset.pair_image[:n].tolist()], pairset.captions[:n])
+    _grid([pairset.images[i] for i in pairset.pair_image[:n].tolist()],
+          [plain(c) for c in pairset.captions[:n]])
     a, b = st.columns(2)
     with a.form(f"create_{source['kind']}"):
         st.markdown("**Create a new workspace** with these pairs as anchors")
@@ -160,11 +126,11 @@ def use_pairset(pairset, copy: bool, source: dict) -> None:
             try:
                 items = demo.demo_labeled_items(int(per_class)) if test.startswith("CIFAR") else []
                 new = store.create_from_pairset(name, pairset, items, copy=copy, source=source)
-                state.set_workspace(new.id, f"Created {new.name}; you are now working in it.")
-                st.success(f"Created **{new.name}**; its pictures are being embedded now.")
+                state.set_workspace(new.id, f"Created {plain(new.name)}; you are now working in it.")
+                st.success(f"Created **{plain(new.name)}**; its pictures are being embedded now.")
                 st.rerun()
             except ValueError as error:
-                st.error(str(error))
+                st.error(plain(error))
     with b.form(f"add_{source['kind']}"):
         st.markdown("**Add them to the current workspace** as extra anchors")
         ok = st.form_submit_button("Add to current workspace", disabled=ws is None)
@@ -176,7 +142,7 @@ def use_pairset(pairset, copy: bool, source: dict) -> None:
                     r = state.add_pairs(ws, model, rows, note=f"from {source['kind']}")
                 st.success(r.message())
             except ValueError as error:
-                st.error(str(error))
+                st.error(plain(error))
 
 
 with tab_new:
@@ -190,21 +156,22 @@ with tab_new:
                                  key="byo_files")
         if files:
             with st.spinner("Checking the files…"):
-                pairset, notes = load_uploads(files)
-            for n in notes:
-                st.warning(n)
-            if pairset is not None:
-                use_pairset(pairset, copy=True, source={"kind": "upload"})
+                pairset = load_uploads(files)
+            use_pairset(pairset, copy=True, source={"kind": "upload"})
+        else:
+            st.session_state.pop("byo_staged", None)
     else:
-        st.caption("A folder with the photos and a `captions.csv` (`image,caption`), a CSV file, or a "
-                   "COCO captions JSON. Files stay where they are (nothing is copied).")
-        path = st.text_input("Path", key="byo_path", placeholder="/home/me/photos")
+        st.caption("A folder with the photos and a `captions.csv` (`image,caption`) or one COCO "
+                   "captions JSON, inside the data location or a folder listed in "
+                   "`ROSETTA_ALLOWED_ROOTS`. Files stay where they are (nothing is copied).")
+        path = st.text_input("Folder", key="byo_path", placeholder="/home/me/photos")
         if path:
             from core import data
 
             try:
+                folder = data.allowed_folder(path)
                 with st.spinner("Checking the folder…"):
-                    pairset = data.load_pairs(path)
-                use_pairset(pairset, copy=False, source={"kind": "folder", "path": path})
+                    pairset = data.load_pairs_folder(folder)
+                use_pairset(pairset, copy=False, source={"kind": "folder", "path": str(folder)})
             except ValueError as error:
-                st.error(str(error))
+                st.error(plain(error))

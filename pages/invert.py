@@ -17,6 +17,7 @@ boot.ensure_app()
 from core import modality as M  # noqa: E402
 from core.embedded import embed  # noqa: E402
 from ui import state  # noqa: E402
+from ui.safe import plain  # noqa: E402
 
 st.title("Invert")
 st.caption(
@@ -85,7 +86,7 @@ with st.container(border=True):
                 _train_model()
                 st.rerun()
             except ValueError as error:
-                st.error(str(error))
+                st.error(plain(error))
     else:
         tr = meta.get("training", {})
         zs = meta.get("cifar10_zero_shot", {})
@@ -104,7 +105,7 @@ st.subheader("1 · Pick a picture and invert it")
 try:
     pairs = _flickr(M.IMAGE_ENCODER, M.TEXT_ENCODER, N_DEMO_IMAGES)
 except ValueError as error:
-    st.error(f"The demo pairs are not available: {error}")
+    st.error(f"The demo pairs are not available: {plain(error)}")
     st.stop()
 
 c1, c2 = st.columns([1, 1.6], gap="large")
@@ -119,7 +120,7 @@ with c1:
     else:
         image_index = int(st.number_input("Picture number", 0, len(pairs.images) - 1, 0, key="invert_index"))
         st.image(pairs.images[image_index], width=224)
-        st.caption(" · ".join(pairs.captions[i] for i in pairs.pairs_of_image(image_index)[:2]))
+        st.caption(" · ".join(plain(pairs.captions[i]) for i in pairs.pairs_of_image(image_index)[:2]))
     if upload is not None:
         st.image(upload, width=224)
     s1, s2 = st.columns(2)
@@ -159,8 +160,9 @@ if go_button:
 
     try:
         if method == METHOD_LIT:
-            result = M.oti_lit(heads, feats, steps=steps, seed=seed, on_loss=on_loss)
-            encoder = M.lit_text_encoder(heads)
+            result = M.oti_lit(heads, feats, steps=steps, seed=seed, on_loss=on_loss,
+                               cache=state.embedding_cache())
+            encoder = M.lit_text_encoder(heads, cache=state.embedding_cache())
             bank = heads.encode_text_features(pairs.text_vectors)
             native = M.nearest_texts(heads.encode_image_features(feats), bank, pairs.captions, 8)[0]
         else:
@@ -169,10 +171,9 @@ if go_button:
                 anchors = anchors[pairs.pair_image != image_index]
             k = min(int(settings["k"]), max(1, len(anchors) // 2))  # the workspace rule for small sets
             result = M.asif_oti(feats, pairs.pair_image_vectors[anchors], pairs.text_vectors[anchors], k,
-                                float(settings["p"]), steps=steps, seed=seed, on_loss=on_loss)
-            from core.contrastive import MiniLMTextEncoder
-
-            encoder = MiniLMTextEncoder()
+                                float(settings["p"]), steps=steps, seed=seed, on_loss=on_loss,
+                                cache=state.embedding_cache())
+            encoder = M.minilm_tokens(state.embedding_cache())
             bank = pairs.text_vectors
             native = None
         from core.inversion import nearest_vocabulary
@@ -183,7 +184,7 @@ if go_button:
             "captions": M.nearest_texts(result.features, bank, pairs.captions, 8)[0],
             "native": native, "steps": steps}
     except ValueError as error:
-        st.error(str(error))
+        st.error(plain(error))
 
 res = st.session_state.get("invert_result")
 if res:
@@ -234,7 +235,7 @@ if st.button("Show the gap", key="invert_gap_go") or st.session_state.get("inver
                        settings["text_encoder"] if not space.startswith("Our") else M.TEXT_ENCODER,
                        int(settings["k"]), float(settings["p"]), n_gap)
         except ValueError as error:
-            st.error(str(error))
+            st.error(plain(error))
             st.stop()
     g = out["gap"]
     m1, m2, m3 = st.columns(3)

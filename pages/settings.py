@@ -9,6 +9,7 @@ boot.ensure_app()
 
 from core import encoders, store
 from ui import state
+from ui.safe import plain
 
 st.title("Settings")
 st.caption("How the model is built from the pairs. Changing a setting recomputes the model; "
@@ -61,7 +62,7 @@ with st.form("settings"):
             except Exception:  # noqa: BLE001 - shown as a message
                 error = "That encoder name is not usable here (unknown, or its weights are not on this machine)."
         if error:
-            st.error(error)
+            st.error(plain(error))
         else:
             try:
                 ws.update_settings(**changes)
@@ -69,13 +70,13 @@ with st.form("settings"):
                 st.session_state.pop("last_edit", None)
                 st.success("Saved. The model is being recomputed (cached embeddings are reused).")
             except ValueError as exc:
-                st.error(str(exc))
+                st.error(plain(exc))
 
 job = state.model_job(ws)
 if not job.done:
     st.progress(min(max(job.fraction, 0.0), 1.0), text=f"Recomputing: {job.message}")
 elif job.error:
-    st.error(f"The model could not be built with these settings: {job.error}")
+    st.error(f"The model could not be built with these settings: {plain(job.error)}")
 else:
     m = job.model.metrics()
     st.success(f"Model ready: test accuracy {100 * m.test:.1f} % (tuning {100 * m.tune:.1f} %) with "

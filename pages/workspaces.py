@@ -13,6 +13,7 @@ boot.ensure_app()
 
 from core import demo, store
 from ui import state
+from ui.safe import plain
 
 st.title("Workspaces")
 st.caption("A workspace is a set of anchor pairs, a labeled test set, the encoders, k and p, and the "
@@ -36,20 +37,20 @@ else:
     st.info("No workspace yet.")
 
 if current is not None:
-    st.subheader(f"Current: {current.name}")
+    st.subheader(f"Current: {plain(current.name)}")
     a, b, c = st.columns(3)
     with a.form("duplicate"):
         new_name = st.text_input("Duplicate as", f"{current.name} copy")
         if st.form_submit_button("Duplicate", icon=":material/content_copy:"):
             try:
                 dup = store.duplicate_workspace(current, new_name)
-                state.set_workspace(dup.id, f"Created {dup.name} as a copy of {current.name}; you are now "
-                                            "working in the copy.")
+                state.set_workspace(dup.id, f"Created {plain(dup.name)} as a copy of {plain(current.name)}; "
+                                            "you are now working in the copy.")
                 st.rerun()
             except ValueError as error:
-                st.error(str(error))
+                st.error(plain(error))
     with b.form("delete"):
-        sure = st.checkbox(f"Yes, delete “{current.name}” and its edit history")
+        sure = st.checkbox(f"Yes, delete “{plain(current.name)}” and its edit history")
         if st.form_submit_button("Delete", icon=":material/delete:"):
             if not sure:
                 st.warning("Tick the box to confirm.")
@@ -95,12 +96,12 @@ with t1:
             if st.form_submit_button("Create", type="primary"):
                 try:
                     ws = demo.create_demo_workspace(name, int(n_images), int(per_class))
-                    state.set_workspace(ws.id, f"Created {ws.name}; you are now working in it.")
+                    state.set_workspace(ws.id, f"Created {plain(ws.name)}; you are now working in it.")
                     st.rerun()
                 except ValueError as error:
-                    st.error(str(error))
+                    st.error(plain(error))
     except ValueError as error:
-        st.warning(str(error))
+        st.warning(plain(error))
 with t2:
     st.caption("Upload photos with captions, or point to a folder on this computer, on the Data page.")
     st.page_link("pages/data.py", label="Bring your own pairs", icon=":material/photo_library:")

@@ -62,7 +62,7 @@ def test_bad_uploads_give_messages_not_tracebacks(demo_root):
     assert "Nothing could be loaded" in shown and "Create workspace" not in [b.label for b in at.button]
     # photos without any CSV
     shown = _upload(at, [("red.jpg", _jpeg((200, 0, 0)), "image/jpeg")])
-    assert "Add a CSV" in shown
+    assert "add a CSV" in shown
     # a zip with odd paths: absolute, '..', and one good entry
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
@@ -87,3 +87,24 @@ def test_bad_uploads_give_messages_not_tracebacks(demo_root):
     # nothing of the current workspace was lost
     assert [p.name for p in store.list_workspaces(demo_root)] == ["demo"]
     assert store.Workspace(store.list_workspaces(demo_root)[0]).counts()["pairs"] > 0
+
+
+def test_folder_field_refuses_files_and_places_outside_the_allowed_roots(demo_root, tmp_path, monkeypatch):
+    secret = "ROSETTA_APPTEST_SECRET_271828"
+    monkeypatch.setenv("ROSETTA_TEST_SECRET", secret)  # in this process's /proc/self/environ
+    allowed = tmp_path / "mine"
+    (allowed / "set").mkdir(parents=True)
+    Image.new("RGB", (40, 30), (10, 200, 10)).save(allowed / "set" / "g.jpg")
+    (allowed / "set" / "captions.csv").write_text("image,caption\ng.jpg,a green thing\n")
+    monkeypatch.setenv("ROSETTA_ALLOWED_ROOTS", str(allowed))
+    at = _open_data(run_ready(AppTest.from_file(APP, default_timeout=120)))
+    at.radio(key="byo_how").set_value("A folder on this computer").run()
+    for path, why in (("/proc/self/environ", "allowed locations"), (str(allowed / "set" / "captions.csv"),
+                                                                     "not a folder")):
+        at.text_input(key="byo_path").set_value(path).run()
+        assert not at.exception
+        shown = texts(at)
+        assert why in shown and secret not in shown
+        assert "Create workspace" not in [b.label for b in at.button]
+    at.text_input(key="byo_path").set_value(str(allowed / "set")).run()
+    assert not at.exception and "a green thing" in texts(at)

@@ -136,7 +136,7 @@ def test_corrupt_truncated_and_non_image_files_skipped(tmp_path):
     with open(root / "captions.csv", "a") as f:
         for name in ("noise.jpg", "notes.txt", "empty.png", "cut.jpg"):
             f.write(f"{name},caption of {name}\n")
-    pairs = D.load_pairs(root, deep=True)
+    pairs = D.load_pairs(root)
     assert len(pairs) == 6 and len(pairs.images) == 3
     kinds = {p.item: p.kind for p in pairs.report.problems}
     assert kinds == {"noise.jpg": "not_image", "notes.txt": "not_image", "empty.png": "corrupt_image",
@@ -214,7 +214,7 @@ def test_zip_upload_rejects_absolute_dotdot_and_links(tmp_path):
 
 
 def test_bad_zip_and_zip_without_captions(tmp_path):
-    bad = D.load_pairs(b"this is not a zip", deep=True)
+    bad = D.load_pairs(b"this is not a zip")
     assert bad.report.fatal and "bad_zip" in bad.report.kinds()
     empty = D.load_pairs_zip(_zip_with({"a.jpg": _jpeg_bytes()}), dest=tmp_path / "x")
     assert empty.report.fatal and "missing_file" in empty.report.kinds()

@@ -234,3 +234,19 @@ def test_random_kills_during_edits_lose_no_commit(ws, cache):
     assert fresh.active_ids() == set(ws.active_pair_ids())
     assert ws.edits()[-1].metrics == fresh.metrics().to_dict()
     _check_log(ws, cache)
+
+
+def test_a_quick_first_start_then_all_pairs(data_root, tmp_path):
+    """On an empty cache, the first start embeds only the first pictures; the rest are pending and
+    a second build completes them (what the app does in the background)."""
+    ws = demo.create_demo_workspace("quick", n_images=5, per_class=1, root=tmp_path / "ws")
+    empty = EmbeddingCache(tmp_path / "cache")
+    quick = WorkspaceVectors(ws, empty, first_images=3)
+    first_three = {p.pair_id for p in ws.pairs() if p.image in quick.img_refs[:3]}
+    assert quick.pending == len(ws.pairs()) - len(first_three) > 0 and not quick.quarantined
+    model = LiveModel(ws, quick)
+    assert model.active_ids() == first_three
+    model.remove([min(first_three)])  # edits made meanwhile are kept
+    full = LiveModel(ws, WorkspaceVectors(ws, empty))
+    assert full.vectors.pending == 0
+    assert full.active_ids() == {p.pair_id for p in ws.pairs()}

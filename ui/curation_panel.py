@@ -11,6 +11,7 @@ import pandas as pd
 import streamlit as st
 
 from ui import state
+from ui.safe import plain
 from ui.widgets import pct
 
 RUN_KEY = "auto_curate_last"
@@ -191,4 +192,4 @@ def suggest_additions_panel(ws, model, tune) -> None:
             st.session_state.pop(PLAN_KEY, None)
             st.success(outcome.message())
         except ValueError as error:
-            st.error(str(error))
+            st.error(plain(error))

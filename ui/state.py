@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 import traceback
@@ -20,6 +21,7 @@ import streamlit as st
 from core import demo, store
 from core.cache import EmbeddingCache
 from core.live import EditOutcome, LiveModel, WorkspaceVectors
+from ui.safe import plain
 
 _THREADS: list[threading.Thread] = []
 
@@ -90,6 +92,8 @@ class Job:
     started: float = field(default_factory=time.time)
     finished: float | None = None
     thread: threading.Thread | None = None
+    #: after a quick first start: (fraction, message) of embedding the remaining pairs
+    growing: tuple[float, str] | None = None
 
     @property
     def done(self) -> bool:
@@ -99,9 +103,15 @@ class Job:
         self.fraction, self.message = float(fraction), message
 
 
+#: A first start on an empty cache embeds this many anchor pictures (with their captions) before the
+#: app is usable, and the rest in the background (``ROSETTA_FIRST_IMAGES``; 0 = all at once).
+FIRST_IMAGES = int(os.environ.get("ROSETTA_FIRST_IMAGES", "400"))
+
+
 def _build(job: Job, ws: store.Workspace) -> None:
     try:
-        vectors = WorkspaceVectors(ws, embedding_cache(), progress=lambda f, m: job.progress(0.9 * f, m))
+        vectors = WorkspaceVectors(ws, embedding_cache(), progress=lambda f, m: job.progress(0.9 * f, m),
+                                   first_images=FIRST_IMAGES or None)
         job.progress(0.9, "Finding each labeled picture's nearest anchors")
         job.model = LiveModel(ws, vectors, progress=lambda f, m: job.progress(0.9 + 0.1 * f, m))
         job.progress(1.0, "Ready")
@@ -112,8 +122,50 @@ def _build(job: Job, ws: store.Workspace) -> None:
         job.error = f"an unexpected {type(error).__name__} (details in the server log)."
     finally:
         job.finished = time.time()
-    if job.model is not None:
-        start_influence(job.model)
+    if job.model is None:
+        return
+    start_influence(job.model)
+    if job.model.vectors.pending:
+        _grow(job, ws)
+
+
+def _grow(job: Job, ws: store.Workspace) -> None:
+    """Embed the pairs a quick first start left pending, then swap in the model of all of them
+    (edits made meanwhile are in the log; the new model syncs to it)."""
+    job.growing = (0.0, "Embedding the remaining anchor pairs")
+    try:
+        vectors = WorkspaceVectors(ws, embedding_cache(), progress=lambda f, m: setattr(job, "growing", (f, m)))
+        model = LiveModel(ws, vectors)
+        model.sync()
+        job.model = model
+        start_influence(model)
+    except Exception:  # noqa: BLE001 - the quick model stays in service; details in the log
+        traceback.print_exc()
+    finally:
+        job.growing = None
+
+
+@st.fragment(run_every=3.0)
+def growth_panel(ws: store.Workspace, shown) -> None:
+    """The growth note, refreshed every 3 s; the page reruns once the model of all pairs replaces
+    the ``shown`` one."""
+    job = _registry()["jobs"].get(str(ws.path))
+    if job is not None and job.model is not shown and job.growing is None:
+        st.rerun()
+    note = growth_note(ws)
+    if note:
+        st.info(note, icon=":material/hourglass_top:")
+
+
+def growth_note(ws: store.Workspace) -> str | None:
+    """A sentence while a quick first start's model grows to all pairs (``None`` otherwise)."""
+    job = _registry()["jobs"].get(str(ws.path))
+    if job is None or job.growing is None or job.model is None:
+        return None
+    v, (fraction, message) = job.model.vectors, job.growing
+    return (f"These numbers are for the {int(v.ok.sum()):,} anchor pairs embedded so far; the other "
+            f"{v.pending:,} are being embedded in the background ({100 * fraction:.0f} %: {message}). "
+            "The page switches to all of them when they are ready.")
 
 
 def model_job(ws: store.Workspace, restart: bool = False) -> Job:
@@ -246,10 +298,10 @@ def require_model(ws: store.Workspace, wait_s: float = 1.5) -> LiveModel:
             if job.model.sync():  # another process or session edited: catch up (one query if not)
                 clear_selection()
         except ValueError as error:
-            st.warning(str(error))
+            st.warning(plain(str(error)))
         return job.model
     if job.done and job.error:
-        st.error(f"This workspace's model could not be built: {job.error}")
+        st.error(f"This workspace's model could not be built: {plain(job.error)}")
         if st.button("Try again", key="retry_build"):
             model_job(ws, restart=True)
             st.rerun()
@@ -264,7 +316,7 @@ def progress_if_building(ws: store.Workspace) -> None:
     if not job.done:
         _progress_panel(ws)
     elif job.error:
-        st.error(f"The model of this workspace could not be built: {job.error}")
+        st.error(f"The model of this workspace could not be built: {plain(job.error)}")
 
 
 @st.fragment(run_every=1.0)
@@ -274,7 +326,7 @@ def _progress_panel(ws: store.Workspace) -> None:
         st.rerun()
     elapsed = time.time() - job.started
     st.progress(min(max(job.fraction, 0.0), 1.0),
-                text=f"Preparing {ws.name}: {job.message} ({elapsed:.0f} s). The first start embeds "
+                text=f"Preparing {plain(ws.name)}: {plain(job.message)} ({elapsed:.0f} s). The first start embeds "
                      "every picture once; later starts read them from the cache.")
     st.caption("You can keep using the Data, Workspaces and Settings pages meanwhile.")
 
@@ -332,5 +384,5 @@ def sidebar_summary(ws: store.Workspace) -> None:
         n_pairs, k = len(ws.active_pair_ids()), s["k"]
     n_items = ws.counts()["eval"]
     st.caption(f"{n_pairs:,} anchor pair{'s' if n_pairs != 1 else ''} · {n_items:,} labeled picture"
-               f"{'s' if n_items != 1 else ''} · {s['image_encoder']} + {s['text_encoder']} · "
+               f"{'s' if n_items != 1 else ''} · {plain(s['image_encoder'])} + {plain(s['text_encoder'])} · "
                f"k = {k:,}, p = {float(s['p']):g}")

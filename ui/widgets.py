@@ -57,6 +57,10 @@ def metrics_header(model, ws) -> None:
         st.warning(warning, icon=":material/warning:")
     if model.k_note:
         st.info(model.k_note, icon=":material/info:")
+    from ui import state
+
+    if state.growth_note(ws):
+        state.growth_panel(ws, model)
 
 
 def image_path(ws, ref: str) -> str:

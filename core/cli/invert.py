@@ -140,7 +140,7 @@ def run_oti(args) -> int:
         cache = default_cache()
         heads, _ = M.get_model(progress=ProgressBar("training heads", not args.json), cache=cache)
         feats = _embed_query_images(paths, cache)
-        encoder = M.lit_text_encoder(heads)
+        encoder = M.lit_text_encoder(heads, cache=cache)
         result = oti(encoder, heads.encode_image_features(feats), **kw)
         pairs = M.flickr_embedded(cache=cache)
         bank = heads.encode_text_features(pairs.text_vectors)
@@ -181,7 +181,6 @@ def run_asif(args) -> int:
     from core import modality as M
     from core.asif import DEFAULT_K, DEFAULT_P
     from core.cache import default_cache
-    from core.contrastive import MiniLMTextEncoder
     from core.inversion import nearest_vocabulary
 
     paths = _image_paths(args.images)
@@ -195,9 +194,9 @@ def run_asif(args) -> int:
     bar = ProgressBar("ASIF-space OTI", not args.json)
     result = M.asif_oti(feats, pairs.pair_image_vectors, txt, k, p, template=args.template, steps=args.steps or 150,
                         lr=args.lr, weight_decay=args.weight_decay, seed=args.seed, batch_size=args.batch_size,
-                        device=args.device, amp=args.amp, progress=bar)
+                        device=args.device, amp=args.amp, progress=bar, cache=cache)
     bar.close()
-    enc = MiniLMTextEncoder()
+    enc = M.minilm_tokens(cache)
     words = [nearest_vocabulary(enc, q, args.top) for q in result.pseudo]
     caps = M.nearest_texts(result.features, txt, pairs.captions, args.top)
     payload = {"k": k, "p": p, "n_anchors": int(len(txt)), **result.to_json(), "loss_curve": result.losses.tolist(),
