@@ -201,7 +201,7 @@ def svg_curves(mean_curves: dict[str, dict[str, list]], title: str) -> str:
         out.append(f'<text x="{ox + pw / 2}" y="{H - 8}" text-anchor="middle">edits (pairs removed or added)</text>')
         for recipe, c in mean_curves.items():
             pts = " ".join(f"{a:.1f},{b:.1f}" for a, b in (px(x, y) for x, y in zip(c["x"], c[part])))
-            dash = ' stroke-dasharray="5,3"' if recipe == "greedy" else ""
+            dash = ' stroke-dasharray="5,3"' if recipe in ("greedy", "combined") else ""
             out.append(f'<polyline points="{pts}" fill="none" stroke="{COLOURS[recipe]}" stroke-width="2"{dash}/>')
     for i, recipe in enumerate(mean_curves):
         y = T + 14 + 18 * i
