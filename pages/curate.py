@@ -274,4 +274,4 @@ with tab_demo:
 
 # -------------------------------------------------------------------- automatic curation
 st.divider()
-auto_curate_panel(ws, state.require_model(ws))
+auto_curate_panel(ws, model)
