@@ -180,6 +180,8 @@ class EditSession:
         self.na2 = np.asarray(A.multiply(A).sum(axis=1), dtype=np.float64).ravel()
         self.nb2 = np.asarray(B.multiply(B).sum(axis=1), dtype=np.float64).ravel()
         self.Bd = np.asarray(B.toarray(), dtype=np.float64)  # [P', cap] raw text weights
+        # how much each squared norm has moved since it was last exact (see _refresh_cancelled)
+        self._moved_a, self._moved_b = self.na2.copy(), self.nb2.copy()
         self._rescore()
 
     def _side_matrix(self, side: NeighbourLists, cap: int) -> sp.csr_matrix:
@@ -296,6 +298,7 @@ class EditSession:
         if qq.size:
             _scatter_add_rows(self.D, qq, xx, ww, self.Bd)
             self.na2 += np.bincount(qq, weights=ww * np.abs(ww), minlength=self.na2.size)
+            self._moved_a += np.bincount(qq, weights=ww * ww, minlength=self.na2.size)
         # 2) text side: columns of D, with the NEW image side.
         if pp.size:
             delta = np.zeros((self.cand.shape[0], changed.size))
@@ -305,9 +308,42 @@ class EditSession:
                 _scatter_add_rows(self.D, hq, hj, signed_power64(hs, self.p), delta)
             np.add.at(self.Bd, (pp, xt), wt)
             self.nb2 += np.bincount(pp, weights=wt * np.abs(wt), minlength=self.nb2.size)
+            self._moved_b += np.bincount(pp, weights=wt * wt, minlength=self.nb2.size)
+        self._refresh_cancelled()
         self._rescore()
         rec = self.img_side.recomputed + self.txt_side.recomputed - rec0
         return int(np.unique(qq).size), int(rec)
+
+    #: A squared norm that has moved by more than this many times its value since it was last exact
+    #: (a dominant pair added, then removed) has lost digits to cancellation, and so may its scores:
+    #: the row (image, cheap: one list) or column (prompt: every list holding its anchors, so only
+    #: from a larger ratio) is then recomputed exactly. Measured on 35,000 Flickr8k pairs x 10,000
+    #: CIFAR-10 pictures: the worst-case add's undo stays at ~40 ms (30-60 ms without the check).
+    CANCELLATION = 1e2
+    CANCELLATION_TEXT = 1e6
+
+    def _refresh_cancelled(self) -> None:
+        """Recompute exactly the rows / columns of D whose norms suffered cancellation."""
+        k = self.k
+        rows = np.flatnonzero(self._moved_a > self.CANCELLATION * np.maximum(self.na2, 1e-300))
+        if rows.size:
+            n = np.minimum(self.img_side.length[rows], k)
+            live = np.arange(k)[None, :] < n[:, None]
+            a = np.where(live, signed_power64(self.img_side.sims[rows, :k], self.p), 0.0)
+            cols = np.where(live, self.img_side.rows[rows, :k], 0)
+            A = sp.csr_matrix((a.ravel(), cols.ravel(), np.arange(0, rows.size * k + 1, k)),
+                              shape=(rows.size, self.Bd.shape[1]))
+            self.D[rows] = A @ self.Bd.T
+            self.na2[rows] = self._moved_a[rows] = (a * a).sum(axis=1)
+        cand = np.flatnonzero(self._moved_b > self.CANCELLATION_TEXT * np.maximum(self.nb2, 1e-300))
+        if cand.size:  # only the images holding one of these candidates' anchors contribute
+            xs = np.flatnonzero((self.Bd[cand] != 0).any(axis=0))
+            fresh = np.zeros((self.D.shape[0], cand.size))
+            hq, hj, hs = self.img_side.topk_similarities(xs)
+            if hq.size:
+                _scatter_add_rows(fresh, hq, hj, signed_power64(hs, self.p), self.Bd[cand][:, xs])
+            self.D[:, cand] = fresh
+            self.nb2[cand] = self._moved_b[cand] = (self.Bd[cand] ** 2).sum(axis=1)
 
     # ------------------------------------------------------------------ public edits
     def rows_of(self, pair_ids, want_alive: bool = True) -> np.ndarray:
