@@ -93,3 +93,23 @@ def test_suspicious_pairs_show_their_rank_and_go_to_curate_as_the_selection(demo
     assert sorted(picker.value) == sorted(sent)
     assert f"{len(sent)} pairs from Align's suspicious pairs selected below." in texts(at)
     assert f"these {len(sent)} pairs were removed" in texts(at)  # the what-if of exactly these pairs
+
+
+def test_why_list_shows_one_entry_per_photo_and_removes_all_its_captions_at_once(demo_root):
+    at = run_ready(AppTest.from_file(APP, default_timeout=120))
+    photo = [b for b in at.button if (b.key or "").startswith("rmphoto_")]
+    assert photo, "no photo with several captions among the pairs behind the answer"
+    ws = _ws(demo_root)
+    image_of = {p.pair_id: p.image for p in ws.all_pairs()}
+    first = int(photo[0].key.rsplit("_", 1)[1])
+    n = int(photo[0].label.split()[-1])
+    # each caption line of that entry has its own button; the photo appears in no other entry
+    tab = photo[0].key.split("_")[1]
+    singles = [int(b.key.rsplit("_", 1)[1]) for b in at.button if (b.key or "").startswith(f"rm_{tab}_")]
+    same = [i for i in singles if image_of[i] == image_of[first]]
+    assert len(same) == n
+    photo[0].click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    edits = ws.edits()
+    assert [e.kind for e in edits] == ["remove"]
+    assert not set(same) & ws.active_pair_ids()
