@@ -135,7 +135,8 @@ st.dataframe(pd.DataFrame({"shuffled": [f"{c['fraction']:.0%}" for c in summary[
                            "RBF CKA": [round(c["cka"], 3) for c in summary["curve_rbf"]]}).set_index("shuffled").T,
              key="align_shuffle_table")
 st.caption(f"Computed {on}; 0 % shuffled is the headline value, each other column the mean of two "
-           "random shuffles.")
+           "random shuffles. The paper's (biased) estimator reads higher on fewer pairs, so compare values "
+           "computed on the same number of pairs.")
 
 
 # ---------------------------------------------------------------------------------- matching
