@@ -110,8 +110,7 @@ def kmeans_base(X, m: int, *, seed: int = 0, n_init: int = 1, max_iter: int = 10
         raise ValueError(f"cannot pick {m} base samples from {n} items.")
     km = KMeans(n_clusters=m, random_state=seed, n_init=n_init, max_iter=max_iter).fit(X.astype(np.float32))
     C = km.cluster_centers_
-    Xn = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
-    Cn = C / np.maximum(np.linalg.norm(C, axis=1, keepdims=True), 1e-12)
+    Xn, Cn = _rownorm(X), _rownorm(C)
     sims = Cn @ Xn.T  # [m, n]
     order = np.argsort(-sims, axis=1)
     chosen: list[int] = []

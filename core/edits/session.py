@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import scipy.sparse as sp
 
-from core.asif import (AsifModel, ClassReducer, argmax_tolerant, class_candidates, per_class_accuracy,
-                       signed_power64, sparse_scores)
+from core.arrays import as_float32_2d, l2_normalize
+from core.asif import (AsifModel, ClassReducer, ProgressFn, argmax_tolerant, class_candidates,
+                       per_class_accuracy, signed_power64, sparse_scores)
 from core.edits.influence import Influence, leave_one_out
 from core.edits.neighbours import AnchorRows, NeighbourLists
-from core.arrays import as_float32_2d, l2_normalize
-
-ProgressFn = Callable[[float, str], None]
 
 
 def _scatter_add_rows(D: np.ndarray, rows: np.ndarray, cols: np.ndarray, weights: np.ndarray,
@@ -102,6 +100,22 @@ class EditSession:
 
     Everything is exact: after any edit, ``predictions`` equal those of
     ``current_model().classify(...)`` (up to ties closer than 1e-9, broken to the lowest class).
+
+    >>> rng = np.random.default_rng(0)
+    >>> model = AsifModel(rng.normal(size=(60, 8)), rng.normal(size=(60, 6)), k=5, p=3)
+    >>> s = EditSession(model, rng.normal(size=(30, 8)), rng.integers(0, 3, 30), rng.normal(size=(3, 6)))
+    >>> r = s.remove([0, 1]); (r.n_anchors, r.committed)
+    (58, True)
+    >>> bool((s.predictions == s.full_recompute()).all())
+    True
+    >>> tune = np.arange(30) < 15               # choose on one half, report the other
+    >>> best = s.most_harmful(1, eval_mask=tune)[0]
+    >>> w = s.what_if_remove([best["pair_id"]])  # nothing committed
+    >>> gain = np.mean(w.predictions[tune] == s.labels[tune]) - s.accuracy_on(tune)
+    >>> bool(abs(gain - best["loo_delta"]) < 1e-12)    # influence is exact leave-one-out
+    True
+    >>> s.undo().n_anchors
+    60
     """
 
     def __init__(self, model: AsifModel, eval_image_embeddings, eval_labels, prompt_embeddings,
