@@ -153,6 +153,7 @@ def pairs_panel():
     live = state.require_model(ws)
     expl = _explain(live, qvec)
     order = np.argsort(-expl.scores, kind="stable")
+    st.session_state["map_highlight"] = [r["pair_id"] for r in expl.contributions(int(order[0]), top=20)]
     last = st.session_state.get("last_edit")
     if last and last.get("where") == "classify":
         st.success(last["message"], icon=":material/check_circle:")

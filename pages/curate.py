@@ -10,6 +10,7 @@ boot.ensure_app()
 
 from ui import state
 from ui.charts import per_class_figure, timeline_figure
+from ui.curation_panel import auto_curate_panel
 from ui.safe import plain
 from core.matching import suspicion_rank
 from ui.widgets import image_path, metrics_header, pct, thumbnail_url
@@ -382,3 +383,7 @@ with tab_demo:
                     st.success(r.message())
                 except ValueError as error:
                     st.error(plain(error))
+
+# -------------------------------------------------------------------- automatic curation
+st.divider()
+auto_curate_panel(ws, model)

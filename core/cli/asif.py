@@ -52,6 +52,8 @@ def register(subparsers) -> None:
     p.add_argument("--save", default=None, help="also save the model (.npz) here")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=run_eval)
+    from core.cli import curate
+    curate.register(sub)
 
 
 DEFAULT_IMAGE_ENCODER, DEFAULT_TEXT_ENCODER = "efficientnet-lite0", "minilm"
