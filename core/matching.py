@@ -23,7 +23,8 @@ Methods
 * :func:`stretch` (per-dimension standardisation) and :func:`kmeans_base` (nearest sample to each
   k-means centroid).
 * metrics: :func:`matching_accuracy`, :func:`retrieval_at_k`.
-* :func:`suspicious_pair_scores` - label-free per-pair score (higher = more suspicious) for curation.
+* :func:`suspicious_pair_scores` - label-free per-pair score (higher = more suspicious) for curation;
+  :func:`suspicion_rank` - its rank (1 = most suspicious), shown beside the raw score.
 * :func:`evaluate` - the benchmark protocol (base by k-means, random queries, seeds).
 """
 from __future__ import annotations
@@ -53,6 +54,7 @@ __all__ = [
     "retrieval_at_k",
     "evaluate",
     "suspicious_pair_scores",
+    "suspicion_rank",
     "SUSPICIOUS_METHODS",
     "METHODS",
 ]
@@ -689,6 +691,18 @@ def suspicious_pair_scores(
             if progress is not None:
                 progress(done / total)
     return scores
+
+
+def suspicion_rank(scores) -> np.ndarray:
+    """Rank of every score among all of them, ``[N]`` int64, 1 = most suspicious; tied scores share
+    the best rank of their group (competition ranking), so a tie is visible, never hidden by order.
+
+    >>> suspicion_rank([0.2, 0.9, 0.5, 0.9]).tolist()
+    [4, 1, 3, 1]
+    """
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    desc = np.sort(-s)
+    return (np.searchsorted(desc, -s, side="left") + 1).astype(np.int64)
 
 
 def _loo_linear_cka_gain(X: np.ndarray, Y: np.ndarray) -> np.ndarray:

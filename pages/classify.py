@@ -160,27 +160,39 @@ def pairs_panel():
     tabs = st.tabs([f"{plain(classes[c])} · {expl.scores[c]:.3f}" for c in order[:3]])
     for tab, c in zip(tabs, order[:3]):
         with tab:
-            rows = expl.contributions(int(c), top=8)
+            rows = expl.contributions(int(c), top=24)
             if not rows:
                 st.info(f"No anchor pair supports *{plain(classes[c])}* for this picture.")
                 continue
+            photos: dict[str, list[dict]] = {}  # the captions of one photo form one entry
             for r in rows:
+                photos.setdefault(r["image"], []).append(r)
+            for ref, caps in list(photos.items())[:8]:
                 cols = st.columns([1, 5, 1.3])
-                url = thumbnail_url(image_path(ws, r["image"]), 96)
+                url = thumbnail_url(image_path(ws, ref), 96)
                 if url:
                     cols[0].image(url, width=80)
-                cols[1].markdown(f"**“{plain(r['caption'])}”**")
-                cols[1].caption(f"pair #{r['pair_id']} · image weight {r['image_weight']:.3f} × "
-                                f"text weight {r['text_weight']:.3f} = **{r['product']:.4f}** "
-                                f"({100 * r['share']:.0f}% of the score)")
-                if cols[2].button("Remove", key=f"rm_{c}_{r['pair_id']}", icon=":material/delete:",
-                                  help="Take this pair out of the anchors (undo on the Curate page)"):
-                    try:
-                        state.remove_pairs(ws, live, [r["pair_id"]], note="from Classify & explain",
-                                           where="classify")
-                        st.rerun()  # only on success: a rerun would wipe the message below
-                    except ValueError as error:
-                        st.error(plain(error))
+                for r in caps:
+                    cols[1].markdown(f"**“{plain(r['caption'])}”**")
+                    cols[1].caption(f"pair #{r['pair_id']} · image weight {r['image_weight']:.3f} × "
+                                    f"text weight {r['text_weight']:.3f} = **{r['product']:.4f}** "
+                                    f"({100 * r['share']:.0f}% of the score)")
+                buttons = [(f"rm_{c}_{r['pair_id']}", "Remove" if len(caps) == 1 else f"Remove #{r['pair_id']}",
+                            [r["pair_id"]]) for r in caps]
+                if len(caps) > 1:
+                    cols[1].caption(f"This photo's {len(caps)} captions together: "
+                                    f"{100 * sum(r['share'] for r in caps):.0f}% of the score.")
+                    buttons.insert(0, (f"rmphoto_{c}_{caps[0]['pair_id']}", f"Remove all {len(caps)}",
+                                       [r["pair_id"] for r in caps]))
+                for key, label, ids in buttons:
+                    if cols[2].button(label, key=key, icon=":material/delete:",
+                                      help="Take these pairs out of the anchors, as one edit (undo on the "
+                                           "Curate page)"):
+                        try:
+                            state.remove_pairs(ws, live, ids, note="from Classify & explain", where="classify")
+                            st.rerun()  # only on success: a rerun would wipe the message below
+                        except ValueError as error:
+                            st.error(plain(error))
 
 
 pairs_panel()
