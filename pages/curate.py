@@ -292,13 +292,14 @@ def curate_panel():
 
 
 @st.fragment
-def panel_static():
+def panel():
     curate_panel()
 
 
 @st.fragment(run_every=1.5)
-def panel_polling():
-    curate_panel()
+def wait_for_influence():
+    """While the influence table is computed in the background: rerun the page when it is ready
+    (this fragment holds no widget, so a selection in the panel is never lost to it)."""
     live = state.require_model(ws)
     if state.influence_snapshot(live)[1] == live.version:
         st.rerun()
@@ -306,10 +307,9 @@ def panel_polling():
 
 _live = state.require_model(ws)
 state.start_influence(_live)
-if state.influence_snapshot(_live)[1] == _live.version:
-    panel_static()
-else:
-    panel_polling()
+panel()
+if state.influence_snapshot(_live)[1] != _live.version:
+    wait_for_influence()
 
 # -------------------------------------------------------------------- add pairs
 st.divider()
