@@ -108,3 +108,35 @@ def test_folder_field_refuses_files_and_places_outside_the_allowed_roots(demo_ro
         assert "Create workspace" not in [b.label for b in at.button]
     at.text_input(key="byo_path").set_value(str(allowed / "set")).run()
     assert not at.exception and "a green thing" in texts(at)
+
+
+def test_add_to_current_workspace_updates_the_sidebar(demo_root):
+    at = _open_data(run_ready(AppTest.from_file(APP, default_timeout=120)))
+    ws = store.Workspace(store.list_workspaces(demo_root)[0])
+    n = ws.counts()["pairs"]
+    csv = b"image,caption\nred.jpg,a red square\nblue.jpg,a blue square\n"
+    shown = _upload(at, [("red.jpg", _jpeg((220, 20, 20)), "image/jpeg"),
+                         ("blue.jpg", _jpeg((20, 20, 220)), "image/jpeg"),
+                         ("captions.csv", csv, "text/csv")])
+    assert "2 pairs from 2 photos" in shown
+    [b for b in at.button if b.label == "Add to current workspace"][0].click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert ws.counts()["pairs"] == n + 2
+    assert any("Added 2 pairs" in s.value for s in at.success)
+    sidebar = " ".join(str(c.value) for c in at.sidebar.caption)
+    assert f"{n + 2:,} anchor pairs" in sidebar, sidebar
+
+
+def test_exports_are_built_on_request_and_match_the_log(demo_root):
+    at = _open_data(run_ready(AppTest.from_file(APP, default_timeout=120)))
+    assert not at.get("download_button"), "an export was built on a plain visit"
+    [b for b in at.button if b.label.startswith("Prepare: Download the curated pairs")][0].click().run()
+    assert not at.exception
+    ws = store.Workspace(store.list_workspaces(demo_root)[0])
+    assert len(at.get("download_button")) == 1
+    assert "ready" in texts(at)
+    # the Workspaces page: both exports on request, nothing built on a visit
+    at.switch_page("pages/workspaces.py").run()
+    labels = [b.label for b in at.button]
+    assert "Prepare: Curated pairs (CSV)" in labels and "Prepare: Model file (.npz)" in labels
+    assert ws.counts()["pairs"] > 0

@@ -45,3 +45,52 @@ def timeline_figure(history: list[dict]) -> go.Figure:
     fig.add_vline(x=0, line_dash="dot", line_color="grey", annotation_text="start", annotation_position="top right")
     fig.update_xaxes(title="edit", dtick=1 if len(steps) <= 20 else None)
     return _layout(fig)
+
+
+def top_classes_figure(names, probabilities) -> go.Figure:
+    """Horizontal bars of the most probable classes, the most probable on top, in the order given
+    (the current picture's: the category order is set explicitly, never carried over)."""
+    labels = [html.escape(str(n)) for n in names]
+    fig = go.Figure(go.Bar(x=[100 * float(p) for p in probabilities], y=labels, orientation="h",
+                           marker_color=TUNE, hovertemplate="%{y}: %{x:.1f} %<extra></extra>"))
+    fig.update_yaxes(categoryorder="array", categoryarray=labels[::-1])
+    fig.update_xaxes(title="probability (%)", rangemode="tozero")
+    return _layout(fig, height=200)
+
+
+def pairs_map_figure(rows: list[dict]) -> go.Figure:
+    """ASIF Fig. 7: each anchor pair near the picture or near a class prompt, at (photo ↔ picture,
+    caption ↔ prompt) cosine; marker area = image × text weight. ``rows``: class_name, pair_id,
+    image_similarity, caption_similarity, product, caption. No thumbnails: the figure stays small."""
+    fig = go.Figure()
+    top = max((r["product"] for r in rows), default=0.0) or 1.0
+    for name in dict.fromkeys(r["class_name"] for r in rows):
+        rs = [r for r in rows if r["class_name"] == name]
+        fig.add_scattergl(
+            x=[r["image_similarity"] for r in rs], y=[r["caption_similarity"] for r in rs], mode="markers",
+            name=html.escape(str(name)), opacity=0.65,
+            marker=dict(size=[4 + 26 * (r["product"] / top) ** 0.5 for r in rs], line=dict(width=0.5, color="white")),
+            customdata=[[r["pair_id"], html.escape(str(r["caption"])), r["product"]] for r in rs],
+            hovertemplate="pair #%{customdata[0]}: %{customdata[1]}<br>image × text weight "
+                          "%{customdata[2]:.4f}<extra>" + html.escape(str(name)) + "</extra>")
+    fig.update_xaxes(title="anchor photo ↔ your picture (cosine)")
+    fig.update_yaxes(title="anchor caption ↔ class prompt (cosine)")
+    return _layout(fig, height=420)
+
+
+def histogram_figure(values, flags, label_on: str, label_off: str, title: str, bins: int = 40) -> go.Figure:
+    """ASIF Fig. 3: density histograms of ``values`` where ``flags`` is true / false, shared bins."""
+    import numpy as np
+
+    edges = np.linspace(float(values.min()), float(values.max()) + 1e-6, bins + 1)
+    fig = go.Figure()
+    for flag, name, colour in ((True, label_on, TEST), (False, label_off, TUNE)):
+        v = values[flags == flag]
+        if len(v):
+            h, _ = np.histogram(v, bins=edges, density=True)
+            fig.add_bar(x=(edges[:-1] + edges[1:]) / 2, y=h, name=html.escape(name), marker_color=colour,
+                        opacity=0.6, width=float(edges[1] - edges[0]))
+    fig.update_layout(barmode="overlay", bargap=0)
+    fig.update_xaxes(title=html.escape(title))
+    fig.update_yaxes(title="density")
+    return _layout(fig, height=260)
