@@ -148,14 +148,24 @@ st.caption("Each pair scores **image weight × text weight**: how close its phot
            "wins. A wrong or misleading pair? Remove it and watch the accuracy move.")
 
 
-@st.fragment
-def pairs_panel():
-    live = state.require_model(ws)
-    expl = _explain(live, qvec)
+def _remove(pair_id: int) -> None:
+    """Remove one pair before the page reruns (one script run per click: the headline, sidebar and
+    figures below all show the new model)."""
+    try:
+        state.remove_pairs(ws, state.require_model(ws), [pair_id], note="from Classify & explain",
+                           where="classify")
+    except ValueError as error:
+        st.session_state["classify_error"] = str(error)
+
+
+def pairs_panel(expl):
     order = np.argsort(-expl.scores, kind="stable")
     last = st.session_state.get("last_edit")
     if last and last.get("where") == "classify":
         st.success(last["message"], icon=":material/check_circle:")
+    error = st.session_state.pop("classify_error", None)
+    if error:
+        st.error(plain(error))
     tabs = st.tabs([f"{plain(classes[c])} · {expl.scores[c]:.3f}" for c in order[:3]])
     for tab, c in zip(tabs, order[:3]):
         with tab:
@@ -172,29 +182,19 @@ def pairs_panel():
                 cols[1].caption(f"pair #{r['pair_id']} · image weight {r['image_weight']:.3f} × "
                                 f"text weight {r['text_weight']:.3f} = **{r['product']:.4f}** "
                                 f"({100 * r['share']:.0f}% of the score)")
-                if cols[2].button("Remove", key=f"rm_{c}_{r['pair_id']}", icon=":material/delete:",
-                                  help="Take this pair out of the anchors (undo on the Curate page)"):
-                    try:
-                        state.remove_pairs(ws, live, [r["pair_id"]], note="from Classify & explain",
-                                           where="classify")
-                        st.rerun()  # only on success: a rerun would wipe the message below
-                    except ValueError as error:
-                        st.error(plain(error))
+                cols[2].button("Remove", key=f"rm_{c}_{r['pair_id']}", icon=":material/delete:",
+                               help="Take this pair out of the anchors (undo on the Curate page)",
+                               on_click=_remove, args=(int(r["pair_id"]),))
 
 
-pairs_panel()
+pairs_panel(explanation)
 
 # ----------------------------------------------------------------------------- figures
 st.divider()
 fig7, fig3 = st.tabs(["Pairs map (ASIF Fig. 7)", "Similarity histograms (ASIF Fig. 3)"])
 def _pairs_map(live, e, top3) -> list[dict]:
     """Fig. 7's points: for each of the top 3 classes, the picture's k nearest anchor pairs and the
-    class prompt's k nearest captions (the union of the two sparse supports); product 0 off the overlap.
-    Kept per (model version, picture) like the explanation."""
-    key = (id(live), live.version, e.scores.tobytes().__hash__())
-    cached = st.session_state.get("pairs_map_cache")
-    if cached is not None and cached[0] == key:
-        return cached[1]
+    class prompt's k nearest captions (the union of the two sparse supports); product 0 off the overlap."""
     current = live.current_model()
     meta, ids = current.metadata or [], current.pair_ids
     rows = []
@@ -206,31 +206,43 @@ def _pairs_map(live, e, top3) -> list[dict]:
                          "caption_similarity": float(e.all_caption_similarity[c, pos]),
                          "product": float(prod.get(pos, 0.0)),
                          "caption": (meta[pos] if pos < len(meta) else {}).get("caption", "")})
-    st.session_state["pairs_map_cache"] = (key, rows)
     return rows
 
 
+def _figures(live, e, qvec) -> dict:
+    """The explanation's figures (plotly figures cost tens of ms each to build), kept per (model
+    version, picture) like the explanation: a rerun that changes neither re-sends them as they are."""
+    key = (id(live), live.version, qvec.tobytes().__hash__())
+    cached = st.session_state.get("figures_cache")
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    rows = _pairs_map(live, e, np.argsort(-e.scores, kind="stable")[:3].tolist())
+    n = len(e.all_image_similarity)
+    topk = np.zeros(n, dtype=bool)
+    topk[e.positions] = True
+    figs = {"map": pairs_map_figure(rows) if rows else None,
+            "image": histogram_figure(e.all_image_similarity, topk, f"top-{len(e.positions)} anchors",
+                                      "other anchors", "anchor photo ↔ your picture"),
+            "caption": histogram_figure(e.all_caption_similarity[e.prediction], topk,
+                                        "captions of top-k photos", "other captions",
+                                        f"anchor caption ↔ prompt for “{classes[e.prediction]}”")}
+    st.session_state["figures_cache"] = (key, figs)
+    return figs
+
+
+figures = _figures(model, explanation, qvec)
 with fig7:
-    rows = _pairs_map(model, explanation, order[:3].tolist())
-    if rows:
-        st.plotly_chart(pairs_map_figure(rows), width="stretch", key="pairs_map")
+    if figures["map"] is not None:
+        st.plotly_chart(figures["map"], width="stretch", key="pairs_map")
         st.caption("For each of the top 3 classes: the anchor pairs whose photo is among the picture's "
                    "nearest (right) or whose caption is among the class prompt's nearest (top). Only "
                    "pairs near both count (large dots: image × text weight); the class with the "
                    "largest total area wins. Hover a dot for its pair and caption; the photos of the "
                    "pairs that decide are listed above.")
 with fig3:
-    n = len(explanation.all_image_similarity)
-    topk = np.zeros(n, dtype=bool)
-    topk[explanation.positions] = True
     c1, c2 = st.columns(2)
-    c1.plotly_chart(histogram_figure(explanation.all_image_similarity, topk,
-                                     f"top-{len(explanation.positions)} anchors", "other anchors",
-                                     "anchor photo ↔ your picture"), width="stretch", key="hist_image")
-    c2.plotly_chart(histogram_figure(explanation.all_caption_similarity[explanation.prediction], topk,
-                                     "captions of top-k photos", "other captions",
-                                     f"anchor caption ↔ prompt for “{pred}”"), width="stretch",
-                    key="hist_caption")
+    c1.plotly_chart(figures["image"], width="stretch", key="hist_image")
+    c2.plotly_chart(figures["caption"], width="stretch", key="hist_caption")
     st.caption("Left: the picture's similarity to every anchor photo; the nearest k (orange) are the "
                "ones ASIF uses. Right: their captions are also closer to the predicted class prompt than "
                "the rest — captions of similar images are similar, which is why ASIF works.")

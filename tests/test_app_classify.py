@@ -41,14 +41,23 @@ def test_first_start_creates_demo_and_explains(demo_root):
 
 def test_bad_uploads_are_messages(demo_root):
     at = run_ready(AppTest.from_file(APP, default_timeout=120))
-    up = at.file_uploader(key="query_upload")
-    up.set_value(("broken.jpg", b"\xff\xd8\xff this is not a jpeg", "image/jpeg"))
-    at.run()
-    assert not at.exception
-    assert any("could not be used as a picture" in e.value for e in at.error)
-    # a real picture works
     from PIL import Image
 
+    good = io.BytesIO()
+    Image.new("RGB", (64, 48), (10, 120, 200)).save(good, format="PNG")
+    big = io.BytesIO()
+    Image.new("L", (12000, 6000), 0).save(big, format="PNG")
+    for name, data in (("broken.jpg", b"\xff\xd8\xff this is not a jpeg"), ("empty.png", b""),
+                       ("cut.png", good.getvalue()[:60]), ("notes.gif", b"GIF89a<script>x</script>"),
+                       ("huge.png", big.getvalue())):
+        at.file_uploader(key="query_upload").set_value((name, data, "image/png"))
+        at.run()
+        assert not at.exception, (name, [e.value for e in at.exception])
+        errors = [e.value for e in at.error]
+        assert errors and all("could not be used as a picture" in e for e in errors), (name, errors)
+        for bad in ("b'", "\\x", " object at 0x", "Error(", "Traceback"):
+            assert bad not in texts(at), (name, bad)
+    # a real picture works
     buf = io.BytesIO()
     Image.new("RGB", (40, 30), (200, 30, 30)).save(buf, format="PNG")
     at.file_uploader(key="query_upload").set_value(("red.png", buf.getvalue(), "image/png"))

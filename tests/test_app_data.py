@@ -27,7 +27,15 @@ def _upload(at, files):
     at.file_uploader(key="byo_files").set_value(files)
     at.run()
     assert not at.exception, [e.value for e in at.exception]
-    return texts(at)
+    shown = texts(at)
+    _sentences_only(shown + " ".join(d.value.to_string() for d in at.dataframe))
+    return shown
+
+
+def _sentences_only(shown: str) -> None:
+    """No message shows Python's insides: bytes literals, escapes, object reprs, exception names."""
+    for bad in ("b'", 'b"', "\\x", " object at 0x", "Error(", "Traceback", "<class "):
+        assert bad not in shown, f"{bad!r} shown: {shown[:2000]}"
 
 
 def test_upload_preview_report_and_create(demo_root):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import html
+from functools import lru_cache
 
 import plotly.graph_objects as go
 
@@ -14,11 +15,17 @@ def _layout(fig: go.Figure, height: int = 300) -> go.Figure:
 
 
 def per_class_figure(classes, metrics) -> go.Figure:
-    """Grouped bars: tuning and test accuracy of each class (``core.live.Metrics``)."""
+    """Grouped bars: tuning and test accuracy of each class (``core.live.Metrics``). Building a plotly
+    figure costs tens of ms: the same numbers give the same (read-only) figure object."""
+    return _per_class(tuple(str(c) for c in classes), tuple(metrics.per_class_tune),
+                      tuple(metrics.per_class_test))
+
+
+@lru_cache(maxsize=64)
+def _per_class(classes: tuple, per_class_tune: tuple, per_class_test: tuple) -> go.Figure:
     fig = go.Figure()
     names = [html.escape(str(c)) for c in classes]
-    for label, values, colour in (("tuning", metrics.per_class_tune, TUNE), ("test (held out)",
-                                                                             metrics.per_class_test, TEST)):
+    for label, values, colour in (("tuning", per_class_tune, TUNE), ("test (held out)", per_class_test, TEST)):
         fig.add_bar(x=names, y=[None if v is None else 100 * v for v in values], name=label,
                     marker_color=colour, hovertemplate="%{x}: %{y:.1f} %<extra>" + label + "</extra>")
     fig.update_yaxes(title="accuracy (%)", rangemode="tozero")
@@ -27,7 +34,14 @@ def per_class_figure(classes, metrics) -> go.Figure:
 
 def timeline_figure(history: list[dict]) -> go.Figure:
     """Tuning and test accuracy after each edit (``core.store.Workspace.history`` rows); the y-axis
-    spans the data (not 0–100) so that changes of a point are visible, and the start is marked."""
+    spans the data (not 0–100) so that changes of a point are visible, and the start is marked.
+    The same history gives the same (read-only) figure object."""
+    return _timeline(tuple(tuple((k, r.get(k)) for k in ("step", "edit", "note", "tune", "test")) for r in history))
+
+
+@lru_cache(maxsize=64)
+def _timeline(rows: tuple) -> go.Figure:
+    history = [dict(r) for r in rows]
     fig = go.Figure()
     steps = [r["step"] for r in history]
     labels = [html.escape(f"{r['edit']}" + (f" — {r['note']}" if r.get("note") else "")) for r in history]
