@@ -191,7 +191,8 @@ pairs_panel(explanation)
 
 # ----------------------------------------------------------------------------- figures
 st.divider()
-fig7, fig3 = st.tabs(["Pairs map (ASIF Fig. 7)", "Similarity histograms (ASIF Fig. 3)"])
+
+
 def _pairs_map(live, e, top3) -> list[dict]:
     """Fig. 7's points: for each of the top 3 classes, the picture's k nearest anchor pairs and the
     class prompt's k nearest captions (the union of the two sparse supports); product 0 off the overlap."""
@@ -231,6 +232,7 @@ def _figures(live, e, qvec) -> dict:
 
 
 figures = _figures(model, explanation, qvec)
+fig7, fig3 = st.tabs(["Pairs map (ASIF Fig. 7)", "Similarity histograms (ASIF Fig. 3)"])
 with fig7:
     if figures["map"] is not None:
         st.plotly_chart(figures["map"], width="stretch", key="pairs_map")
