@@ -10,7 +10,7 @@ boot.ensure_app()
 
 from ui import state
 from ui.safe import plain
-from ui.charts import histogram_figure, pairs_map_figure, top_classes_figure
+from ui.charts import histogram_figure, pairs_map_figure
 from ui.widgets import article, image_path, metrics_header, pct, thumbnail_url
 
 st.title("Classify & explain")
@@ -135,9 +135,8 @@ with right:
         st.markdown(f"### It's {article(pred)} **{plain(pred)}**{verdict}")
         st.caption(f"{pct(probs[explanation.prediction])} confident · ASIF score "
                    f"{explanation.scores[explanation.prediction]:.3f}")
-        top5 = order[:5]
-        st.plotly_chart(top_classes_figure([classes[i] for i in top5], probs[top5]), width="stretch",
-                        config={"displayModeBar": False}, key="top_classes")
+        for i in order[:5].tolist():  # this picture's five most probable classes, most probable first
+            st.progress(float(probs[i]), text=f"{plain(classes[i])} · {pct(probs[i])}")
 
 
 # ----------------------------------------------------------------------------- why?
@@ -232,8 +231,11 @@ def _figures(live, e, qvec) -> dict:
 
 
 figures = _figures(model, explanation, qvec)
-fig7, fig3 = st.tabs(["Pairs map (ASIF Fig. 7)", "Similarity histograms (ASIF Fig. 3)"])
-with fig7:
+# one figure at a time: a hidden tab would still be drawn (and re-drawn) by the browser on every run
+shown = st.segmented_control("Figure", ["Pairs map (ASIF Fig. 7)", "Similarity histograms (ASIF Fig. 3)"],
+                             default="Pairs map (ASIF Fig. 7)", key="classify_figure",
+                             label_visibility="collapsed") or "Pairs map (ASIF Fig. 7)"
+if shown.startswith("Pairs map"):
     if figures["map"] is not None:
         st.plotly_chart(figures["map"], width="stretch", key="pairs_map")
         st.caption("For each of the top 3 classes: the anchor pairs whose photo is among the picture's "
@@ -241,7 +243,7 @@ with fig7:
                    "pairs near both count (large dots: image × text weight); the class with the "
                    "largest total area wins. Hover a dot for its pair and caption; the photos of the "
                    "pairs that decide are listed above.")
-with fig3:
+else:
     c1, c2 = st.columns(2)
     c1.plotly_chart(figures["image"], width="stretch", key="hist_image")
     c2.plotly_chart(figures["caption"], width="stretch", key="hist_caption")

@@ -75,15 +75,12 @@ def test_articles_and_counts():
 
 
 def _top_bars(at):
-    """(labels top to bottom, their probabilities) of the top-5 bars."""
-    for chart in at.get("plotly_chart"):
-        fig = json.loads(chart.proto.spec)
-        bars = [t for t in fig["data"] if t.get("type") == "bar" and t.get("orientation") == "h"]
-        if bars:
-            order = fig["layout"]["yaxis"]["categoryarray"][::-1]
-            value = dict(zip(bars[0]["y"], bars[0]["x"]))
-            return order, [value[c] for c in order]
-    raise AssertionError("no top-5 bar chart")
+    """(class names top to bottom, their probabilities in %) of the top-5 probability bars."""
+    bars = [p.proto for p in at.get("progress") if " · " in p.proto.text]
+    assert len(bars) == 5, [p.proto.text for p in at.get("progress")]
+    names = [b.text.split(" · ")[0] for b in bars]
+    values = [float(b.text.split(" · ")[1].rstrip("%")) for b in bars]
+    return names, values
 
 
 def test_verdict_article_and_top5_order_follow_the_current_picture(demo_root):

@@ -61,17 +61,6 @@ def _timeline(rows: tuple) -> go.Figure:
     return _layout(fig)
 
 
-def top_classes_figure(names, probabilities) -> go.Figure:
-    """Horizontal bars of the most probable classes, the most probable on top, in the order given
-    (the current picture's: the category order is set explicitly, never carried over)."""
-    labels = [html.escape(str(n)) for n in names]
-    fig = go.Figure(go.Bar(x=[100 * float(p) for p in probabilities], y=labels, orientation="h",
-                           marker_color=TUNE, hovertemplate="%{y}: %{x:.1f} %<extra></extra>"))
-    fig.update_yaxes(categoryorder="array", categoryarray=labels[::-1])
-    fig.update_xaxes(title="probability (%)", rangemode="tozero")
-    return _layout(fig, height=200)
-
-
 def pairs_map_figure(rows: list[dict]) -> go.Figure:
     """ASIF Fig. 7: each anchor pair near the picture or near a class prompt, at (photo ↔ picture,
     caption ↔ prompt) cosine; marker area = image × text weight. ``rows``: class_name, pair_id,
