@@ -147,4 +147,8 @@ def test_exports_are_built_on_request_and_match_the_log(demo_root):
     at.switch_page("pages/workspaces.py").run()
     labels = [b.label for b in at.button]
     assert "Prepare: Curated pairs (CSV)" in labels and "Prepare: Model file (.npz)" in labels
-    assert ws.counts()["pairs"] > 0
+    assert not at.get("download_button")
+    [b for b in at.button if b.label == "Prepare: Model file (.npz)"][0].click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert [d.label for d in at.get("download_button")] == ["Model file (.npz)"]
+    assert f"{ws.counts()['pairs']:,} anchor pairs" in texts(at)  # the status line says what it wrote
