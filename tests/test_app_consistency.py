@@ -85,3 +85,17 @@ def test_every_number_agrees_after_every_kind_of_edit(demo_root, embedding_cache
     _check(at, demo_root, embedding_cache, "redo")
     assert [e.kind for e in store.Workspace(store.list_workspaces(demo_root)[0]).edits()] == \
         ["remove", "add", "undo", "redo"]
+
+
+def test_classify_remove_updates_headline_and_sidebar(demo_root, embedding_cache):
+    at = run_ready(AppTest.from_file(APP, default_timeout=120))
+    [b for b in at.button if b.key and b.key.startswith("rm_")][0].click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    ws, fresh = _fresh(demo_root, embedding_cache)
+    m = fresh.metrics()
+    assert [e.kind for e in ws.edits()] == ["remove"]
+    metrics = {x.label.split(" (")[0]: x.value for x in at.metric}
+    assert (metrics["Anchor pairs"], metrics["Test accuracy"], metrics["Tuning accuracy"]) == \
+        (f"{m.n_anchors:,}", _pct(m.test), _pct(m.tune))
+    assert f"{m.n_anchors:,} anchor pair" in " ".join(str(c.value) for c in at.sidebar.caption)
+    assert any("Removed pair #" in s.value for s in at.success)
