@@ -195,7 +195,7 @@ def main(argv=None) -> dict:
     head = f"{'interaction':34} {'target':>7}"
     for label in runs:
         head += f" {label + ' median':>18} {'p90':>7}"
-    print(head + ("   ratio (median)" if len(runs) == 2 else ""))
+    print(head + ("   baseline ÷ this code (median)" if len(runs) == 2 else ""))
     for key, target in TARGETS_MS.items():
         line = f"{key:34} {target:>7,}"
         meds = []
@@ -205,7 +205,7 @@ def main(argv=None) -> dict:
                 meds.append(med)
                 line += f" {med:>18,.0f} {p90:>7,.0f}"
         if len(meds) == 2:
-            line += f"   {meds[0] / meds[1]:.1f}x faster" if meds[1] else ""
+            line += f"   {meds[0] / meds[1]:.2f}" if meds[1] else ""
         print(line)
     if args.json:
         args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "runs": runs},
