@@ -29,6 +29,7 @@ sections = {
     "Model": [
         page("classify.py", "Classify & explain", ":material/image_search:", default=True),
         page("curate.py", "Curate", ":material/tune:"),
+        page("map.py", "Map", ":material/scatter_plot:"),
     ],
     "Workspace": [
         page("data.py", "Data", ":material/photo_library:"),

@@ -514,6 +514,11 @@ class AsifModel:
     Shapes: ``image_embeddings [N, d_img]``, ``text_embeddings [N, d_txt]``, ``pair_ids [N]``.
     """
 
+    #: Image-side FAISS settings (:class:`core.ann.AnnSettings`; ``None``: its defaults, i.e. FAISS
+    #: with an exact re-rank from ``core.ann.ANN_MIN_ANCHORS`` distinct anchor images, kept in memory).
+    #: Set on a model before its first search; ``with_params`` keeps it.
+    ann = None
+
     def __init__(self, image_embeddings, text_embeddings, pair_ids=None, metadata=None, *,
                  k: int = DEFAULT_K, p: float = DEFAULT_P, info: Mapping[str, Any] | None = None,
                  template_strategy: str = DEFAULT_TEMPLATE_STRATEGY,
@@ -581,8 +586,11 @@ class AsifModel:
         """The :class:`core.search.ExactIndex` over the anchors of ``modality`` ("image" or "text"),
         built on first use (repeated anchor images, e.g. 5 captions per image, are searched once)."""
         if modality not in self._indexes:
-            anchors = self.image_embeddings if modality == "image" else self.text_embeddings
-            self._indexes[modality] = ExactIndex(anchors)
+            if modality == "image":  # core.ann hook: FAISS + exact re-rank above a measured size
+                from core.ann import image_search_index
+                self._indexes[modality] = image_search_index(self.image_embeddings, self.ann)
+            else:
+                self._indexes[modality] = ExactIndex(self.text_embeddings)
         return self._indexes[modality]
 
     def _represent(self, modality: str, queries, progress: ProgressFn | None):
@@ -672,7 +680,7 @@ class AsifModel:
         if class_names is not None and len(class_names) != n_classes:
             raise ValueError(f"{len(class_names)} class names for {n_classes} classes.")
         all_img = (q @ self.image_embeddings.T)[0]
-        img_pos, img_sim = exact_topk(q, self.image_embeddings, self.k)
+        img_pos, img_sim = self.search_index("image").topk(q, self.k)  # as classify (core.ann above the threshold)
         img_pos, img_sim = img_pos[0], img_sim[0]
         img_w = process_similarities(img_sim[None], self.p)[0]
         all_cap = cand @ self.text_embeddings.T  # [P', N]

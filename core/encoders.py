@@ -135,13 +135,14 @@ def load_image(item: Any, max_pixels: int = DEFAULT_MAX_PIXELS):
 
     if isinstance(item, Image.Image):
         image = item
-        name = "<image>"
+        name = "the picture"
     else:
-        name = str(item)
+        # a message names a file by its name, never by its bytes (an upload is "the uploaded picture")
+        name = "the uploaded picture" if isinstance(item, (bytes, bytearray)) else os.path.basename(str(item))
         try:
             source = io.BytesIO(item) if isinstance(item, (bytes, bytearray)) else open(item, "rb")
         except OSError as error:
-            raise ValueError(f"cannot read image {name}: {error.strerror or error}") from error
+            raise ValueError(f"cannot read {name}: {error.strerror or 'unreadable'}.") from None
         try:
             with source:
                 image = Image.open(source)
@@ -151,8 +152,12 @@ def load_image(item: Any, max_pixels: int = DEFAULT_MAX_PIXELS):
                         f"image {name} is {width}x{height} = {width * height:,} pixels, over the "
                         f"limit of {max_pixels:,} (a decompression bomb?); resize it first")
                 image.load()
-        except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as error:
-            raise ValueError(f"{name} is not a readable image ({error})") from error
+        except UnidentifiedImageError:
+            raise ValueError(f"{name} is not a picture in a format Rosetta can read.") from None
+        except Image.DecompressionBombError:
+            raise ValueError(f"{name} has more pixels than the limit of {max_pixels:,}.") from None
+        except (OSError, SyntaxError):
+            raise ValueError(f"{name} is truncated or corrupt.") from None
     if image.mode != "RGB":
         image = image.convert("RGB")
     return image

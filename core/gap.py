@@ -22,11 +22,8 @@ import numpy as np
 
 from core.arrays import as_float32_2d, l2_normalize
 
-#: :func:`core.arrays.l2_normalize` under the name :mod:`core.modality` calls.
-normalize = l2_normalize
-
 __all__ = [
-    "normalize", "modality_gap", "similarity_distributions", "histograms", "mean_average_precision",
+     "modality_gap", "similarity_distributions", "histograms", "mean_average_precision",
     "label_relevance", "caption_relevance", "RecoveryResult", "recover_intra_from_inter",
     "class_axis_projection",
 ]

@@ -31,6 +31,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from core import store
+from core.ann import AnnSettings
 from core.asif import AsifModel, build_prompts, softmax
 from core.cache import EmbeddingCache
 from core.curation import stratified_split
@@ -436,7 +437,9 @@ class LiveModel:
         with self.lock:
             cached = getattr(self, "_model", None)
             if cached is None or cached[0] != self.version:
-                self._model = (self.version, self.session.current_model())
+                model = self.session.current_model()
+                model.ann = AnnSettings(folder=str(self.ws.state_dir / "ann"))  # saved per anchor set
+                self._model = (self.version, model)
             return self._model[1]
 
     # ------------------------------------------------------------------ sync

@@ -23,7 +23,8 @@ Methods
 * :func:`stretch` (per-dimension standardisation) and :func:`kmeans_base` (nearest sample to each
   k-means centroid).
 * metrics: :func:`matching_accuracy`, :func:`retrieval_at_k`.
-* :func:`suspicious_pair_scores` - label-free per-pair score (higher = more suspicious) for curation.
+* :func:`suspicious_pair_scores` - label-free per-pair score (higher = more suspicious) for curation;
+  :func:`suspicion_rank` - its rank (1 = most suspicious), shown beside the raw score.
 * :func:`evaluate` - the benchmark protocol (base by k-means, random queries, seeds).
 """
 from __future__ import annotations
@@ -53,6 +54,7 @@ __all__ = [
     "retrieval_at_k",
     "evaluate",
     "suspicious_pair_scores",
+    "suspicion_rank",
     "SUSPICIOUS_METHODS",
     "METHODS",
 ]
@@ -108,8 +110,7 @@ def kmeans_base(X, m: int, *, seed: int = 0, n_init: int = 1, max_iter: int = 10
         raise ValueError(f"cannot pick {m} base samples from {n} items.")
     km = KMeans(n_clusters=m, random_state=seed, n_init=n_init, max_iter=max_iter).fit(X.astype(np.float32))
     C = km.cluster_centers_
-    Xn = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
-    Cn = C / np.maximum(np.linalg.norm(C, axis=1, keepdims=True), 1e-12)
+    Xn, Cn = _rownorm(X), _rownorm(C)
     sims = Cn @ Xn.T  # [m, n]
     order = np.argsort(-sims, axis=1)
     chosen: list[int] = []
@@ -690,6 +691,18 @@ def suspicious_pair_scores(
             if progress is not None:
                 progress(done / total)
     return scores
+
+
+def suspicion_rank(scores) -> np.ndarray:
+    """Rank of every score among all of them, ``[N]`` int64, 1 = most suspicious; tied scores share
+    the best rank of their group (competition ranking), so a tie is visible, never hidden by order.
+
+    >>> suspicion_rank([0.2, 0.9, 0.5, 0.9]).tolist()
+    [4, 1, 3, 1]
+    """
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    desc = np.sort(-s)
+    return (np.searchsorted(desc, -s, side="left") + 1).astype(np.int64)
 
 
 def _loo_linear_cka_gain(X: np.ndarray, Y: np.ndarray) -> np.ndarray:

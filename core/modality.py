@@ -15,6 +15,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from core import gap
+from core.arrays import l2_normalize
 from core.cache import EmbeddingCache
 from core.contrastive import (DEFAULT_HEADS, ContrastiveConfig, ContrastiveHeads, MiniLMTextEncoder,
                               load_heads, load_minilm, save_heads, train_contrastive, zero_shot_classify)
@@ -165,7 +166,7 @@ def asif_oti(image_features: np.ndarray, anchor_images: np.ndarray, anchor_texts
 
 def nearest_texts(features: np.ndarray, text_bank: np.ndarray, texts: Sequence[str], k: int = 5):
     """Top-``k`` ``(text, cosine)`` per row of ``features`` against ``text_bank [M, d]``."""
-    s = gap.normalize(features) @ gap.normalize(text_bank).T
+    s = l2_normalize(features) @ l2_normalize(text_bank).T
     top = np.argsort(-s, axis=1)[:, :k]
     return [[(texts[j], float(s[i, j])) for j in row] for i, row in enumerate(top)]
 
@@ -198,7 +199,7 @@ def image_retrieval_experiment(heads: ContrastiveHeads, per_class: int = 50, que
     inv = oti_lit(heads, q_raw, steps=steps, seed=seed, batch_size=batch_size, progress=progress,
                   cache=cache)
     inverted = gap.mean_average_precision(inv.features, g, rel)
-    mixed = gap.mean_average_precision(gap.normalize(q + inv.features), g, rel)
+    mixed = gap.mean_average_precision(l2_normalize(q + inv.features), g, rel)
     return {"native_mAP": native["mAP"], "oti_mAP": inverted["mAP"], "native_plus_oti_mAP": mixed["mAP"],
             "n_queries": native["n_queries"], "n_gallery": int(len(g)), "oti": inv.to_json(),
             "oti_features": inv.features}
@@ -344,7 +345,7 @@ def asif_oti_experiment(n_images: Optional[int] = None, per_class: int = 5, k: O
                       progress=progress, cache=cache)
     prompts, classes = embed_prompts(names, DEFAULT_TEMPLATES, TEXT_ENCODER, cache=cache)
     pe = prompts.reshape(len(names), len(DEFAULT_TEMPLATES), -1).mean(1)
-    pred = (result.features @ gap.normalize(pe).T).argmax(1)
+    pred = (result.features @ l2_normalize(pe).T).argmax(1)
     asif = AsifModel(img, txt, k=k, p=p).classify(feats, prompts, classes)
     words = nearest_vocabulary(minilm_tokens(cache), result.pseudo.reshape(len(feats), -1), n_words)
     return {"n_images": int(len(feats)), "k": k, "p": p, "n_anchors": int(len(txt)),

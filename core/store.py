@@ -161,8 +161,7 @@ class Edit:
     def describe(self) -> str:
         if self.ref_seq is not None:
             return f"{self.kind} of #{self.ref_seq}"
-        n = len(self.pair_ids)
-        return f"{self.kind} of {n} pair{'s' if n != 1 else ''} (#{self.seq})"
+        return f"{self.kind} of {_pairs(len(self.pair_ids))} (#{self.seq})"
 
 
 @dataclass(frozen=True)
@@ -184,8 +183,7 @@ class Operation:
     def describe(self) -> str:
         if self.target is not None:
             return f"{self.kind} of {self.target.describe()}"
-        n = len(self.pair_ids)
-        return f"{self.kind} of {n} pair{'s' if n != 1 else ''}"
+        return f"{self.kind} of {_pairs(len(self.pair_ids))}"
 
 
 @dataclass(frozen=True)

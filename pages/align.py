@@ -95,15 +95,17 @@ if n < 20:
 
 # --------------------------------------------------------------------------------------- CKA
 @st.cache_data(show_spinner=False, max_entries=8)
-def _cka_summary(_img, _txt, key: str, max_rbf: int = 3000):
+def _cka_summary(_img, _txt, key: str, max_n: int = 3000):
+    """The shuffle curves of one subset (all pairs up to ``max_n``); the headline CKAs are their 0 %
+    points, so the metrics and the table are one computation on the same pairs."""
     rng = np.random.default_rng(0)
     n = _img.shape[0]
-    sub = np.sort(rng.choice(n, size=min(n, max_rbf), replace=False))
+    sub = np.sort(rng.choice(n, size=min(n, max_n), replace=False))
     t0 = time.perf_counter()
-    out = {"linear": cka.linear_cka(_img, _txt), "rbf": cka.rbf_cka(_img[sub], _txt[sub]), "rbf_n": int(sub.size)}
-    curve_sub = np.sort(rng.choice(n, size=min(n, 2000), replace=False))
-    out["curve_linear"] = cka.shuffle_curve(_img[curve_sub], _txt[curve_sub], kernel="linear", repeats=2)
-    out["curve_rbf"] = cka.shuffle_curve(_img[curve_sub], _txt[curve_sub], kernel="rbf", repeats=2)
+    out = {"n": int(sub.size),
+           "curve_linear": cka.shuffle_curve(_img[sub], _txt[sub], kernel="linear", repeats=2),
+           "curve_rbf": cka.shuffle_curve(_img[sub], _txt[sub], kernel="rbf", repeats=2)}
+    out["linear"], out["rbf"] = out["curve_linear"][0]["cka"], out["curve_rbf"][0]["cka"]
     out["seconds"] = time.perf_counter() - t0
     return out
 
@@ -112,10 +114,12 @@ key = f"{source}|{ienc}|{tenc}|{n}|{data['ids'][0]}|{data['ids'][-1]}"
 st.subheader("Do they see the world alike?")
 with st.spinner("Computing CKA…"):
     summary = _cka_summary(data["img"], data["txt"], key)
+on = (f"on all {n:,} pairs" if summary["n"] == n
+      else f"on a random {summary['n']:,} of the {n:,} pairs (the same ones as the table below)")
 m1, m2, m3 = st.columns(3)
-m1.metric("Linear CKA", f"{summary['linear']:.3f}", help="Linear-kernel CKA over all pairs.")
+m1.metric("Linear CKA", f"{summary['linear']:.3f}", help=f"Linear kernel, biased estimator, {on}.")
 m2.metric("RBF CKA", f"{summary['rbf']:.3f}",
-          help=f"Gaussian kernel, bandwidth = median distance; on {summary['rbf_n']:,} pairs.")
+          help=f"Gaussian kernel, bandwidth = median distance, biased estimator, {on}.")
 m3.metric("Pairs", f"{n:,}")
 
 fig = go.Figure()
@@ -130,6 +134,9 @@ st.dataframe(pd.DataFrame({"shuffled": [f"{c['fraction']:.0%}" for c in summary[
                            "linear CKA": [round(c["cka"], 3) for c in summary["curve_linear"]],
                            "RBF CKA": [round(c["cka"], 3) for c in summary["curve_rbf"]]}).set_index("shuffled").T,
              key="align_shuffle_table")
+st.caption(f"Computed {on}; 0 % shuffled is the headline value, each other column the mean of two "
+           "random shuffles. The paper's (biased) estimator reads higher on fewer pairs, so compare values "
+           "computed on the same number of pairs.")
 
 
 # ---------------------------------------------------------------------------------- matching
@@ -145,7 +152,9 @@ n_base = cc[0].number_input("Base pairs", 3, max_base, min(320, max(3, n_picture
 room = max(2, n_pictures - int(n_base))
 n_query = cc[1].number_input("Queries", 2, room, max(2, min(500, room // 2)), key="align_nquery")
 seeds = cc[2].number_input("Seeds", 1, 5, 1, key="align_seeds")
-methods = cc[3].multiselect("Methods", list(matching.METHODS), default=list(matching.METHODS), key="align_methods")
+METHOD_NAMES = {"qap": "QAP (seeded)", "local_cka": "Local CKA", "linear": "Linear map", "relative": "Relative reps"}
+methods = cc[3].multiselect("Methods", list(matching.METHODS), default=list(matching.METHODS), key="align_methods",
+                            format_func=lambda m: METHOD_NAMES.get(m, m))
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -176,13 +185,15 @@ if st.session_state.pop("align_want_matching", False):
         st.error(plain(error))
 res = st.session_state.get("align_match_result")
 if res and res[0] == key:
-    names = {"qap": "QAP (seeded)", "local_cka": "Local CKA", "linear": "Linear map", "relative": "Relative reps"}
-    f = lambda v: None if v is None else round(100 * v, 1)
-    st.dataframe(pd.DataFrame([{"method": names.get(r["method"], r["method"]),
+    f = lambda v: "–" if v is None else f"{100 * v:.1f}"
+    st.dataframe(pd.DataFrame([{"method": METHOD_NAMES.get(r["method"], r["method"]),
                                 "matching accuracy %": f(r["matching_acc"]), "top-1 %": f(r["top1"]),
                                 "top-5 %": f(r["top5"]), "top-10 %": f(r["top10"]),
-                                "seconds": round(r["seconds"], 2)} for r in res[1]]),
+                                "seconds": f"{r['seconds']:.2f}"} for r in res[1]]),
                  hide_index=True, key="align_match_table")
+    if any(r["top1"] is None for r in res[1]):
+        st.caption("– : QAP returns one matching of all queries, not a ranking, so top-k retrieval "
+                   "does not apply to it.")
 
 
 # ------------------------------------------------------------------------------ suspicious
@@ -199,10 +210,7 @@ sus_label = st.radio("Score", list(SUS_METHODS), key="align_sus_method", horizon
 
 @st.cache_data(show_spinner=False, max_entries=8)
 def _suspicion(_img, _txt, _groups, key: str, method: str):
-    s = matching.suspicious_pair_scores(_img, _txt, groups=_groups, method=method)
-    if method == "loo_cka":  # show as a 0..1 percentile like the rank score
-        s = (np.argsort(np.argsort(s)) + 1) / s.size
-    return s
+    return matching.suspicious_pair_scores(_img, _txt, groups=_groups, method=method)
 
 
 st.button("Find suspicious pairs", icon=":material/search:", key="align_run_suspicious",
@@ -210,20 +218,41 @@ st.button("Find suspicious pairs", icon=":material/search:", key="align_run_susp
 if st.session_state.pop("align_want_suspicion", False):
     try:
         with st.spinner("Scoring every pair…"):
+            method = SUS_METHODS[sus_label]
             st.session_state["align_suspicion"] = (
-                key, _suspicion(data["img"], data["txt"], data["groups"], key, SUS_METHODS[sus_label]))
+                key, method, _suspicion(data["img"], data["txt"], data["groups"], key, method))
     except ValueError as error:
         st.error(plain(error))
 sus = st.session_state.get("align_suspicion")
 if sus and sus[0] == key:
-    scores = sus[1]
+    _, method, scores = sus
+    rank = matching.suspicion_rank(scores)
     top = np.argsort(-scores, kind="stable")[:25]
-    st.dataframe(pd.DataFrame({
+    unit = ("share of the comparison captions and pictures that fit better than the own partner"
+            if method == "rank" else "rise of the linear CKA of all pairs when this one is left out")
+    event = st.dataframe(pd.DataFrame({
         "picture": [thumbnail_url(data["paths"][i], 96) for i in top],
         "caption": [data["captions"][i] for i in top],
-        "suspicion": [round(float(scores[i]), 3) for i in top],
+        "score": [float(scores[i]) for i in top],
+        "rank": [f"{rank[i]:,} of {n:,}" for i in top],
+        "most suspicious": [f"top {100 * rank[i] / n:.2g} %" for i in top],
         "pair": [data["ids"][i] for i in top],
     }), column_config={"picture": st.column_config.ImageColumn("picture", width="small"),
-                       "suspicion": st.column_config.ProgressColumn("suspicion", min_value=0.0, max_value=1.0,
-                                                                     format="%.3f")},
-        hide_index=True, key="align_suspicious_table")
+                       "score": st.column_config.NumberColumn(
+                           "score", format="%.3f" if method == "rank" else "%.2e", help=f"Raw score: {unit}."),
+                       "rank": st.column_config.TextColumn(help="1 = the most suspicious pair; tied "
+                                                                "scores share a rank.")},
+        hide_index=True, key=state.selection_key("align_suspicious_table"),
+        on_select="rerun" if source == SOURCE_WS else "ignore", selection_mode="multi-row")
+    st.caption(f"The 25 most suspicious of {n:,} pairs. Score: {unit}.")
+    if source == SOURCE_WS:
+        rows = list(event.selection.rows) if event else []
+        send = [int(data["ids"][top[r]]) for r in (rows or range(len(top)))]
+        label = (f"Send the {len(send)} selected pair{'s' if len(send) != 1 else ''} to Curate" if rows
+                 else f"Send all {len(send)} to Curate")
+        if st.button(label, icon=":material/send:", key="align_send",
+                     help="Opens Curate with these pairs selected: preview removing them, then remove."):
+            st.session_state["curate_sent"] = {"ids": send, "from": "Align's suspicious pairs"}
+            st.switch_page("pages/curate.py")
+    else:
+        st.caption("Only the workspace's own pairs can be sent to Curate (these are demo pairs).")

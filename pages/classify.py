@@ -147,18 +147,19 @@ st.caption("Each pair scores **image weight × text weight**: how close its phot
            "wins. A wrong or misleading pair? Remove it and watch the accuracy move.")
 
 
-def _remove(pair_id: int) -> None:
-    """Remove one pair before the page reruns (one script run per click: the headline, sidebar and
-    figures below all show the new model)."""
+def _remove(pair_ids: list[int]) -> None:
+    """Remove pairs (one edit) before the page reruns (one script run per click: the headline,
+    sidebar and figures below all show the new model)."""
     try:
-        state.remove_pairs(ws, state.require_model(ws), [pair_id], note="from Classify & explain",
-                           where="classify")
+        state.remove_pairs(ws, state.require_model(ws), [int(i) for i in pair_ids],
+                           note="from Classify & explain", where="classify")
     except ValueError as error:
         st.session_state["classify_error"] = str(error)
 
 
 def pairs_panel(expl):
     order = np.argsort(-expl.scores, kind="stable")
+    st.session_state["map_highlight"] = [r["pair_id"] for r in expl.contributions(int(order[0]), top=20)]
     last = st.session_state.get("last_edit")
     if last and last.get("where") == "classify":
         st.success(last["message"], icon=":material/check_circle:")
@@ -168,22 +169,34 @@ def pairs_panel(expl):
     tabs = st.tabs([f"{plain(classes[c])} · {expl.scores[c]:.3f}" for c in order[:3]])
     for tab, c in zip(tabs, order[:3]):
         with tab:
-            rows = expl.contributions(int(c), top=8)
+            rows = expl.contributions(int(c), top=24)
             if not rows:
                 st.info(f"No anchor pair supports *{plain(classes[c])}* for this picture.")
                 continue
+            photos: dict[str, list[dict]] = {}  # the captions of one photo form one entry
             for r in rows:
+                photos.setdefault(r["image"], []).append(r)
+            for ref, caps in list(photos.items())[:8]:
                 cols = st.columns([1, 5, 1.3])
-                url = thumbnail_url(image_path(ws, r["image"]), 96)
+                url = thumbnail_url(image_path(ws, ref), 96)
                 if url:
                     cols[0].image(url, width=80)
-                cols[1].markdown(f"**“{plain(r['caption'])}”**")
-                cols[1].caption(f"pair #{r['pair_id']} · image weight {r['image_weight']:.3f} × "
-                                f"text weight {r['text_weight']:.3f} = **{r['product']:.4f}** "
-                                f"({100 * r['share']:.0f}% of the score)")
-                cols[2].button("Remove", key=f"rm_{c}_{r['pair_id']}", icon=":material/delete:",
-                               help="Take this pair out of the anchors (undo on the Curate page)",
-                               on_click=_remove, args=(int(r["pair_id"]),))
+                for r in caps:
+                    cols[1].markdown(f"**“{plain(r['caption'])}”**")
+                    cols[1].caption(f"pair #{r['pair_id']} · image weight {r['image_weight']:.3f} × "
+                                    f"text weight {r['text_weight']:.3f} = **{r['product']:.4f}** "
+                                    f"({100 * r['share']:.0f}% of the score)")
+                buttons = [(f"rm_{c}_{r['pair_id']}", "Remove" if len(caps) == 1 else f"Remove #{r['pair_id']}",
+                            [r["pair_id"]]) for r in caps]
+                if len(caps) > 1:
+                    cols[1].caption(f"This photo's {len(caps)} captions together: "
+                                    f"{100 * sum(r['share'] for r in caps):.0f}% of the score.")
+                    buttons.insert(0, (f"rmphoto_{c}_{caps[0]['pair_id']}", f"Remove all {len(caps)}",
+                                       [r["pair_id"] for r in caps]))
+                for key, label, ids in buttons:
+                    cols[2].button(label, key=key, icon=":material/delete:", on_click=_remove, args=(ids,),
+                                   help="Take these pairs out of the anchors, as one edit (undo on the "
+                                        "Curate page)")
 
 
 pairs_panel(explanation)

@@ -10,7 +10,9 @@ boot.ensure_app()
 
 from ui import state
 from ui.charts import per_class_figure, timeline_figure
+from ui.curation_panel import auto_curate_panel
 from ui.safe import plain
+from core.matching import suspicion_rank
 from ui.widgets import image_path, metrics_header, pct, thumbnail_url
 
 st.title("Curate")
@@ -60,6 +62,142 @@ def _history_buttons() -> None:
         st.error(plain(error))
 
 
+def _take_sent() -> list[int]:
+    """Pairs another page sent here (Align's suspicious pairs): they become this page's selection."""
+    sent = st.session_state.pop("curate_sent", None)
+    if not sent:
+        return []
+    ids = [int(i) for i in sent["ids"]]
+    st.session_state[state.selection_key("curate_ids")] = ids
+    st.session_state["curate_by_photo"] = False
+    st.session_state["curate_sent_note"] = (f"{len(ids)} pair{'s' if len(ids) != 1 else ''} from "
+                                            f"{sent['from']} selected below.")
+    return ids
+
+
+def _suspicion_columns(df: pd.DataFrame, view: pd.DataFrame, config: dict, n_all: int) -> None:
+    if "suspicious" not in df:
+        return
+    view["suspicious"] = df["suspicious"].to_numpy()
+    view["suspicion rank"] = [f"{r:,} of {n_all:,}" for r in df["suspicion_rank"]]
+    config["suspicious"] = st.column_config.ProgressColumn(
+        "suspicious caption", min_value=0.0, max_value=1.0, format="%.3f",
+        help="Label-free: the share of other captions and photos that fit better than this pair's own "
+             "partner (Align lab). High = the caption may not describe the photo.")
+    config["suspicion rank"] = st.column_config.TextColumn(
+        help="Rank of the suspicious-caption score among all pairs (1 = most suspicious; ties share a rank).")
+
+
+def _pair_table(df: pd.DataFrame, n_all: int, sent: list[int]) -> list[int]:
+    """One row per pair; returns the selected pair ids."""
+    df = df.head(200).reset_index(drop=True)
+    view = pd.DataFrame({
+        "photo": [thumbnail_url(image_path(ws, r), 64) for r in df["image"]],
+        "caption": df["caption"],
+        "Δ tuning accuracy if removed": 100 * df["loo_delta"],
+        "used in": df["participated"],
+        "correct": df["supported_correct"],
+        "wrong": df["supported_wrong"],
+        "pair": df["pair_id"],
+    })
+    config = {
+        "photo": st.column_config.ImageColumn("photo", width="small"),
+        "caption": st.column_config.TextColumn("caption", width="large"),
+        "Δ tuning accuracy if removed": st.column_config.NumberColumn(
+            format="%+.2f pts", help="Exact change of the TUNING accuracy if this pair alone were "
+                                     "removed (positive: removing it helps). Test pictures are never read."),
+        "used in": st.column_config.NumberColumn(help="Tuning predictions it took part in"),
+        "correct": st.column_config.NumberColumn(help="Correct predictions it supported"),
+        "wrong": st.column_config.NumberColumn(help="Wrong predictions it supported"),
+    }
+    _suspicion_columns(df, view, config, n_all)
+    event = st.dataframe(view, column_config=config, hide_index=True, height=420,
+                         on_select="rerun", selection_mode="multi-row",
+                         key=state.selection_key("influence_table"),
+                         row_height=56)
+    picked = [int(df.loc[i, "pair_id"]) for i in event.selection.rows] if event else []
+    key = state.selection_key("curate_ids")
+    options = list(dict.fromkeys(df["pair_id"].astype(int).tolist() + sent
+                                 + [int(i) for i in st.session_state.get(key, [])]))
+    note = st.session_state.pop("curate_sent_note", None)
+    if note:
+        st.info(note, icon=":material/send:")
+    extra = st.multiselect("Selected pairs (click rows above, or pick by number)", options=options,
+                           default=None, key=key, format_func=lambda i: f"#{i}")
+    return sorted(set(picked) | set(extra))
+
+
+#: the grouped view measures the exact leave-photo-out change of this many photos (one what-if each)
+PHOTO_ROWS = 100
+
+
+def _photo_table(model, df: pd.DataFrame, sort: str, n_all: int) -> list[int]:
+    """One row per photo (its captions together); returns the pair ids of the selected photos'
+    captions, or of the captions picked inside them."""
+    order = list(dict.fromkeys(df["image"]))[:PHOTO_ROWS]  # photos in the order of their best row
+    groups = {ref: g for ref, g in df.groupby("image", sort=False) if ref in set(order)}
+    cache = st.session_state.setdefault("curate_photo_delta", {})
+    if cache.get("version") != (model.key, model.version):
+        cache.clear()
+        cache["version"] = (model.key, model.version)
+    exact = []
+    for ref in order:
+        ids = tuple(sorted(int(i) for i in groups[ref]["pair_id"]))
+        if ids not in cache:
+            w = model.what_if_remove(ids)
+            cache[ids] = w.after.tune - w.before.tune
+        exact.append(cache[ids])
+    photos = pd.DataFrame({"ref": order, "exact": exact,
+                           "summed": [groups[r]["loo_delta"].sum() for r in order],
+                           "n": [len(groups[r]) for r in order]})
+    if sort in ("most harmful", "most helpful"):
+        photos = photos.sort_values("exact", ascending=sort == "most helpful", kind="stable")
+    photos = photos.reset_index(drop=True)
+    view = pd.DataFrame({
+        "photo": [thumbnail_url(image_path(ws, r), 64) for r in photos["ref"]],
+        "captions": [" · ".join(groups[r]["caption"]) for r in photos["ref"]],
+        "Δ tuning accuracy if the photo is removed": 100 * photos["exact"],
+        "sum of its captions' single Δ": 100 * photos["summed"],
+        "captions listed": photos["n"],
+    })
+    config = {
+        "photo": st.column_config.ImageColumn("photo", width="small"),
+        "captions": st.column_config.TextColumn("captions", width="large"),
+        "Δ tuning accuracy if the photo is removed": st.column_config.NumberColumn(
+            format="%+.2f pts", help="Exact: the tuning accuracy after removing all the photo's captions "
+                                     "listed here at once (one what-if), minus today's."),
+        "sum of its captions' single Δ": st.column_config.NumberColumn(
+            format="%+.2f pts", help="For comparison: the single-pair changes added up (captions of one "
+                                     "photo vote together, so this is not the photo's effect)."),
+        "captions listed": st.column_config.NumberColumn(help="Captions of this photo in the table "
+                                                              "(after the caption search)"),
+    }
+    st.caption(f"The {len(photos):,} photos with the highest-ranked captions; the Δ column is exact for "
+               "each photo (a what-if removing all its listed captions together).")
+    event = st.dataframe(view, column_config=config, hide_index=True, height=420,
+                         on_select="rerun", selection_mode="multi-row",
+                         key=state.selection_key("photo_table"), row_height=56)
+    picked = [photos.loc[i, "ref"] for i in event.selection.rows] if event else []
+    labels = {r: f"{i + 1}. {r.rsplit('/', 1)[-1]}" for i, r in enumerate(photos["ref"])}
+    extra = st.multiselect("Selected photos (click rows above, or pick by number)", options=list(photos["ref"]),
+                           default=None, key=state.selection_key("curate_photos"),
+                           format_func=lambda r: labels.get(r, r))
+    chosen: list[int] = []
+    for ref in dict.fromkeys(picked + extra):
+        g = groups[ref]
+        with st.expander(f"Captions of photo {plain(labels[ref])}", expanded=True):
+            cap = st.multiselect("Act on these captions only (empty: all of them)",
+                                 options=g["pair_id"].astype(int).tolist(), default=None,
+                                 key=state.selection_key(f"curate_photo_caps_{ref}"),
+                                 format_func=lambda i, g=g: f"#{i}: " + str(g.set_index("pair_id").loc[i, "caption"]))
+            st.dataframe(pd.DataFrame({"pair": g["pair_id"], "caption": g["caption"],
+                                       "Δ if this caption alone is removed": 100 * g["loo_delta"]}),
+                         column_config={"Δ if this caption alone is removed": st.column_config.NumberColumn(
+                             format="%+.2f pts")}, hide_index=True)
+            chosen += cap or g["pair_id"].astype(int).tolist()
+    return sorted(set(chosen))
+
+
 def curate_panel():
     model = state.require_model(ws)
     metrics_header(model, ws)
@@ -88,13 +226,19 @@ def curate_panel():
         try:
             scores = _suspicion(str(ws.path), model.key, len(model.vectors.pair_ids), model.vectors)
             df["suspicious"] = df["pair_id"].map(scores)
+            df["suspicion_rank"] = suspicion_rank(df["suspicious"].to_numpy())
         except ValueError as error:  # e.g. too few pairs to compare neighbourhoods
             st.caption(f"Suspicious-pair scores unavailable: {plain(error)}")
-    f1, f2 = st.columns([2, 1])
+    n_all = len(df)
+    sent = _take_sent()
+    f1, f2, f3 = st.columns([2, 1, 1])
     search = f1.text_input("Find pairs whose caption contains", key="curate_search",
                            placeholder="e.g. dog, skateboard, water")
     sort = f2.selectbox("Sort by", ["most harmful", "most helpful", "most used"]
                         + (["most suspicious caption"] if "suspicious" in df else []), key="curate_sort")
+    by_photo = f3.toggle("Group captions by photo", key="curate_by_photo",
+                         help="One row per photo with all its captions: the exact accuracy change if "
+                              "the photo (all its captions) were removed; select it to act on all of them.")
     if search:
         df = df[df["caption"].str.contains(search, case=False, regex=False, na=False)]
     if sort == "most helpful":
@@ -103,41 +247,10 @@ def curate_panel():
         df = df.sort_values("participated", ascending=False)
     elif sort == "most suspicious caption" and "suspicious" in df:
         df = df.sort_values("suspicious", ascending=False)
-    df = df.head(200).reset_index(drop=True)
-    view = pd.DataFrame({
-        "photo": [thumbnail_url(image_path(ws, r), 64) for r in df["image"]],
-        "caption": df["caption"],
-        "Δ tuning accuracy if removed": 100 * df["loo_delta"],
-        "used in": df["participated"],
-        "correct": df["supported_correct"],
-        "wrong": df["supported_wrong"],
-        "pair": df["pair_id"],
-    })
-    config = {
-        "photo": st.column_config.ImageColumn("photo", width="small"),
-        "caption": st.column_config.TextColumn("caption", width="large"),
-        "Δ tuning accuracy if removed": st.column_config.NumberColumn(
-            format="%+.2f pts", help="Exact change of the TUNING accuracy if this pair alone were "
-                                     "removed (positive: removing it helps). Test pictures are never read."),
-        "used in": st.column_config.NumberColumn(help="Tuning predictions it took part in"),
-        "correct": st.column_config.NumberColumn(help="Correct predictions it supported"),
-        "wrong": st.column_config.NumberColumn(help="Wrong predictions it supported"),
-    }
-    if "suspicious" in df:
-        view["suspicious"] = df["suspicious"]
-        config["suspicious"] = st.column_config.ProgressColumn(
-            "suspicious caption", min_value=0.0, max_value=1.0, format="%.2f",
-            help="Label-free: how badly the caption's neighbourhood disagrees with the photo's "
-                 "(Align lab). High = the caption may not describe the photo.")
-    event = st.dataframe(view, column_config=config, hide_index=True, height=420,
-                         on_select="rerun", selection_mode="multi-row",
-                         key=state.selection_key("influence_table"),
-                         row_height=56)
-    picked = [int(df.loc[i, "pair_id"]) for i in event.selection.rows] if event else []
-    extra = st.multiselect("Selected pairs (click rows above, or pick by number)",
-                           options=df["pair_id"].astype(int).tolist(), default=None,
-                           key=state.selection_key("curate_ids"), format_func=lambda i: f"#{i}")
-    chosen = sorted(set(picked) | set(extra))
+    if by_photo:
+        chosen = _photo_table(model, df, sort, n_all)
+    else:
+        chosen = _pair_table(df, n_all, sent)
     c1, c2 = st.columns([2, 1])
     if chosen:
         n = len(chosen)
@@ -179,13 +292,14 @@ def curate_panel():
 
 
 @st.fragment
-def panel_static():
+def panel():
     curate_panel()
 
 
 @st.fragment(run_every=1.5)
-def panel_polling():
-    curate_panel()
+def wait_for_influence():
+    """While the influence table is computed in the background: rerun the page when it is ready
+    (this fragment holds no widget, so a selection in the panel is never lost to it)."""
     live = state.require_model(ws)
     if state.influence_snapshot(live)[1] == live.version:
         st.rerun()
@@ -193,10 +307,9 @@ def panel_polling():
 
 _live = state.require_model(ws)
 state.start_influence(_live)
-if state.influence_snapshot(_live)[1] == _live.version:
-    panel_static()
-else:
-    panel_polling()
+panel()
+if state.influence_snapshot(_live)[1] != _live.version:
+    wait_for_influence()
 
 # -------------------------------------------------------------------- add pairs
 st.divider()
@@ -270,3 +383,7 @@ with tab_demo:
                     st.rerun()  # the headline, charts and message above show the new model
                 except ValueError as error:
                     st.error(plain(error))
+
+# -------------------------------------------------------------------- automatic curation
+st.divider()
+auto_curate_panel(ws, model)

@@ -51,12 +51,30 @@ def test_align_page_flow(demo_root):
     assert set(mt["method"]) == {"QAP (seeded)", "Local CKA", "Linear map", "Relative reps"}
     n_query = at.number_input(key="align_nquery").value
     local = mt.set_index("method").loc["Local CKA"]
-    assert local["top-5 %"] > 100 * 5 / n_query  # better than chance
+    assert float(local["top-5 %"]) > 100 * 5 / n_query  # better than chance
+    assert mt.set_index("method").loc["QAP (seeded)", "top-1 %"] == "–"  # not "None"
+    assert "None" not in mt.astype(str).to_numpy().ravel().tolist()
+    assert at.multiselect(key="align_methods").options == ["QAP (seeded)", "Local CKA", "Linear map",
+                                                          "Relative reps"]  # no raw method ids
 
     at.button(key="align_run_suspicious").click()
     at.run()
     assert not at.exception, [e.value for e in at.exception]
-    sus = _frame(at, "suspicion")
-    assert len(sus) == 25 and sus["suspicion"].is_monotonic_decreasing
+    sus = _frame(at, "score")
+    assert len(sus) == 25 and sus["score"].is_monotonic_decreasing
     assert sus["picture"].str.startswith("data:image/jpeg").all()
     assert "Suspicious pairs" in texts(at)
+
+
+def test_headline_cka_is_the_tables_unshuffled_value(demo_root):
+    """The headline and the shuffle table come from one computation on the same pairs (more pairs
+    than the table used to subsample)."""
+    at = _open_align(run_ready(AppTest.from_file(APP, default_timeout=300)))
+    at.radio(key="align_source").set_value("Flickr8k demo pairs (pick encoders)").run()
+    at.number_input(key="align_limit").set_value(2500).run()
+    at = _open_align(at, timeout=600) if not any(m.label == "Linear CKA" for m in at.metric) else at
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Pairs"] == "2,500"
+    table = _frame(at, "linear CKA")
+    assert f"{table.loc['linear CKA'].iloc[0]:.3f}" == metrics["Linear CKA"]
+    assert f"{table.loc['RBF CKA'].iloc[0]:.3f}" == metrics["RBF CKA"]

@@ -294,3 +294,29 @@ def test_real_session_curation(flickr_embeddings, cifar_small, cifar_small_embed
     add = s.add(cifar_small_embeddings[::10], embed("minilm", caps, cache=embedding_cache).vectors)
     assert add.accuracy > add.accuracy_before
     np.testing.assert_array_equal(s.predictions, s.full_recompute())
+
+
+def test_undoing_dominant_additions_stays_exact(flickr_embeddings, cifar_small, cifar_small_embeddings,
+                                                embedding_cache, monkeypatch):
+    """In-domain pairs (a labeled picture's near-twin, captioned with its class prompt) dominate the
+    norms they enter; taking them out again must not leave the cancelled remainder inexact (the
+    session then recomputes those rows / columns from its lists)."""
+    from core.asif import build_prompts
+    from core.embedded import embed
+
+    img, txt = flickr_embeddings
+    names = cifar_small.class_names
+    prompts, pc = build_prompts(names, ["a photo of a {}."])
+    pe = embed("minilm", prompts, cache=embedding_cache).vectors
+    s = EditSession(AsifModel(img, txt, k=60, p=8), cifar_small_embeddings, cifar_small.labels, pe, pc,
+                    class_names=names)
+    start = s.predictions.copy()
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        pick = rng.choice(len(cifar_small.labels), 8, replace=False)
+        s.add(cifar_small_embeddings[pick] + 1e-3 * rng.standard_normal((8, img.shape[1])),
+              pe[cifar_small.labels[pick]])
+    while s.can_undo:
+        s.undo()
+        np.testing.assert_array_equal(s.predictions, s.full_recompute())
+    np.testing.assert_array_equal(s.predictions, start)

@@ -140,7 +140,7 @@ def test_clear_errors_for_bad_names_and_missing_models(tmp_path):
         E._site_packages_path("no_such_model_package_xyz", E.BUILTIN_ENCODERS["efficientnet-lite0"].install)
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not an image at all")
-    with pytest.raises(ValueError, match="not a readable image"):
+    with pytest.raises(ValueError, match="bad.jpg is not a picture in a format Rosetta can read"):
         E.get_encoder("efficientnet-lite0").encode([str(bad)])
 
 

@@ -2,25 +2,16 @@
 from __future__ import annotations
 
 import json
-import os
-import random
-import signal
 import sqlite3
-import subprocess
-import sys
-import textwrap
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from bench.durability import kill_campaign, run_writers, wrong_metrics
 from core import demo, store
-from core.asif import AsifModel
 from core.cache import EmbeddingCache
 from core.live import LiveModel, Metrics, WorkspaceVectors
 
-ROOT = Path(__file__).resolve().parents[1]
 N_IMAGES, PER_CLASS = 30, 4
 
 
@@ -146,94 +137,24 @@ def test_fitting_warning_rule():
     assert "fitting the tuning pictures" in fitting.fitting_tuning(start)
 
 
-_WORKER = textwrap.dedent("""
-    import json, random, sys
-    sys.path.insert(0, {root!r})
-    from core import store
-    from core.cache import EmbeddingCache
-    from core.live import LiveModel, WorkspaceVectors
-    ws = store.Workspace({path!r})
-    m = LiveModel(ws, WorkspaceVectors(ws, EmbeddingCache()))
-    rng = random.Random({seed})
-    for i in range({n}):
-        try:
-            r = rng.random()
-            if r < 0.55:
-                out = m.remove(rng.sample(sorted(m.active_ids()), rng.randint(1, 3)))
-            elif r < 0.8:
-                top = ws.peek_undo()
-                out = m.undo(expected_seq=None if top is None else top.seq)
-            else:
-                top = ws.peek_redo()
-                out = m.redo(expected_seq=None if top is None else top.seq)
-            print(json.dumps({{"seq": out.seq}}), flush=True)
-        except ValueError as error:   # busy, stale, nothing to undo: a sentence, never a traceback
-            print(json.dumps({{"refused": type(error).__name__}}), flush=True)
-""")
-
-
-def _worker(ws, seed, n):
-    script = _WORKER.format(root=str(ROOT), path=str(ws.path), seed=seed, n=n)
-    return subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-
-
-def _check_log(ws, cache) -> None:
-    """Every stored metric belongs to the pair set its edit left (replayed from the log)."""
-    edits = ws.edits()
-    base = {p.pair_id for p in ws.all_pairs() if p.base}
-    fresh = _fresh(ws, cache)
-    v = fresh.vectors
-    for i in sorted(set(random.Random(0).sample(range(len(edits)), min(6, len(edits))) + [len(edits) - 1])):
-        state = store.replay(base, edits[: i + 1], 0)
-        assert edits[i].metrics["n_anchors"] == len(state.active)
-        pos = v.positions(sorted(state.active))
-        model = AsifModel(v.img[v.pair_img[pos]], v.cap[pos], v.pair_ids[pos], k=fresh.k, p=v.p)
-        pred = model.classify(v.item_vecs, v.prompts, v.prompt_classes).predictions
-        want = Metrics.of(pred, v.item_labels, v.is_tune, len(v.classes), len(state.active), fresh.k)
-        assert edits[i].metrics == want.to_dict(), f"edit {edits[i].seq} stored another pair set's numbers"
-
-
 def test_two_processes_editing_one_workspace(ws, cache):
     _fresh(ws, cache)  # the engine snapshot, so both workers start fast
-    procs = [_worker(ws, seed, 12) for seed in (1, 2)]
-    outs = [p.communicate(timeout=600) for p in procs]
-    for (out, err), p in zip(outs, procs):
-        assert p.returncode == 0, err[-2000:]
-        assert "Traceback" not in err
-    done = [json.loads(line) for out, _ in outs for line in out.splitlines()]
-    assert sum("seq" in d for d in done) == len(ws.edits()) >= 12
-    _check_log(ws, cache)
+    r = run_writers(ws.path, (1, 2), 12, timeout=600)
+    assert r["tracebacks"] == 0
+    assert r["committed"] == len(ws.edits()) >= 12
+    assert wrong_metrics(ws.path, cache, sample=6) == []
 
 
 def test_random_kills_during_edits_lose_no_commit(ws, cache):
     """SIGKILL a writer at random moments, several times: every reported commit is in the log, and
-    a model rebuilt from the log equals the replay (and the numbers stored with the last edit)."""
+    a model rebuilt from the log equals the replay (and the numbers stored with each edit)."""
     _fresh(ws, cache)
-    rng = random.Random(7)
-    reported = []
-    for round_ in range(4):
-        proc = _worker(ws, 100 + round_, 1000)
-        deadline = time.time() + 120
-        target = rng.randint(2, 6)
-        got = 0
-        while got < target and time.time() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            d = json.loads(line)
-            if "seq" in d:
-                reported.append(d["seq"])
-                got += 1
-        time.sleep(rng.random() * 0.05)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-    seqs = {e.seq for e in ws.edits()}
-    assert reported and set(reported) <= seqs
+    k = kill_campaign(ws.path, 4)
+    assert k["reported"] > 0 and k["lost"] == 0
     fresh = _fresh(ws, cache)
     assert fresh.active_ids() == set(ws.active_pair_ids())
     assert ws.edits()[-1].metrics == fresh.metrics().to_dict()
-    _check_log(ws, cache)
+    assert wrong_metrics(ws.path, cache, sample=6) == []
 
 
 def test_a_quick_first_start_then_all_pairs(data_root, tmp_path):

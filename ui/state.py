@@ -21,6 +21,7 @@ import streamlit as st
 from core import demo, store
 from core.cache import EmbeddingCache
 from core.live import EditOutcome, LiveModel, WorkspaceVectors
+from ui.safe import plain
 
 _THREADS: list[threading.Thread] = []
 
@@ -297,10 +298,10 @@ def require_model(ws: store.Workspace, wait_s: float = 1.5) -> LiveModel:
             if job.model.sync():  # another process or session edited: catch up (one query if not)
                 clear_selection()
         except ValueError as error:
-            st.warning(str(error))
+            st.warning(plain(str(error)))
         return job.model
     if job.done and job.error:
-        st.error(f"This workspace's model could not be built: {job.error}")
+        st.error(f"This workspace's model could not be built: {plain(job.error)}")
         if st.button("Try again", key="retry_build"):
             model_job(ws, restart=True)
             st.rerun()
@@ -315,7 +316,7 @@ def progress_if_building(ws: store.Workspace) -> None:
     if not job.done:
         _progress_panel(ws)
     elif job.error:
-        st.error(f"The model of this workspace could not be built: {job.error}")
+        st.error(f"The model of this workspace could not be built: {plain(job.error)}")
 
 
 @st.fragment(run_every=1.0)
@@ -325,7 +326,7 @@ def _progress_panel(ws: store.Workspace) -> None:
         st.rerun()
     elapsed = time.time() - job.started
     st.progress(min(max(job.fraction, 0.0), 1.0),
-                text=f"Preparing {ws.name}: {job.message} ({elapsed:.0f} s). The first start embeds "
+                text=f"Preparing {plain(ws.name)}: {plain(job.message)} ({elapsed:.0f} s). The first start embeds "
                      "every picture once; later starts read them from the cache.")
     st.caption("You can keep using the Data, Workspaces and Settings pages meanwhile.")
 
@@ -383,5 +384,5 @@ def sidebar_summary(ws: store.Workspace) -> None:
         n_pairs, k = len(ws.active_pair_ids()), s["k"]
     n_items = ws.counts()["eval"]
     st.caption(f"{n_pairs:,} anchor pair{'s' if n_pairs != 1 else ''} · {n_items:,} labeled picture"
-               f"{'s' if n_items != 1 else ''} · {s['image_encoder']} + {s['text_encoder']} · "
+               f"{'s' if n_items != 1 else ''} · {plain(s['image_encoder'])} + {plain(s['text_encoder'])} · "
                f"k = {k:,}, p = {float(s['p']):g}")

@@ -8,6 +8,8 @@ import time
 
 from core.cli import ProgressBar
 
+DEFAULT_IMAGE, DEFAULT_TEXT = "efficientnet-lite0", "minilm"
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     embed = subparsers.add_parser(
@@ -19,11 +21,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="image-caption pairs: a folder with captions.csv, a CSV, a COCO JSON or a zip "
                              "(default with neither option: the demo Flickr8k folder)")
     source.add_argument("--labeled", metavar="FOLDER", help="labeled images, one sub-folder per class")
-    embed.add_argument("--image-encoder", default="efficientnet-lite0", metavar="NAME")
-    embed.add_argument("--text-encoder", default="minilm", metavar="NAME")
+    embed.add_argument("--image-encoder", default=None, metavar="NAME",
+                       help=f"default {DEFAULT_IMAGE}; for precomputed --pairs: the encoder that made them")
+    embed.add_argument("--text-encoder", default=None, metavar="NAME",
+                       help=f"default {DEFAULT_TEXT}; for precomputed --pairs: the encoder that made them")
     embed.add_argument("--limit", type=int, default=None, metavar="N",
                        help="only the first N images (pairs: with all their captions)")
     embed.add_argument("--batch-size", type=int, default=None)
+    embed.add_argument("--engine", choices=["local", "ray"], default="local",
+                       help="local: this process; ray: Ray Data workers (a local Ray instance, or the "
+                            "cluster RAY_ADDRESS names), same encoders, same cache")
     embed.add_argument("--json", action="store_true", help="print a JSON summary")
     embed.set_defaults(run=run_embed)
 
@@ -32,9 +39,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     info.set_defaults(run=run_info)
 
 
-def _embed(label: str, encoder: str, items, keys, cache, show: bool, batch_size: int | None):
-    """:func:`core.embedded.embed` behind a progress bar on stderr."""
-    from core.embedded import embed
+def _embed(label: str, encoder: str, items, keys, cache, show: bool, batch_size: int | None,
+           engine: str = "local"):
+    """:func:`core.embedded.embed` (or, ``engine="ray"``, :func:`core.distributed.embed`: the same
+    encoders on Ray Data workers, the same cache) behind a progress bar on stderr."""
+    if engine == "ray":  # core.distributed hook
+        from core.distributed import embed
+    else:
+        from core.embedded import embed
 
     bar = ProgressBar(label, show)
     try:
@@ -46,10 +58,15 @@ def _embed(label: str, encoder: str, items, keys, cache, show: bool, batch_size:
 def run_embed(args: argparse.Namespace) -> int:
     from core import cache as C
     from core import data as D
+    from core.interchange import detect_format
 
     started = time.perf_counter()
     cache = C.default_cache()
     show = sys.stderr.isatty() or not args.json
+    if args.pairs and detect_format(args.pairs) is not None:  # core.interchange hook: precomputed vectors
+        return _run_import(args, args.pairs, cache, started)
+    args.image_encoder = args.image_encoder or DEFAULT_IMAGE
+    args.text_encoder = args.text_encoder or DEFAULT_TEXT
     summary: dict = {"cache": str(cache.root)}
     if args.labeled:
         labeled = D.load_labeled(args.labeled)
@@ -59,7 +76,7 @@ def run_embed(args: argparse.Namespace) -> int:
         if not len(labeled):
             raise ValueError(f"nothing to embed in {args.labeled}: {report.summary()}")
         result = _embed(f"{args.image_encoder} images", args.image_encoder, labeled.paths,
-                        labeled.keys, cache, show, args.batch_size)
+                        labeled.keys, cache, show, args.batch_size, args.engine)
         summary.update({"kind": "labeled", "source": args.labeled, "images": len(labeled),
                         "classes": labeled.class_names, "image_encoder": args.image_encoder,
                         "dim": int(result.vectors.shape[1]), "cached_before": result.hits,
@@ -78,9 +95,9 @@ def run_embed(args: argparse.Namespace) -> int:
         if not len(pairs):
             raise ValueError(f"nothing to embed in {source}: {report.summary()}")
         img = _embed(f"{args.image_encoder} images", args.image_encoder, pairs.images,
-                     pairs.image_keys, cache, show, args.batch_size)
+                     pairs.image_keys, cache, show, args.batch_size, args.engine)
         txt = _embed(f"{args.text_encoder} captions", args.text_encoder, pairs.captions, None,
-                     cache, show, args.batch_size)
+                     cache, show, args.batch_size, args.engine)
         summary.update({"kind": "pairs", "source": str(source), "pairs": len(pairs),
                         "images": len(pairs.images), "image_encoder": args.image_encoder,
                         "text_encoder": args.text_encoder, "image_dim": int(img.vectors.shape[1]),
@@ -105,6 +122,32 @@ def run_embed(args: argparse.Namespace) -> int:
         if len(summary["failed"]) > 20:
             print(f"  … and {len(summary['failed']) - 20} more skipped (see --json)")
         print(f"cache: {summary['cache']}  ({summary['seconds']} s)")
+    return 0
+
+
+def _run_import(args: argparse.Namespace, source: str, cache, started: float) -> int:
+    """``embed --pairs`` on precomputed vectors: read and check them (nothing to compute unless an
+    imagefolder holds pictures without vectors), and summarise."""
+    from core.interchange import import_pairs
+
+    bar = ProgressBar("embedding", sys.stderr.isatty() or not args.json)
+    try:
+        pairs = import_pairs(source, image_encoder=args.image_encoder, text_encoder=args.text_encoder,
+                             limit=args.limit, cache=cache, progress=bar)
+    finally:
+        bar.close()
+    summary = {"cache": str(cache.root), "kind": "precomputed pairs", "source": str(source), "pairs": len(pairs),
+               "images": len(pairs.images), "image_encoder": pairs.image_encoder,
+               "text_encoder": pairs.text_encoder, "image_dim": int(pairs.image_vectors.shape[1]),
+               "text_dim": int(pairs.text_vectors.shape[1]), "failed": [str(s) for s in pairs.skipped],
+               "seconds": round(time.perf_counter() - started, 3)}
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"source: {source} (precomputed vectors)")
+        print(f"{len(pairs)} pairs, {len(pairs.images)} images; {pairs.image_encoder} "
+              f"{summary['image_dim']}-d, {pairs.text_encoder} {summary['text_dim']}-d; "
+              f"{len(pairs.skipped)} rows left out ({summary['seconds']} s)")
     return 0
 
 

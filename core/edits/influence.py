@@ -17,17 +17,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from core.asif import argmax_tolerant, signed_power64
+from core.asif import ProgressFn, argmax_tolerant, signed_power64
 from core.edits.neighbours import NeighbourLists
 
 if TYPE_CHECKING:
     from core.edits.session import EditSession
-
-ProgressFn = Callable[[float, str], None]
 
 
 @dataclass

@@ -113,6 +113,8 @@ class AnchorRows:
 
 #: Edits of at most this many pairs go one pair at a time (binary search + shift in the sorted lists,
 #: O(touched queries) besides the shift); larger ones merge or filter whole lists at once.
+#: Positions looked at after the binary search for a twin's place in a list.
+TWIN_WINDOW = 16
 SEQUENTIAL_MAX = 8
 #: Similarity columns (every query against one anchor row) kept for reuse: an undo, a redo and the
 #: text side of an edit ask again for the columns the edit just computed.
@@ -423,12 +425,34 @@ class NeighbourLists:
             return blocked
         blocked[:] = True
         hq = self.queries_holding(twins)
-        if hq.size:
-            hit = np.isin(self.rows[hq], twins)
-            found = hit.any(axis=1)
+        if hq.size == 0:
+            return blocked
+        # a twin sits where the list's similarities are within a few ulps of r's fresh one: binary
+        # search there and look at a short window (a full scan of every holding list is the fallback)
+        lo = np.zeros(hq.size, dtype=np.int64)
+        hi = np.minimum(self.length[hq], self.K).astype(np.int64)
+        bound = s[hq] + 4e-7
+        while True:
+            act = lo < hi
+            if not act.any():
+                break
+            mid = (lo + hi) // 2
+            go = act & (self.sims[hq, np.minimum(mid, self.K - 1)] > bound)
+            lo, hi = np.where(go, mid + 1, lo), np.where(act & ~go, mid, hi)
+        idx = np.minimum(lo[:, None] + np.arange(TWIN_WINDOW)[None, :], self.K - 1)
+        hit = np.isin(self.rows[hq[:, None], idx], twins) & (idx < self.length[hq][:, None])
+        found = hit.any(axis=1)
+        slot = idx[found, hit[found].argmax(axis=1)]
+        rest = hq[~found]
+        if rest.size:  # not in the window (many exact ties): scan those lists
+            full = np.isin(self.rows[rest], twins)
+            keep = full.any(axis=1)
+            hq = np.concatenate([hq[found], rest[keep]])
+            slot = np.concatenate([slot, full[keep].argmax(axis=1)])
+        else:
             hq = hq[found]
-            s[hq] = self.sims[hq, hit[found].argmax(axis=1)]
-            blocked[hq] = False
+        s[hq] = self.sims[hq, slot]
+        blocked[hq] = False
         return blocked
 
     def _add_one(self, r: int, n_alive_before: int, pending: np.ndarray) -> Diff:

@@ -1,0 +1,264 @@
+"""Benchmark: a paper-scale workspace end to end, and the float16 effect on the real demo.
+
+    python -m bench.scale --pairs 300000             # synthetic; on the shared 24 GB machine N ≤ 300,000
+    python -m bench.scale --pairs 1600000 --out DIR  # the paper's size (needs ~20 GB free)
+    python -m bench.scale --real                     # cached Flickr8k/CIFAR-10 vectors through each format
+
+Synthetic mode writes N pairs with realistic structure — d = 768 on both sides, two-level clusters
+(60 topics, 3,000 sub-topics; classes are groups of topics), 1–3 captions per picture (mean
+``--captions``), text vectors sharing a per-picture offset — as a clip-retrieval layout (float16)
+in a tmp folder (or ``--out``), imports it through :func:`core.interchange.import_pairs`, then times:
+building the model with its FAISS image index (once), opening it again from the files and the saved
+index ("open from cache"), classifying ``--eval`` pictures through the ANN path and through exact
+search (the named baseline: ratio and prediction agreement), explaining one picture, building an
+:class:`core.edits.EditSession` and re-scoring single removals, and recall@k of the ANN path against
+exact search on a 200-picture sample. Peak memory is ``VmHWM`` of this process. Times scale with
+the load of the shared machine: the load average is printed with the figures.
+
+Real mode reads the cached efficientnet-lite0 / minilm vectors of Flickr8k pairs and CIFAR-10 test
+pictures (nothing is encoded; only what is cached is used), exports them to every format as float32
+and float16, re-imports them and reports accuracy and agreement against the original vectors.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench.asif_common import machine  # noqa: E402
+from core.ann import AnnSettings, measure, prediction_agreement  # noqa: E402
+from core.asif import AsifModel  # noqa: E402
+from core.interchange import import_pairs  # noqa: E402
+
+TOPICS, SUBTOPICS, CLASSES, TEMPLATES = 60, 3000, 10, 8
+
+
+def peak_gb() -> float:
+    """Peak resident memory of this process (``VmHWM``), GB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024 ** 2
+    return float("nan")
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float32, copy=False)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x
+
+
+def synthesize(n_pairs: int, out: Path, *, captions: float = 2.0, d: int = 768, n_eval: int = 1000,
+               seed: int = 0, dtype: str = "float16", shard_rows: int = 250_000) -> dict:
+    """Write ``n_pairs`` synthetic pairs as a clip-retrieval layout under ``out``; return the
+    evaluation pictures, their labels and the class prompts (all from the same generative model)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(seed)
+    s = 1 / np.sqrt(d)
+
+    def centres(rng):
+        top = rng.standard_normal((TOPICS, d)) * s
+        return top[np.arange(SUBTOPICS) % TOPICS] + 0.8 * rng.standard_normal((SUBTOPICS, d)) * s
+
+    img_c, txt_c = centres(np.random.default_rng(seed + 1)), centres(np.random.default_rng(seed + 2))
+    txt_top = np.stack([txt_c[np.arange(SUBTOPICS) % TOPICS == t].mean(0) for t in range(TOPICS)])
+    for sub in ("img_emb", "text_emb", "metadata"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    (out / "encoders.json").write_text(json.dumps({"image_encoder": "synthetic-image-768",
+                                                   "text_encoder": "synthetic-text-768"}))
+    hi = max(2, int(round(2 * captions)))       # captions per picture uniform in 1 .. hi-1
+    written, image_no, shard = 0, 0, 0
+    while written < n_pairs:
+        target = min(shard_rows, n_pairs - written)          # pairs in this shard
+        per = rng.integers(1, hi, int(np.ceil(target / captions)) + 1)
+        if per.sum() < target:
+            per[-1] += target - int(per.sum())
+        per = per[:int(np.searchsorted(np.cumsum(per), target)) + 1]
+        per[-1] -= int(per.sum()) - target
+        sub = rng.integers(0, SUBTOPICS, per.size)
+        img = _unit(img_c[sub] + 0.6 * rng.standard_normal((per.size, d)) * s)
+        offset = 0.5 * rng.standard_normal((per.size, d)) * s
+        rows = np.repeat(np.arange(per.size), per)
+        txt = _unit(txt_c[sub[rows]] + offset[rows] + 0.5 * rng.standard_normal((rows.size, d)) * s)
+        np.save(out / "img_emb" / f"img_emb_{shard}.npy", img[rows].astype(dtype))
+        np.save(out / "text_emb" / f"text_emb_{shard}.npy", txt.astype(dtype))
+        names = [f"synthetic/{image_no + r:09d}.jpg" for r in rows.tolist()]
+        caps = [f"caption {written + i} of picture {image_no + r} (topic {sub[r] % TOPICS})"
+                for i, r in enumerate(rows.tolist())]
+        pq.write_table(pa.table({"image_path": names, "caption": caps}), out / "metadata" / f"metadata_{shard}.parquet")
+        written += rows.size
+        image_no += per.size
+        shard += 1
+        del img, txt, offset
+    sub = rng.integers(0, SUBTOPICS, n_eval)
+    eval_vectors = _unit(img_c[sub] + 0.6 * rng.standard_normal((n_eval, d)) * s)
+    labels = (sub % TOPICS) % CLASSES
+    prompts = np.concatenate([
+        _unit(txt_top[np.arange(TOPICS) % CLASSES == c].mean(0) + 0.3 * rng.standard_normal((TEMPLATES, d)) * s)
+        for c in range(CLASSES)])
+    return {"eval": eval_vectors, "labels": labels.astype(np.int64), "prompts": prompts,
+            "prompt_classes": np.repeat(np.arange(CLASSES), TEMPLATES), "images": image_no}
+
+
+def open_model(folder: Path, settings: AnnSettings, k: int, p: float) -> tuple[AsifModel, object, float]:
+    """Import the pairs, build the model and its image index: ``(model, pairs, seconds)``."""
+    t = time.perf_counter()
+    pairs = import_pairs(folder)
+    model = AsifModel(pairs.pair_image_vectors, pairs.text_vectors, k=k, p=p)
+    model.ann = settings
+    model.search_index("image")
+    return model, pairs, time.perf_counter() - t
+
+
+def run_synthetic(args) -> dict:
+    from core.edits import EditSession
+
+    tmp = None
+    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="rosetta-scale-"))
+    if not args.out:
+        tmp = out
+    info: dict = {"machine": machine(), "pairs": args.pairs, "d": 768, "k": args.k, "p": args.p,
+                  "eval_pictures": args.eval, "folder": str(out)}
+    try:
+        t = time.perf_counter()
+        data = synthesize(args.pairs, out, captions=args.captions, n_eval=args.eval)
+        info["distinct_images"] = data["images"]
+        info["write_s"] = time.perf_counter() - t
+        info["folder_bytes"] = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+        settings = AnnSettings(min_anchors=args.ann_min, folder=str(out / "index"), nprobe=args.nprobe,
+                               shortlist=args.shortlist)
+        model, pairs, info["build_s"] = open_model(out, settings, args.k, args.p)
+        index = model.search_index("image")
+        info["index_built"] = getattr(index, "built", None)
+        info["index_kind"] = type(index).__name__
+        info["index_build_s"] = getattr(index, "build_seconds", None)
+        del model, pairs, index
+        gc.collect()
+        model, pairs, info["open_s"] = open_model(out, settings, args.k, args.p)
+        del pairs                                   # the model holds what it needs
+        info["index_opened_from_file"] = not getattr(model.search_index("image"), "built", True)
+        info["peak_gb_after_open"] = peak_gb()
+        q, y = data["eval"], data["labels"]
+        pe, pc = data["prompts"], data["prompt_classes"]
+
+        t = time.perf_counter()
+        fast = model.classify(q, pe, pc, n_classes=CLASSES)
+        info["classify_ann_s"] = time.perf_counter() - t
+        exact_model = AsifModel(model.image_embeddings, model.text_embeddings, k=args.k, p=args.p)
+        exact_model.ann = AnnSettings(min_anchors=None)
+        t = time.perf_counter()
+        exact = exact_model.classify(q, pe, pc, n_classes=CLASSES)
+        info["classify_exact_s"] = time.perf_counter() - t
+        info["classify_speedup"] = info["classify_exact_s"] / info["classify_ann_s"]
+        info["accuracy_ann"], info["accuracy_exact"] = fast.accuracy(y), exact.accuracy(y)
+        info["prediction_agreement"] = prediction_agreement(fast.predictions, exact.predictions)
+        del exact_model
+        t = time.perf_counter()
+        model.explain(q[0], pe, pc)
+        info["explain_one_s"] = time.perf_counter() - t
+        if hasattr(model.search_index("image"), "settings"):
+            info["ann"] = measure(model.search_index("image"), q, args.k, sample=200)
+        info["peak_gb_before_session"] = peak_gb()
+        if args.removals:
+            t = time.perf_counter()
+            session = EditSession(model, q, y, pe, pc)
+            info["edit_session_s"] = time.perf_counter() - t
+            rng = np.random.default_rng(1)
+            times = []
+            for pid in rng.choice(session.pair_ids, args.removals, replace=False).tolist():
+                t = time.perf_counter()
+                session.remove([pid])
+                times.append(time.perf_counter() - t)
+            info["removal_ms_median"] = 1000 * float(np.median(times))
+            info["removal_ms_max"] = 1000 * float(np.max(times))
+        info["peak_gb"] = peak_gb()
+        info["load_avg_end"] = os.getloadavg()[0]
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return info
+
+
+def run_real(args) -> dict:
+    from core.asif import DEFAULT_TEMPLATES
+    from core.cache import default_cache
+    from core.data import data_dir, load_labeled, load_pairs_folder
+    from core.embedded import EmbeddedLabeled, EmbeddedPairs, embed_prompts
+    from core.interchange import FORMATS, export_pairs
+
+    cache = default_cache()
+    root = data_dir(required=True)
+    anchors = EmbeddedPairs.from_pairset(load_pairs_folder(root / "flickr8k"), "efficientnet-lite0", "minilm",
+                                         cache=cache, compute=False)
+    test = EmbeddedLabeled.from_labeled(load_labeled(root / "cifar10" / "test"), "efficientnet-lite0",
+                                        cache=cache, compute=False)
+    if len(anchors) < args.k or len(test) == 0:
+        raise SystemExit(f"only {len(anchors)} Flickr8k pairs and {len(test)} CIFAR-10 pictures are cached; "
+                         "run `python -m core embed` first.")
+    pe, pc = embed_prompts(test.class_names, DEFAULT_TEMPLATES, "minilm", cache=cache)
+    k = min(args.k, len(anchors))
+
+    def classify(pairs):
+        model = AsifModel(pairs.pair_image_vectors, pairs.text_vectors, k=k, p=args.p)
+        return model.classify(test.vectors, pe, pc, n_classes=len(test.class_names)).predictions
+
+    original = classify(anchors)
+    info: dict = {"machine": machine(), "cached_pairs": len(anchors), "cached_test_pictures": len(test), "k": k,
+                  "p": args.p, "accuracy_original": float(np.mean(original == test.labels)), "formats": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for fmt in FORMATS:
+            for dtype in ("float32", "float16"):
+                dest = Path(tmp) / f"{fmt}-{dtype}{'.parquet' if fmt == 'parquet' else ''}"
+                path = export_pairs(anchors, dest, fmt, dtype=dtype)
+                t = time.perf_counter()
+                copy = import_pairs(path)
+                seconds = time.perf_counter() - t
+                pred = classify(copy)
+                info["formats"][f"{fmt}/{dtype}"] = {
+                    "accuracy": float(np.mean(pred == test.labels)),
+                    "agreement_with_original": prediction_agreement(pred, original),
+                    "max_abs_text_diff": float(np.abs(copy.text_vectors - anchors.text_vectors).max()),
+                    "import_s": seconds}
+    return info
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pairs", type=int, default=100_000)
+    ap.add_argument("--captions", type=float, default=2.0, help="mean captions per picture")
+    ap.add_argument("--eval", type=int, default=1000, help="evaluation pictures")
+    ap.add_argument("--k", type=int, default=800)
+    ap.add_argument("--p", type=float, default=8.0)
+    ap.add_argument("--nprobe", type=int, default=AnnSettings().nprobe)
+    ap.add_argument("--shortlist", type=float, default=AnnSettings().shortlist)
+    ap.add_argument("--ann-min", type=int, default=0,
+                    help="distinct pictures from which FAISS is used (default 0: always, to measure it)")
+    ap.add_argument("--removals", type=int, default=5,
+                    help="single removals re-scored by an EditSession (0: no session; it copies the anchors)")
+    ap.add_argument("--out", default=None, help="keep the files here (default: a tmp folder, removed)")
+    ap.add_argument("--real", action="store_true", help="float16/float32 copies of the cached demo instead")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    info = run_real(args) if args.real else run_synthetic(args)
+    if args.json:
+        print(json.dumps(info, indent=2, default=float))
+    else:
+        for key, value in info.items():
+            print(f"{key}: {json.dumps(value, default=float) if isinstance(value, dict) else value}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,74 @@
+"""Search the anchor pairs by meaning: a text or a picture, through its own encoder or through ASIF.
+
+ASIF (Norelli et al., Sec. 3) compares an input with the anchors of its own modality only; its
+relative representation (the input's top-k similarities to the anchors, power p) then compares
+across modalities. So a text query finds pairs two ways: its text-encoder neighbours among the
+captions, and ASIF text→image retrieval among the photos (the photos' representations are computed
+once per anchor set and reused by every query). A picture works the same way with the sides swapped.
+
+``AnchorSearch(model, image [U, di], pair_image [P], caption [P, dt])`` where ``model`` is the
+current :class:`core.asif.AsifModel`; ``.by_text(vec [dt], top)`` / ``.by_image(vec [di], top)``
+return ``{"encoder": (positions [top], similarities [top]), "asif": (positions [top], scores [top])}``,
+positions into the ``P`` pairs.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from core.arrays import l2_normalize
+from core.asif import sparse_scores
+from core.search import ExactIndex
+
+
+class AnchorSearch:
+    """Text and picture search over all pairs of a workspace (see the module docstring)."""
+
+    def __init__(self, model, image, pair_image, caption):
+        self.model = model
+        self.image = l2_normalize(np.ascontiguousarray(image, dtype=np.float32))
+        self.pair_image = np.asarray(pair_image, dtype=np.int64)
+        self.caption = l2_normalize(np.ascontiguousarray(caption, dtype=np.float32))
+        if self.pair_image.shape != (self.caption.shape[0],):
+            raise ValueError("pair_image needs one entry per caption.")
+        self._captions = ExactIndex(self.caption)
+        self._images = ExactIndex(self.image)
+        self._rel: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def _represented(self, side: str):
+        """The ASIF representation of every photo (``side="image"``) or caption, computed once."""
+        if side not in self._rel:
+            self._rel[side] = (self.model.represent_images(self.image) if side == "image"
+                               else self.model.represent_texts(self.caption))
+        return self._rel[side]
+
+    def _photos_to_pairs(self, rows: np.ndarray, scores: np.ndarray, top: int):
+        """Pair positions of the photos ``rows`` (best first), each photo's pairs in a row."""
+        pos, val = [], []
+        for r, s in zip(rows.tolist(), scores.tolist()):
+            hits = np.flatnonzero(self.pair_image == r)
+            pos += hits.tolist()
+            val += [s] * hits.size
+            if len(pos) >= top:
+                break
+        return np.asarray(pos[:top], dtype=np.int64), np.asarray(val[:top], dtype=np.float32)
+
+    def by_text(self, vec, top: int = 24) -> dict:
+        q = l2_normalize(np.asarray(vec, dtype=np.float32).reshape(1, -1))
+        top = int(min(max(1, top), self.caption.shape[0]))
+        idx, sims = self._captions.topk(q, top)
+        qi, qv = self.model.represent_texts(q)
+        ci, cv = self._represented("image")
+        s = sparse_scores(qi, qv, ci, cv, self.model.n_anchors)[0]
+        order = np.argsort(-s, kind="stable")[:top]
+        return {"encoder": (idx[0], sims[0]), "asif": self._photos_to_pairs(order, s[order], top)}
+
+    def by_image(self, vec, top: int = 24) -> dict:
+        q = l2_normalize(np.asarray(vec, dtype=np.float32).reshape(1, -1))
+        top = int(min(max(1, top), self.caption.shape[0]))
+        n_img = int(min(top, self.image.shape[0]))
+        idx, sims = self._images.topk(q, n_img)
+        qi, qv = self.model.represent_images(q)
+        ci, cv = self._represented("text")
+        s = sparse_scores(qi, qv, ci, cv, self.model.n_anchors)[0]
+        order = np.argsort(-s, kind="stable")[:top]
+        return {"encoder": self._photos_to_pairs(idx[0], sims[0], top), "asif": (order, s[order])}
