@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import streamlit as st
 
 from ui import boot
@@ -11,7 +10,8 @@ boot.ensure_app()
 
 from ui import state
 from ui.safe import plain
-from ui.widgets import image_path, metrics_header, pct, thumbnail_url
+from ui.charts import histogram_figure, pairs_map_figure
+from ui.widgets import article, image_path, metrics_header, pct, thumbnail_url
 
 st.title("Classify & explain")
 st.caption("The model has never been trained: it names a picture by finding the anchor pairs "
@@ -132,12 +132,11 @@ with right:
         verdict = ""
         if truth is not None:
             verdict = " ✓ correct" if truth == pred else f" ✗ (true class: **{plain(truth)}**)"
-        st.markdown(f"### It's a **{plain(pred)}**{verdict}")
+        st.markdown(f"### It's {article(pred)} **{plain(pred)}**{verdict}")
         st.caption(f"{pct(probs[explanation.prediction])} confident · ASIF score "
                    f"{explanation.scores[explanation.prediction]:.3f}")
-        top5 = order[:5]
-        chart = pd.DataFrame({"class": [classes[i] for i in top5], "probability": probs[top5]})
-        st.bar_chart(chart, x="class", y="probability", horizontal=True, height=200, sort=False)
+        for i in order[:5].tolist():  # this picture's five most probable classes, most probable first
+            st.progress(float(probs[i]), text=f"{plain(classes[i])} · {pct(probs[i])}")
 
 
 # ----------------------------------------------------------------------------- why?
@@ -148,15 +147,25 @@ st.caption("Each pair scores **image weight × text weight**: how close its phot
            "wins. A wrong or misleading pair? Remove it and watch the accuracy move.")
 
 
-@st.fragment
-def pairs_panel():
-    live = state.require_model(ws)
-    expl = _explain(live, qvec)
+def _remove(pair_ids: list[int]) -> None:
+    """Remove pairs (one edit) before the page reruns (one script run per click: the headline,
+    sidebar and figures below all show the new model)."""
+    try:
+        state.remove_pairs(ws, state.require_model(ws), [int(i) for i in pair_ids],
+                           note="from Classify & explain", where="classify")
+    except ValueError as error:
+        st.session_state["classify_error"] = str(error)
+
+
+def pairs_panel(expl):
     order = np.argsort(-expl.scores, kind="stable")
     st.session_state["map_highlight"] = [r["pair_id"] for r in expl.contributions(int(order[0]), top=20)]
     last = st.session_state.get("last_edit")
     if last and last.get("where") == "classify":
         st.success(last["message"], icon=":material/check_circle:")
+    error = st.session_state.pop("classify_error", None)
+    if error:
+        st.error(plain(error))
     tabs = st.tabs([f"{plain(classes[c])} · {expl.scores[c]:.3f}" for c in order[:3]])
     for tab, c in zip(tabs, order[:3]):
         with tab:
@@ -185,87 +194,72 @@ def pairs_panel():
                     buttons.insert(0, (f"rmphoto_{c}_{caps[0]['pair_id']}", f"Remove all {len(caps)}",
                                        [r["pair_id"] for r in caps]))
                 for key, label, ids in buttons:
-                    if cols[2].button(label, key=key, icon=":material/delete:",
-                                      help="Take these pairs out of the anchors, as one edit (undo on the "
-                                           "Curate page)"):
-                        try:
-                            state.remove_pairs(ws, live, ids, note="from Classify & explain", where="classify")
-                            st.rerun()  # only on success: a rerun would wipe the message below
-                        except ValueError as error:
-                            st.error(plain(error))
+                    cols[2].button(label, key=key, icon=":material/delete:", on_click=_remove, args=(ids,),
+                                   help="Take these pairs out of the anchors, as one edit (undo on the "
+                                        "Curate page)")
 
 
-pairs_panel()
+pairs_panel(explanation)
 
 # ----------------------------------------------------------------------------- figures
 st.divider()
-fig7, fig3 = st.tabs(["Pairs map (ASIF Fig. 7)", "Similarity histograms (ASIF Fig. 3)"])
-with fig7:
-    import altair as alt
 
-    # for each of the top 3 classes: the picture's k nearest anchor pairs and the class prompt's k
-    # nearest captions (the union of the two sparse supports); size = their product (0 off the overlap)
-    meta = model.current_model().metadata or []
+
+def _pairs_map(live, e, top3) -> list[dict]:
+    """Fig. 7's points: for each of the top 3 classes, the picture's k nearest anchor pairs and the
+    class prompt's k nearest captions (the union of the two sparse supports); product 0 off the overlap."""
+    current = live.current_model()
+    meta, ids = current.metadata or [], current.pair_ids
     rows = []
-    e = explanation
-    for c in order[:3].tolist():
+    for c in top3:
         prod = dict(zip(e.positions.tolist(), e.product[c].tolist()))
         for pos in sorted(set(e.positions.tolist()) | set(e.caption_topk[c].tolist())):
-            m = meta[pos] if pos < len(meta) else {}
-            rows.append({"class_name": classes[c], "pair_id": int(model.current_model().pair_ids[pos]),
+            rows.append({"class_name": classes[c], "pair_id": int(ids[pos]),
                          "image_similarity": float(e.all_image_similarity[pos]),
                          "caption_similarity": float(e.all_caption_similarity[c, pos]),
-                         "product": float(prod.get(pos, 0.0)), "image": m.get("image", ""),
-                         "caption": m.get("caption", ""),
-                         "support": "both" if prod.get(pos, 0.0) != 0 else
-                                    ("near the picture" if pos in prod else "near the prompt")})
-    if rows:
-        df = pd.DataFrame(rows)
-        df["image"] = [thumbnail_url(image_path(ws, r), 96) if r else "" for r in df["image"]]
-        chart = alt.Chart(df).mark_circle(opacity=0.65, stroke="white", strokeWidth=0.5).encode(
-            x=alt.X("image_similarity:Q", title="anchor photo ↔ your picture (cosine)",
-                    scale=alt.Scale(zero=False)),
-            y=alt.Y("caption_similarity:Q", title="anchor caption ↔ class prompt (cosine)",
-                    scale=alt.Scale(zero=False)),
-            size=alt.Size("product:Q", title="image × text weight", scale=alt.Scale(range=[12, 900])),
-            color=alt.Color("class_name:N", title="class"),
-            tooltip=["image", "caption", "class_name", "pair_id",
-                     alt.Tooltip("product:Q", format=".4f")],
-        ).properties(height=420)
-        st.altair_chart(chart, width="stretch")
+                         "product": float(prod.get(pos, 0.0)),
+                         "caption": (meta[pos] if pos < len(meta) else {}).get("caption", "")})
+    return rows
+
+
+def _figures(live, e, qvec) -> dict:
+    """The explanation's figures (plotly figures cost tens of ms each to build), kept per (model
+    version, picture) like the explanation: a rerun that changes neither re-sends them as they are."""
+    key = (id(live), live.version, qvec.tobytes().__hash__())
+    cached = st.session_state.get("figures_cache")
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    rows = _pairs_map(live, e, np.argsort(-e.scores, kind="stable")[:3].tolist())
+    n = len(e.all_image_similarity)
+    topk = np.zeros(n, dtype=bool)
+    topk[e.positions] = True
+    figs = {"map": pairs_map_figure(rows) if rows else None,
+            "image": histogram_figure(e.all_image_similarity, topk, f"top-{len(e.positions)} anchors",
+                                      "other anchors", "anchor photo ↔ your picture"),
+            "caption": histogram_figure(e.all_caption_similarity[e.prediction], topk,
+                                        "captions of top-k photos", "other captions",
+                                        f"anchor caption ↔ prompt for “{classes[e.prediction]}”")}
+    st.session_state["figures_cache"] = (key, figs)
+    return figs
+
+
+figures = _figures(model, explanation, qvec)
+# one figure at a time: a hidden tab would still be drawn (and re-drawn) by the browser on every run
+shown = st.segmented_control("Figure", ["Pairs map (ASIF Fig. 7)", "Similarity histograms (ASIF Fig. 3)"],
+                             default="Pairs map (ASIF Fig. 7)", key="classify_figure",
+                             label_visibility="collapsed") or "Pairs map (ASIF Fig. 7)"
+if shown.startswith("Pairs map"):
+    if figures["map"] is not None:
+        st.plotly_chart(figures["map"], width="stretch", key="pairs_map")
         st.caption("For each of the top 3 classes: the anchor pairs whose photo is among the picture's "
                    "nearest (right) or whose caption is among the class prompt's nearest (top). Only "
                    "pairs near both count (large dots: image × text weight); the class with the "
-                   "largest total area wins. Hover a dot for its photo and caption.")
-with fig3:
-    import altair as alt
-
-    def hist(values, flags, label_on, label_off, title):
-        bins = np.linspace(float(values.min()), float(values.max()) + 1e-6, 41)
-        out = []
-        for flag, name in ((True, label_on), (False, label_off)):
-            v = values[flags == flag]
-            if len(v) == 0:
-                continue
-            h, _ = np.histogram(v, bins=bins, density=True)
-            out += [{"similarity": float(x), "density": float(y), "group": name}
-                    for x, y in zip(bins[:-1], h)]
-        return alt.Chart(pd.DataFrame(out)).mark_bar(opacity=0.6, binSpacing=0).encode(
-            x=alt.X("similarity:Q", title=title, bin=alt.Bin(binned=True, step=float(bins[1] - bins[0]))),
-            y=alt.Y("density:Q", stack=None, title="density"),
-            color=alt.Color("group:N", title=None, scale=alt.Scale(domain=[label_on, label_off],
-                                                                    range=["#f58518", "#4c78a8"])),
-        ).properties(height=260)
-
-    n = len(explanation.all_image_similarity)
-    topk = np.zeros(n, dtype=bool)
-    topk[explanation.positions] = True
+                   "largest total area wins. Hover a dot for its pair and caption; the photos of the "
+                   "pairs that decide are listed above.")
+else:
     c1, c2 = st.columns(2)
-    c1.altair_chart(hist(explanation.all_image_similarity, topk, f"top-{len(explanation.positions)} anchors",
-                         "other anchors", "anchor photo ↔ your picture"), width="stretch")
-    c2.altair_chart(hist(explanation.all_caption_similarity[explanation.prediction], topk,
-                         "captions of top-k photos", "other captions",
-                         f"anchor caption ↔ prompt for “{pred}”"), width="stretch")
+    c1.plotly_chart(figures["image"], width="stretch", key="hist_image")
+    c2.plotly_chart(figures["caption"], width="stretch", key="hist_caption")
     st.caption("Left: the picture's similarity to every anchor photo; the nearest k (orange) are the "
                "ones ASIF uses. Right: their captions are also closer to the predicted class prompt than "
                "the rest — captions of similar images are similar, which is why ASIF works.")

@@ -345,8 +345,8 @@ with tab_up:
             else:
                 try:
                     with st.spinner("Embedding the new photos…"):
-                        r = state.add_pairs(ws, model, good, note="uploaded", where="add")
-                    st.success(r.message())
+                        state.add_pairs(ws, model, good, note="uploaded", where="add")
+                    st.rerun()  # the headline, charts and message above show the new model
                 except ValueError as error:
                     st.error(plain(error))
 with tab_demo:
@@ -379,8 +379,8 @@ with tab_demo:
             else:
                 try:
                     with st.spinner(f"Embedding {len(pairs)} photos…"):
-                        r = state.add_pairs(ws, model, pairs, note="in-domain CIFAR-10 train", where="add")
-                    st.success(r.message())
+                        state.add_pairs(ws, model, pairs, note="in-domain CIFAR-10 train", where="add")
+                    st.rerun()  # the headline, charts and message above show the new model
                 except ValueError as error:
                     st.error(plain(error))
 

@@ -14,7 +14,7 @@ boot.ensure_app()
 from core import demo, store
 from ui import state
 from ui.safe import plain
-from ui.widgets import thumbnail_url
+from ui.widgets import count, export_button, thumbnail_url
 
 st.title("Data")
 st.caption("Anchor pairs are photos with a caption; the model is nothing but these pairs and two "
@@ -57,12 +57,13 @@ with tab_pairs:
         per_page = 15
         n_pages = max(1, (len(images) + per_page - 1) // per_page)
         page = c2.number_input(f"Page (of {n_pages:,})", 1, n_pages, 1, key="data_page")
-        st.caption(f"{len(pairs):,} pair(s) from {len(images):,} photo(s)")
+        st.caption(f"{count(len(pairs), 'pair')} from {count(len(images), 'photo')}")
         chunk = images[(page - 1) * per_page: page * per_page]
         _grid([str(ws.resolve(r)) for r in chunk],
               ["  \n".join(f"#{p.pair_id} · {plain(p.caption)}" for p in by_image[r]) for r in chunk])
-        st.download_button("Download the curated pairs (CSV)", ws.export_pairs_csv(),
-                           file_name=f"{ws.id}-pairs.csv", mime="text/csv", icon=":material/download:")
+        export_button("Download the curated pairs (CSV)", ("pairs.csv", str(ws.path), ws.state().seq),
+                      ws.export_pairs_csv, file_name=f"{ws.id}-pairs.csv", mime="text/csv",
+                      what="the curated pairs as CSV")
 
 with tab_test:
     if ws is not None:
@@ -110,7 +111,7 @@ def use_pairset(pairset, copy: bool, source: dict) -> None:
     show_report(pairset)
     if len(pairset) == 0:
         return
-    st.markdown(f"**Preview** — {len(pairset):,} pairs from {len(pairset.images):,} photos")
+    st.markdown(f"**Preview** — {count(len(pairset), 'pair')} from {count(len(pairset.images), 'photo')}")
     n = min(10, len(pairset))
     _grid([pairset.images[i] for i in pairset.pair_image[:n].tolist()],
           [plain(c) for c in pairset.captions[:n]])
@@ -133,14 +134,18 @@ def use_pairset(pairset, copy: bool, source: dict) -> None:
                 st.error(plain(error))
     with b.form(f"add_{source['kind']}"):
         st.markdown("**Add them to the current workspace** as extra anchors")
+        added = st.session_state.pop("data_added", None)
+        if added:
+            st.success(added, icon=":material/check_circle:")
         ok = st.form_submit_button("Add to current workspace", disabled=ws is None)
         if ok and ws is not None:
             try:
                 model = state.require_model(ws, wait_s=60)
                 rows = store.refs_from_pairset(pairset, ws, copy=copy)
-                with st.spinner(f"Embedding {len(rows):,} pairs…"):
+                with st.spinner(f"Embedding {count(len(rows), 'pair')}…"):
                     r = state.add_pairs(ws, model, rows, note=f"from {source['kind']}")
-                st.success(r.message())
+                st.session_state["data_added"] = r.message()
+                st.rerun()  # the sidebar (drawn before this page) shows the new count
             except ValueError as error:
                 st.error(plain(error))
 

@@ -14,6 +14,7 @@ boot.ensure_app()
 from core import demo, store
 from ui import state
 from ui.safe import plain
+from ui.widgets import export_button
 
 st.title("Workspaces")
 st.caption("A workspace is a set of anchor pairs, a labeled test set, the encoders, k and p, and the "
@@ -61,21 +62,25 @@ if current is not None:
                 st.rerun()
     with c:
         st.markdown("**Export**")
-        st.download_button("Curated pairs (CSV)", current.export_pairs_csv(),
-                           file_name=f"{current.id}-pairs.csv", mime="text/csv",
-                           icon=":material/download:", width="stretch")
+        export_button("Curated pairs (CSV)", ("pairs.csv", str(current.path), current.state().seq),
+                      current.export_pairs_csv, file_name=f"{current.id}-pairs.csv", mime="text/csv",
+                      what="the curated pairs as CSV")
         job = state.model_job(current)
         if job.done and job.model is not None:
-            def model_bytes(model=job.model) -> bytes:
+            model = job.model
+
+            def model_bytes() -> bytes:
                 with tempfile.TemporaryDirectory() as d:
                     path = model.current_model().save(Path(d) / "model.npz")
                     return Path(path).read_bytes()
 
-            st.download_button("Model file (.npz)", model_bytes, file_name=f"{current.id}-asif.npz",
-                               mime="application/octet-stream", icon=":material/download:",
-                               width="stretch",
-                               help="Anchor embeddings, pair ids, captions, k and p; load with "
-                                    "core.asif.AsifModel.load (no pickles).")
+            n = model.n_anchors
+            export_button("Model file (.npz)", ("model.npz", str(current.path), model.key, model.version),
+                          model_bytes, file_name=f"{current.id}-asif.npz", mime="application/octet-stream",
+                          what=f"the model file ({n:,} anchor pairs, about "
+                               f"{max(1, round(n * 6.8 / 1000)):,} MB)",
+                          help="Anchor embeddings, pair ids, captions, k and p; load with "
+                               "core.asif.AsifModel.load (no pickles).")
         else:
             st.caption("The model file can be downloaded once the model is ready.")
 

@@ -27,7 +27,15 @@ def _upload(at, files):
     at.file_uploader(key="byo_files").set_value(files)
     at.run()
     assert not at.exception, [e.value for e in at.exception]
-    return texts(at)
+    shown = texts(at)
+    _sentences_only(shown + " ".join(d.value.to_string() for d in at.dataframe))
+    return shown
+
+
+def _sentences_only(shown: str) -> None:
+    """No message shows Python's insides: bytes literals, escapes, object reprs, exception names."""
+    for bad in ("b'", 'b"', "\\x", " object at 0x", "Error(", "Traceback", "<class "):
+        assert bad not in shown, f"{bad!r} shown: {shown[:2000]}"
 
 
 def test_upload_preview_report_and_create(demo_root):
@@ -108,3 +116,39 @@ def test_folder_field_refuses_files_and_places_outside_the_allowed_roots(demo_ro
         assert "Create workspace" not in [b.label for b in at.button]
     at.text_input(key="byo_path").set_value(str(allowed / "set")).run()
     assert not at.exception and "a green thing" in texts(at)
+
+
+def test_add_to_current_workspace_updates_the_sidebar(demo_root):
+    at = _open_data(run_ready(AppTest.from_file(APP, default_timeout=120)))
+    ws = store.Workspace(store.list_workspaces(demo_root)[0])
+    n = ws.counts()["pairs"]
+    csv = b"image,caption\nred.jpg,a red square\nblue.jpg,a blue square\n"
+    shown = _upload(at, [("red.jpg", _jpeg((220, 20, 20)), "image/jpeg"),
+                         ("blue.jpg", _jpeg((20, 20, 220)), "image/jpeg"),
+                         ("captions.csv", csv, "text/csv")])
+    assert "2 pairs from 2 photos" in shown
+    [b for b in at.button if b.label == "Add to current workspace"][0].click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert ws.counts()["pairs"] == n + 2
+    assert any("Added 2 pairs" in s.value for s in at.success)
+    sidebar = " ".join(str(c.value) for c in at.sidebar.caption)
+    assert f"{n + 2:,} anchor pairs" in sidebar, sidebar
+
+
+def test_exports_are_built_on_request_and_match_the_log(demo_root):
+    at = _open_data(run_ready(AppTest.from_file(APP, default_timeout=120)))
+    assert not at.get("download_button"), "an export was built on a plain visit"
+    [b for b in at.button if b.label.startswith("Prepare: Download the curated pairs")][0].click().run()
+    assert not at.exception
+    ws = store.Workspace(store.list_workspaces(demo_root)[0])
+    assert len(at.get("download_button")) == 1
+    assert "ready" in texts(at)
+    # the Workspaces page: both exports on request, nothing built on a visit
+    at.switch_page("pages/workspaces.py").run()
+    labels = [b.label for b in at.button]
+    assert "Prepare: Curated pairs (CSV)" in labels and "Prepare: Model file (.npz)" in labels
+    assert not at.get("download_button")
+    [b for b in at.button if b.label == "Prepare: Model file (.npz)"][0].click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert [d.label for d in at.get("download_button")] == ["Model file (.npz)"]
+    assert f"{ws.counts()['pairs']:,} anchor pairs" in texts(at)  # the status line says what it wrote

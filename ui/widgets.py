@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import io
 import os
+import time
 
 import streamlit as st
 
@@ -26,6 +27,22 @@ def thumbnail_url(path: str, size: int = 96) -> str:
 
 def thumbs(ws, refs, size: int = 96) -> list[str]:
     return [thumbnail_url(str(ws.resolve(r)), size) for r in refs]
+
+
+def article(word: str) -> str:
+    """The indefinite article before ``word``: "an" before a vowel sound ("an airplane", "an hour",
+    "an 8-bit"), else "a" ("a cat", "a unicorn", "a one-off")."""
+    w = str(word).strip().lower()
+    if w.startswith(("hour", "honest", "honou", "heir", "8", "11", "18")):
+        return "an"
+    if w.startswith(("uni", "use", "usu", "uti", "eu", "one", "once", "ewe")):
+        return "a"
+    return "an" if w[:1] in ("a", "e", "i", "o", "u") else "a"
+
+
+def count(n: int, word: str, words: str | None = None) -> str:
+    """``n`` and the noun in the right number: "1 pair", "2 pairs", "1,000 photos"."""
+    return f"{n:,} {word if n == 1 else (words or word + 's')}"
 
 
 def pct(x) -> str:
@@ -66,3 +83,29 @@ def metrics_header(model, ws) -> None:
 def image_path(ws, ref: str) -> str:
     p = ws.resolve(ref)
     return str(p) if os.path.isfile(p) else ""
+
+
+@st.cache_resource(show_spinner=False, max_entries=3)
+def _built(key: tuple, _build) -> bytes:
+    """Bytes of an export, kept server-wide per ``key`` (the workspace and its log position): built
+    once, never on a plain visit, and not copied per session."""
+    return _build()
+
+
+def export_button(label: str, key: tuple, build, file_name: str, mime: str, what: str, help: str | None = None) -> None:
+    """A download built only on request: "Prepare …" builds it (with a status line saying what is
+    being written), then the download button offers the same bytes until ``key`` changes."""
+    ready = st.session_state.get(f"export-{label}") == key
+    if not ready:
+        if st.button(f"Prepare: {label}", key=f"prepare-{label}", icon=":material/build:", width="stretch",
+                     help=help):
+            with st.status(f"Writing {what}…", expanded=False) as status:
+                t0 = time.perf_counter()
+                _built(key, build)
+                status.update(label=f"{what[:1].upper()}{what[1:]} ready ({time.perf_counter() - t0:.1f} s).",
+                              state="complete")
+            st.session_state[f"export-{label}"] = key
+            ready = True
+    if ready:
+        st.download_button(label, _built(key, build), file_name=file_name, mime=mime,
+                           icon=":material/download:", width="stretch", help=help, key=f"download-{label}")

@@ -1,0 +1,232 @@
+"""Interaction latency of the dashboard in a real browser (Playwright + Debian chromium, headless).
+
+On the demo (default: all 7,000 Flickr8k photos = 35,000 pairs, 100 CIFAR-10 test pictures per class),
+``--reps`` times each, median and p90 (ms) of:
+
+* ``classify_remove_visible``  Classify & explain: click a pair's Remove → the headline shows the new
+  numbers (its anchor-pair count drops by one: the accuracies sit in the same row, drawn together)
+* ``classify_remove_settled``  … → the page is settled (no run in progress: Streamlit's status widget
+  gone and no element left stale)
+* ``curate_whatif``            Curate: pick a pair in "Selected pairs" → the "What if" preview shown
+* ``curate_remove_visible`` / ``curate_remove_settled``  Curate: click "Remove 1 pair" → as above
+* ``visit_<page>``             click a page in the navigation → its title shown and the page settled
+
+Each app is measured on its own server and workspaces folder, one after the other in the same run:
+``--baseline-root`` names a checkout of the code before a change (e.g. ``git worktree add /tmp/base
+main``); the table prints both and their ratio. The targets are issue #16's.
+
+    .venv/bin/python -m bench.browser                                  # full demo, 20 repetitions
+    .venv/bin/python -m bench.browser --images 300 --per-class 20 --reps 10 --baseline-root /tmp/base
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+PAGES = ["Classify & explain", "Curate", "Data", "Settings", "Workspaces", "Align", "Invert"]
+TARGETS_MS = {"classify_remove_visible": 500, "classify_remove_settled": 1500, "curate_whatif": 500,
+              "curate_remove_visible": 500, "curate_remove_settled": 1500,
+              **{f"visit_{p}": 2000 for p in PAGES}}
+
+#: True when no script run is in progress: no status widget ("Running…") and no stale element.
+IDLE_JS = """() => !document.querySelector('[data-testid="stStatusWidget"]')
+                  && !document.querySelector('[data-stale="true"]')"""
+#: The value of the headline's "Anchor pairs" metric, as an integer (null when absent).
+PAIRS_JS = """() => { for (const m of document.querySelectorAll('[data-testid="stMetric"]')) {
+    if (m.innerText.includes('Anchor pairs')) {
+        const v = m.querySelector('[data-testid="stMetricValue"]');
+        return v ? parseInt(v.innerText.replace(/[^0-9]/g, '')) : null; } }
+    return null; }"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(app_root: Path, workspaces: Path, images: int, per_class: int, log: Path) -> tuple:
+    port = _free_port()
+    env = dict(os.environ, ROSETTA_WORKSPACES=str(workspaces), ROSETTA_DEMO_IMAGES=str(images),
+               ROSETTA_DEMO_PER_CLASS=str(per_class))
+    cmd = [sys.executable, "-m", "streamlit", "run", str(app_root / "app.py"), "--server.port", str(port),
+           "--server.address", "127.0.0.1", "--server.headless", "true", "--server.fileWatcherType", "none",
+           "--client.toolbarMode", "minimal", "--browser.gatherUsageStats", "false"]
+    proc = subprocess.Popen(cmd, cwd=str(app_root), env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"streamlit exited: {log.read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2):
+                return proc, f"http://127.0.0.1:{port}"
+        except OSError:
+            time.sleep(0.5)
+    proc.kill()
+    raise SystemExit("streamlit did not become healthy in 120 s")
+
+
+def _settle(page, timeout_ms: float = 120_000) -> None:
+    """Wait until the page has been idle for two consecutive checks 100 ms apart."""
+    page.wait_for_function(IDLE_JS, timeout=timeout_ms, polling="raf")
+    page.wait_for_timeout(100)
+    page.wait_for_function(IDLE_JS, timeout=timeout_ms, polling="raf")
+
+
+def _pairs(page) -> int | None:
+    return page.evaluate(PAIRS_JS)
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1000
+
+
+def _visit(page, name: str) -> None:
+    page.get_by_role("link", name=name, exact=True).click()
+    page.get_by_role("heading", name=name).first.wait_for(timeout=120_000)
+    _settle(page)
+
+
+def _curate_once(page, out: dict) -> None:
+    """Curate: pick the first pair → what-if shown; Remove it → new numbers visible → settled."""
+    n = _pairs(page)
+    t = time.perf_counter()
+    page.locator('[data-testid="stMultiSelect"]').first.locator("input").click()
+    page.get_by_role("option", name=re.compile(r"^#\d+")).first.click()
+    page.keyboard.press("Escape")
+    page.get_by_text("What if", exact=False).first.wait_for()
+    out.setdefault("curate_whatif", []).append((time.perf_counter() - t) * 1000)
+    _settle(page)
+    t = time.perf_counter()
+    page.get_by_role("button", name="Remove 1 pair").click()
+    page.wait_for_function(f"() => ({PAIRS_JS})() === {n - 1}", polling="raf", timeout=30_000)
+    out.setdefault("curate_remove_visible", []).append((time.perf_counter() - t) * 1000)
+    _settle(page)
+    out.setdefault("curate_remove_settled", []).append((time.perf_counter() - t) * 1000)
+    page.get_by_text("Selected pairs", exact=False).first.wait_for(timeout=600_000)
+
+
+def measure(app_root: Path, images: int, per_class: int, reps: int, log=print) -> dict[str, list[float]]:
+    """Start the app in ``app_root`` on a fresh workspaces folder, build the demo, time everything."""
+    from playwright.sync_api import sync_playwright
+
+    out: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory(prefix="rosetta-bench-") as tmp:
+        proc, url = _start(app_root, Path(tmp) / "ws", images, per_class, Path(tmp) / "server.log")
+        try:
+            with sync_playwright() as p:
+                browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+                page = browser.new_page(viewport={"width": 1440, "height": 1400})
+                page.set_default_timeout(120_000)
+                t0 = time.time()
+                page.goto(url)
+                page.get_by_text("It's a", exact=False).first.wait_for(timeout=1_800_000)
+                want = 5 * images
+                while (_pairs(page) or 0) < want and time.time() - t0 < 3600:  # quick start still growing
+                    page.wait_for_timeout(2000)
+                log(f"  model ready with {_pairs(page):,} pairs after {time.time() - t0:.0f} s")
+                _settle(page)
+
+                # ---- Classify & explain: Remove the first contributing pair
+                for _ in range(reps):
+                    n = _pairs(page)
+                    t = time.perf_counter()
+                    page.locator('[data-testid="stButton"] button', has_text="Remove").first.click()
+                    page.wait_for_function(f"() => ({PAIRS_JS})() === {n - 1}", polling="raf")
+                    out.setdefault("classify_remove_visible", []).append((time.perf_counter() - t) * 1000)
+                    _settle(page)
+                    out.setdefault("classify_remove_settled", []).append((time.perf_counter() - t) * 1000)
+
+                # ---- Curate: pick a pair → what-if; Remove it
+                _visit(page, "Curate")
+                page.get_by_text("Selected pairs", exact=False).first.wait_for(timeout=600_000)
+                _settle(page)
+                for _ in range(reps):
+                    try:
+                        _curate_once(page, out)
+                    except PlaywrightTimeout:  # a click that a polling rerun swallowed: counted, not timed
+                        out.setdefault("curate_lost_clicks", []).append(1.0)
+                        _visit(page, "Curate")
+                        page.get_by_text("Selected pairs", exact=False).first.wait_for(timeout=600_000)
+                        _settle(page)
+
+                # ---- page visits (each from a different page)
+                for _ in range(reps):
+                    for name in PAGES:
+                        out.setdefault(f"visit_{name}", []).append(_timed(lambda: _visit(page, name)))
+                browser.close()
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    return out
+
+
+def _stats(values: list[float]) -> tuple[float, float]:
+    return float(np.median(values)), float(np.percentile(values, 90))
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--images", type=int, default=7000, help="Flickr8k photos (5 captions each)")
+    ap.add_argument("--per-class", type=int, default=100, help="CIFAR-10 test pictures per class")
+    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--app-root", type=Path, default=ROOT, help="the checkout to measure (default: this one)")
+    ap.add_argument("--baseline-root", type=Path, help="a checkout measured first, as the baseline")
+    ap.add_argument("--json", type=Path, help="write the raw timings here")
+    args = ap.parse_args(argv)
+    print(f"sizes: {args.images:,} photos = {5 * args.images:,} pairs, {args.per_class} test pictures per "
+          f"class, {args.reps} repetitions; load: {os.getloadavg()[0]:.1f}")
+    runs = {}
+    for label, root in (("baseline", args.baseline_root), ("this code", args.app_root)):
+        if root is None:
+            continue
+        print(f"{label}: {root}")
+        runs[label] = measure(root.resolve(), args.images, args.per_class, args.reps)
+    print(f"load after: {os.getloadavg()[0]:.1f}")
+    head = f"{'interaction':34} {'target':>7}"
+    for label in runs:
+        head += f" {label + ' median':>18} {'p90':>7}"
+    print(head + ("   baseline ÷ this code (median)" if len(runs) == 2 else ""))
+    for label, r in runs.items():
+        if r.get("curate_lost_clicks"):
+            print(f"{label}: {len(r['curate_lost_clicks'])} Curate removal(s) lost (no change in 30 s)")
+    for key, target in TARGETS_MS.items():
+        line = f"{key:34} {target:>7,}"
+        meds = []
+        for label, r in runs.items():
+            if key in r:
+                med, p90 = _stats(r[key])
+                meds.append(med)
+                line += f" {med:>18,.0f} {p90:>7,.0f}"
+        if len(meds) == 2:
+            line += f"   {meds[0] / meds[1]:.2f}" if meds[1] else ""
+        print(line)
+    if args.json:
+        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "runs": runs},
+                                        indent=1))
+    return runs
+
+
+if __name__ == "__main__":
+    main()
