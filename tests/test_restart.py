@@ -19,7 +19,8 @@ def test_edit_survives_a_killed_server(data_root, tmp_path):
             page.goto(f"http://127.0.0.1:{port}")
             expect(page.get_by_text("image weight", exact=False).first).to_be_visible(timeout=240_000)
             n_before = int(metric_value(page, "Anchor pairs").replace(",", ""))
-            page.get_by_role("button", name="Remove").first.click()
+            # one caption's Remove ("Remove" or "Remove #id"), not a photo's "Remove all N"
+            page.get_by_role("button", name=re.compile(r"Remove( #\d+)?$")).first.click()
             done = page.get_by_text("Removed pair #", exact=False).first
             expect(done).to_be_visible()
             removed = int(re.search(r"Removed pair #(\d+)", done.inner_text()).group(1))
