@@ -11,7 +11,7 @@ from ui import boot
 
 boot.ensure_app()
 
-from core import demo, store
+from core import data, demo, store
 from ui import state
 from ui.safe import plain
 from ui.widgets import count, export_button, thumbnail_url
@@ -80,8 +80,6 @@ with tab_test:
 def load_uploads(files):
     """A PairSet from uploaded files (one zip, or images + a CSV), staged by core; kept for this
     session while the same files are uploaded, so reruns reuse it and its staging folder."""
-    from core import data
-
     digest = hashlib.sha256(b"".join(f.name.encode() + b"\0" + hashlib.sha256(f.getvalue()).digest()
                                      for f in files)).hexdigest()
     held = st.session_state.get("byo_staged")
@@ -123,9 +121,19 @@ def use_pairset(pairset, copy: bool, source: dict) -> None:
                         help="A labeled set to measure accuracy; you can also point to a class-per-"
                              "folder set below.")
         per_class = st.number_input("CIFAR-10 pictures per class", 1, 1000, 100)
+        test_folder = st.text_input(
+            "Separate test folder (optional)", "",
+            help="A folder on this computer with one sub-folder per class. Its pictures become the "
+                 "held-out test part, and the labeled set above is used for tuning only.")
         if st.form_submit_button("Create workspace", type="primary"):
             try:
                 items = demo.demo_labeled_items(int(per_class)) if test.startswith("CIFAR") else []
+                if test_folder.strip():
+                    if not items:
+                        raise ValueError("A separate test folder needs a labeled set to tune on; "
+                                         "pick the CIFAR-10 pictures above as well.")
+                    held_out = data.load_labeled(data.allowed_folder(test_folder))
+                    items = items + store.eval_items_from_labeled(held_out, part="test")
                 new = store.create_from_pairset(name, pairset, items, copy=copy, source=source)
                 state.set_workspace(new.id, f"Created {plain(new.name)}; you are now working in it.")
                 st.success(f"Created **{plain(new.name)}**; its pictures are being embedded now.")
@@ -171,8 +179,6 @@ with tab_new:
                    "`ROSETTA_ALLOWED_ROOTS`. Files stay where they are (nothing is copied).")
         path = st.text_input("Folder", key="byo_path", placeholder="/home/me/photos")
         if path:
-            from core import data
-
             try:
                 folder = data.allowed_folder(path)
                 with st.spinner("Checking the folder…"):

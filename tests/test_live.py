@@ -171,3 +171,14 @@ def test_a_quick_first_start_then_all_pairs(data_root, tmp_path):
     full = LiveModel(ws, WorkspaceVectors(ws, empty))
     assert full.vectors.pending == 0
     assert full.active_ids() == {p.pair_id for p in ws.pairs()}
+
+
+def test_a_separate_test_folder_is_the_test_part(data_root, tmp_path, cache):
+    """Labeled pictures given as a separate test set are the test part; all the others tune."""
+    pairs, items = demo.demo_pairs_and_items(20, 3)
+    held = [(ref, label, "test") for ref, label in demo.demo_pairs_and_items(0, 5)[1][3::5]]
+    ws = store.create_workspace("sep", pairs, items + held, {"classes": sorted({x[1] for x in items})},
+                                root=tmp_path)
+    v = WorkspaceVectors(ws, cache)
+    assert [x.part == "test" for x in v.items] == list(~v.is_tune)
+    assert int((~v.is_tune).sum()) == len(held) and "separate test set" in " ".join(v.notes)

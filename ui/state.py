@@ -23,33 +23,6 @@ from core.cache import EmbeddingCache
 from core.live import EditOutcome, LiveModel, WorkspaceVectors
 from ui.safe import plain
 
-_THREADS: list[threading.Thread] = []
-
-
-def start_thread(target, name: str, *args) -> threading.Thread:
-    """A daemon worker the interpreter waits for at exit (a worker killed inside numpy/torch at
-    shutdown can abort the process)."""
-    t = threading.Thread(target=target, args=args, daemon=True, name=name)
-    _THREADS[:] = [x for x in _THREADS if x.is_alive()] + [t]
-    t.start()
-    return t
-
-
-@st.cache_resource(show_spinner=False)
-def _exit_hook() -> bool:
-    def join() -> None:
-        deadline = time.time() + 30
-        for t in list(_THREADS):
-            t.join(timeout=max(0.0, deadline - time.time()))
-    try:  # join before the interpreter tears down (threading's own exit hook runs before atexit's)
-        threading._register_atexit(join)  # type: ignore[attr-defined]
-    except (AttributeError, RuntimeError):  # pragma: no cover - other Pythons
-        import atexit
-
-        atexit.register(join)
-    return True
-
-
 # ------------------------------------------------------------------------------------- resources
 @st.cache_resource(show_spinner=False)
 def embedding_cache() -> EmbeddingCache:
@@ -59,9 +32,33 @@ def embedding_cache() -> EmbeddingCache:
 
 @st.cache_resource(show_spinner=False)
 def _registry() -> dict:
-    """Server-wide: ``{"workspaces": {path: Workspace}, "jobs": {path: Job}, "influence": {...}}``."""
-    _exit_hook()
-    return {"workspaces": {}, "jobs": {}, "influence": {}, "lock": threading.RLock()}
+    """Server-wide: ``{"workspaces": {path: Workspace}, "jobs": {path: Job}, "influence": {...},
+    "threads": [...]}``; the background workers are joined before the interpreter tears down."""
+    reg = {"workspaces": {}, "jobs": {}, "influence": {}, "threads": [], "lock": threading.RLock()}
+
+    def join() -> None:
+        deadline = time.time() + 30
+        for t in list(reg["threads"]):
+            t.join(timeout=max(0.0, deadline - time.time()))
+
+    try:  # threading's own exit hook runs before atexit's, while modules are still importable
+        threading._register_atexit(join)  # type: ignore[attr-defined]
+    except (AttributeError, RuntimeError):  # pragma: no cover - other Pythons
+        import atexit
+
+        atexit.register(join)
+    return reg
+
+
+def start_thread(target, name: str, *args) -> threading.Thread:
+    """A daemon worker the interpreter waits for at exit (a worker killed inside numpy/torch at
+    shutdown can abort the process)."""
+    reg = _registry()
+    t = threading.Thread(target=target, args=args, daemon=True, name=name)
+    with reg["lock"]:
+        reg["threads"][:] = [x for x in reg["threads"] if x.is_alive()] + [t]
+    t.start()
+    return t
 
 
 def workspace(path) -> store.Workspace:
