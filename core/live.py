@@ -394,8 +394,8 @@ class LiveModel:
         self.seq = state.seq
         self.version = 0  # bumped by every change of the anchor set (caches key on it)
         self.needs_rebuild: str | None = None
-        if self.seq == 0 and ws.baseline(vectors.key) is None:
-            ws.set_baseline(self.metrics().to_dict(), vectors.key)
+        if self.seq == 0 and ws.baseline(self.key) is None:
+            ws.set_baseline(self.metrics().to_dict(), self.key)
 
     # ------------------------------------------------------------------ state
     @property
@@ -405,7 +405,9 @@ class LiveModel:
 
     @property
     def key(self) -> str:
-        return self.vectors.key
+        """What this model's numbers are for: the settings, marked while a quick first start still
+        leaves pairs pending (its numbers are for fewer pairs, so they are kept apart)."""
+        return self.vectors.key + ("|first-start" if self.vectors.pending else "")
 
     @property
     def k_note(self) -> str | None:
