@@ -45,9 +45,10 @@ import shutil
 import sqlite3
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 from core import asif
 
@@ -482,8 +483,8 @@ class Workspace:
             self._con = _connect(self.db_path)
             self.stats["connections"] += 1
             if self._read(self._con, "schema", 1) != SCHEMA_VERSION:
-                with self._write(self._con):
-                    _migrate(self._con)
+                with self._write() as con:
+                    _migrate(con)
         return self._con
 
     @staticmethod
@@ -491,23 +492,32 @@ class Workspace:
         row = con.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
         return json.loads(row[0]) if row else default
 
-    class _write:
-        def __init__(self, con):
-            self.con = con
-
-        def __enter__(self):
+    @contextmanager
+    def _write(self):
+        """``BEGIN IMMEDIATE`` on this object's connection (under its lock), committed when the block
+        ends without an exception and rolled back otherwise; a lock held by another writer for more
+        than :data:`LOCK_WAIT_S` becomes :class:`WorkspaceBusy`."""
+        with self._lock:
+            con = self._connection()
             try:
-                self.con.execute(f"PRAGMA busy_timeout = {int(LOCK_WAIT_S * 1000)}")
-                self.con.execute("BEGIN IMMEDIATE")
+                con.execute(f"PRAGMA busy_timeout = {int(LOCK_WAIT_S * 1000)}")
+                con.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError as error:
                 if _busy(error):
                     raise WorkspaceBusy(BUSY_MESSAGE) from None
                 raise
-            return self.con
-
-        def __exit__(self, exc_type, exc, tb):
-            self.con.execute("COMMIT" if exc_type is None else "ROLLBACK")
-            return False
+            try:
+                yield con
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            try:
+                con.execute("COMMIT")
+            except sqlite3.OperationalError as error:
+                con.execute("ROLLBACK")
+                if _busy(error):
+                    raise WorkspaceBusy(BUSY_MESSAGE) from None
+                raise
 
     def close(self) -> None:
         with self._lock:
@@ -515,37 +525,11 @@ class Workspace:
                 self._con.close()
                 self._con = None
 
-    def transaction(self):
-        """``with ws.transaction() as tx:`` one ``BEGIN IMMEDIATE`` transaction, committed when the
-        block ends without an exception and rolled back otherwise. Waits at most
-        :data:`LOCK_WAIT_S` for another writer, then raises :class:`WorkspaceBusy`."""
-        ws = self
-
-        class _Ctx:
-            def __enter__(self_inner) -> Transaction:
-                ws._lock.acquire()
-                try:
-                    self_inner.con = ws._connection()
-                    ws._write(self_inner.con).__enter__()
-                except BaseException:
-                    ws._lock.release()
-                    raise
-                return Transaction(ws, self_inner.con)
-
-            def __exit__(self_inner, exc_type, exc, tb):
-                try:
-                    try:
-                        self_inner.con.execute("COMMIT" if exc_type is None else "ROLLBACK")
-                    except sqlite3.OperationalError as error:
-                        self_inner.con.execute("ROLLBACK")
-                        if _busy(error):
-                            raise WorkspaceBusy(BUSY_MESSAGE) from None
-                        raise
-                finally:
-                    ws._lock.release()
-                return False
-
-        return _Ctx()
+    @contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        """``with ws.transaction() as tx:`` one edit's transaction (see :meth:`_write`)."""
+        with self._write() as con:
+            yield Transaction(self, con)
 
     # ---------------------------------------------------------------- metadata
     @property
@@ -580,7 +564,7 @@ class Workspace:
     def update_settings(self, **changes) -> dict:
         """Validate (:func:`validate_settings`) and store settings changes; returns the new settings."""
         clean = validate_settings(changes, n_active=len(self.active_pair_ids()) if "k" in changes else None)
-        with self._lock, self._write(self._connection()) as con:
+        with self._write() as con:
             current = self._read(con, "settings", {})
             current.update(clean)
             con.execute("INSERT OR REPLACE INTO meta VALUES ('settings', ?)", (json.dumps(current),))
@@ -693,7 +677,7 @@ class Workspace:
     def set_baseline(self, metrics: dict, key: str) -> None:
         """Remember the numbers of the unedited anchor set under settings ``key`` (the timeline's
         first point)."""
-        with self._lock, self._write(self._connection()) as con:
+        with self._write() as con:
             con.execute("INSERT OR REPLACE INTO meta VALUES ('baseline', ?)",
                         (json.dumps({"metrics": metrics, "settings": key}),))
 
@@ -816,7 +800,7 @@ def create_from_pairset(name: str, pairset, eval_items: Sequence[tuple], copy: b
                           source or {"kind": "upload"})
     try:
         rows = refs_from_pairset(pairset, ws, copy=True)
-        with ws._lock, ws._write(ws._connection()) as con:
+        with ws._write() as con:
             con.executemany("UPDATE pairs SET image=? WHERE pair_id=?",
                             [(ref, i) for i, (ref, _) in enumerate(rows)])
     except BaseException:

@@ -99,7 +99,7 @@ def test_k_is_the_users_and_survives_reopening(ws, cache):
     assert again.k == 20
     _same(m, again)
     # an old workspace whose k is larger than its pairs: clamped, and the page is told why
-    with ws._write(ws._connection()) as con:
+    with sqlite3.connect(str(ws.db_path)) as con:  # as an older version left it
         s = json.loads(con.execute("SELECT value FROM meta WHERE key='settings'").fetchone()[0])
         s["k"] = 5000
         con.execute("UPDATE meta SET value=? WHERE key='settings'", (json.dumps(s),))
@@ -118,7 +118,7 @@ def test_an_unreadable_picture_is_quarantined_and_the_workspace_opens(ws, cache,
     n_pairs = len(ws.all_pairs())
     assert not ws.edits() and len(ws.all_pairs()) == n_pairs  # a refused addition leaves no trace
     # a workspace that already holds such a pair (e.g. made by an older version) still opens
-    with ws._write(ws._connection()) as con:
+    with sqlite3.connect(str(ws.db_path)) as con:
         con.execute("INSERT INTO pairs VALUES (?, ?, 'a truncated photo', 1)", (n_pairs, str(broken)))
     ws2 = store.Workspace(ws.path)
     v = WorkspaceVectors(ws2, cache)
