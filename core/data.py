@@ -529,15 +529,23 @@ def _caption_rows(f, report: ValidationReport, source: str) -> Iterator[tuple[st
         if not image:
             report.add("missing_image", label, "no image named; row skipped")
             continue
-        if not caption:
-            report.add("empty_caption", label, "empty caption; row skipped")
-            continue
-        size = len(caption.encode("utf-8"))
-        if size > MAX_CAPTION_BYTES:
-            report.add("too_long", label, f"caption of {size:,} bytes is over the limit of "
-                       f"{MAX_CAPTION_BYTES:,} (ROSETTA_MAX_CAPTION_BYTES); row skipped")
+        if not _caption_ok(caption, label, report, "row skipped"):
             continue
         yield label, image, caption
+
+
+def _caption_ok(caption: str, label: str, report: "ValidationReport", skipped: str) -> bool:
+    """A caption is non-empty and at most :data:`MAX_CAPTION_BYTES`; otherwise its row is reported
+    (``skipped``: how the message ends) and left out."""
+    if not caption:
+        report.add("empty_caption", label, f"empty caption; {skipped}")
+        return False
+    size = len(caption.encode("utf-8"))
+    if size > MAX_CAPTION_BYTES:
+        report.add("too_long", label, f"caption of {size:,} bytes is over the limit of "
+                   f"{MAX_CAPTION_BYTES:,} (ROSETTA_MAX_CAPTION_BYTES); {skipped}")
+        return False
+    return True
 
 
 def _safe_relative(name: str) -> bool:
@@ -736,13 +744,7 @@ def _coco_rows(data: Any, report: ValidationReport, source: str) -> Iterator[tup
         if _has_surrogates(caption):
             report.add("non_utf8", label, "caption is not valid UTF-8; skipped")
             continue
-        if not caption:
-            report.add("empty_caption", label, "empty caption; skipped")
-            continue
-        size = len(caption.encode("utf-8"))
-        if size > MAX_CAPTION_BYTES:
-            report.add("too_long", label, f"caption of {size:,} bytes is over the limit of "
-                       f"{MAX_CAPTION_BYTES:,} (ROSETTA_MAX_CAPTION_BYTES); skipped")
+        if not _caption_ok(caption, label, report, "skipped"):
             continue
         yield label, file_of[ann["image_id"]], caption
 
