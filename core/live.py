@@ -35,7 +35,7 @@ from core.ann import AnnSettings
 from core.asif import AsifModel, build_prompts, softmax
 from core.cache import EmbeddingCache
 from core.curation import stratified_split
-from core.edits import EditResult, EditSession, Influence
+from core.edits import EditSession, Influence
 
 ProgressFn = Callable[[float, str], None]
 
@@ -470,25 +470,25 @@ class LiveModel:
         self.seq = state.seq
         self.version += 1
 
-    def _activate(self, ids: Sequence[int]) -> EditResult:
-        """Make pairs live: restore those the session knows, embed and add the others."""
+    def _activate(self, ids: Sequence[int]) -> None:
+        """Make pairs live: restore those the session knows, add those whose vectors it lacks (a
+        pair another process added is read from the store and embedded first, usually cached)."""
         known = set(int(i) for i in self.session.known_pair_ids())
-        back = [i for i in ids if i in known]
         fresh = [i for i in ids if i not in known and i not in self.vectors.pos_of]
-        res = self.session.restore(back) if back else None
-        rest = [i for i in ids if i not in known and i in self.vectors.pos_of]
-        if rest:
-            pos = self.vectors.positions(rest)
-            v = self.vectors
-            res = self.session.add(v.img[v.pair_img[pos]], v.cap[pos], pair_ids=np.asarray(rest, np.int64),
-                                   metadata=v.metadata(pos))
-        if fresh:  # added by another process: read their rows and embed them (usually cached)
+        if fresh:
             rows = {p.pair_id: p for p in self.ws.all_pairs()}
             pairs = [(rows[i].image, rows[i].caption) for i in fresh]
             img, cap = self.vectors.embed_pairs(pairs, self.ws.resolve)
             self.vectors = self.vectors.extended(fresh, pairs, img, cap)
-            res = self._activate(fresh)
-        return res
+        back = [i for i in ids if i in known]
+        if back:
+            self.session.restore(back)
+        new = [i for i in ids if i not in known]
+        if new:
+            v = self.vectors
+            pos = v.positions(new)
+            self.session.add(v.img[v.pair_img[pos]], v.cap[pos], pair_ids=np.asarray(new, np.int64),
+                             metadata=v.metadata(pos))
 
     # ------------------------------------------------------------------ the one edit path
     def _edit(self, plan: Callable[[store.LogState], store.Operation],
