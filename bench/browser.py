@@ -24,21 +24,18 @@ import argparse
 import json
 import os
 import re
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+sys.path.insert(0, str(ROOT / "tests"))
+import app_helpers as H  # noqa: E402  (the tests' server and browser helpers)
+
 PAGES = ["Classify & explain", "Curate", "Data", "Settings", "Workspaces", "Align", "Invert"]
 TARGETS_MS = {"classify_remove_visible": 500, "classify_remove_settled": 1500, "curate_whatif": 500,
               "curate_remove_visible": 500, "curate_remove_settled": 1500,
@@ -53,33 +50,6 @@ PAIRS_JS = """() => { for (const m of document.querySelectorAll('[data-testid="s
         const v = m.querySelector('[data-testid="stMetricValue"]');
         return v ? parseInt(v.innerText.replace(/[^0-9]/g, '')) : null; } }
     return null; }"""
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start(app_root: Path, workspaces: Path, images: int, per_class: int, log: Path) -> tuple:
-    port = _free_port()
-    env = dict(os.environ, ROSETTA_WORKSPACES=str(workspaces), ROSETTA_DEMO_IMAGES=str(images),
-               ROSETTA_DEMO_PER_CLASS=str(per_class))
-    cmd = [sys.executable, "-m", "streamlit", "run", str(app_root / "app.py"), "--server.port", str(port),
-           "--server.address", "127.0.0.1", "--server.headless", "true", "--server.fileWatcherType", "none",
-           "--client.toolbarMode", "minimal", "--browser.gatherUsageStats", "false"]
-    proc = subprocess.Popen(cmd, cwd=str(app_root), env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"streamlit exited: {log.read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2):
-                return proc, f"http://127.0.0.1:{port}"
-        except OSError:
-            time.sleep(0.5)
-    proc.kill()
-    raise SystemExit("streamlit did not become healthy in 120 s")
 
 
 def _settle(page, timeout_ms: float = 120_000) -> None:
@@ -130,10 +100,13 @@ def measure(app_root: Path, images: int, per_class: int, reps: int, log=print) -
 
     out: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="rosetta-bench-") as tmp:
-        proc, url = _start(app_root, Path(tmp) / "ws", images, per_class, Path(tmp) / "server.log")
+        port = H.free_port()
+        proc = H.start_server(port, Path(tmp) / "ws", Path(tmp) / "server.log", app_root=app_root,
+                              images=images, per_class=per_class)
+        url = f"http://127.0.0.1:{port}"
         try:
             with sync_playwright() as p:
-                browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+                browser = p.chromium.launch(executable_path=H.CHROMIUM, args=H.CHROMIUM_ARGS)
                 page = browser.new_page(viewport={"width": 1440, "height": 1400})
                 page.set_default_timeout(120_000)
                 t0 = time.time()
@@ -149,7 +122,9 @@ def measure(app_root: Path, images: int, per_class: int, reps: int, log=print) -
                 for _ in range(reps):
                     n = _pairs(page)
                     t = time.perf_counter()
-                    page.locator('[data-testid="stButton"] button', has_text="Remove").first.click()
+                    # one caption's Remove ("Remove" / "Remove #id"), not a photo's "Remove all N"
+                    page.locator('[data-testid="stButton"] button',
+                                 has_text=re.compile(r"Remove( #\d+)?$")).first.click()
                     page.wait_for_function(f"() => ({PAIRS_JS})() === {n - 1}", polling="raf")
                     out.setdefault("classify_remove_visible", []).append((time.perf_counter() - t) * 1000)
                     _settle(page)
@@ -174,11 +149,7 @@ def measure(app_root: Path, images: int, per_class: int, reps: int, log=print) -
                         out.setdefault(f"visit_{name}", []).append(_timed(lambda: _visit(page, name)))
                 browser.close()
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            H.stop_server(proc)
     return out
 
 

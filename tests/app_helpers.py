@@ -32,6 +32,26 @@ def run_ready(at, timeout: float = 240.0):
     raise AssertionError("the model was not ready in time")
 
 
+def switch_and_wait(at, page: str, ready, timeout: float = 240.0):
+    """Switch AppTest ``at`` to ``page`` and rerun it until ``ready(at)`` (the page's background work,
+    e.g. the influence table, is done); fails on an app exception or after ``timeout`` seconds."""
+    at.switch_page(page).run()
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert not at.exception, [e.value for e in at.exception]
+        if ready(at):
+            return at
+        time.sleep(0.3)
+        at.run()
+    raise AssertionError(f"{page} was not ready in time")
+
+
+def open_curate(at):
+    """Curate with its influence table shown (its pair selector is there)."""
+    return switch_and_wait(at, "pages/curate.py",
+                           lambda a: any(m.label.startswith("Selected pairs") for m in a.multiselect))
+
+
 def texts(at) -> str:
     """Everything markdown/caption/success/info/error/warning shows, as one string."""
     parts = []
@@ -71,15 +91,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(port: int, workspaces: Path, log: Path) -> subprocess.Popen:
-    """``streamlit run app.py`` on 127.0.0.1:port with the small demo; waits until healthy."""
-    env = dict(os.environ, ROSETTA_WORKSPACES=str(workspaces), ROSETTA_DEMO_IMAGES=str(DEMO_IMAGES),
-               ROSETTA_DEMO_PER_CLASS=str(DEMO_PER_CLASS))
-    cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),
+def start_server(port: int, workspaces: Path, log: Path, *, app_root: Path = ROOT, images: int = DEMO_IMAGES,
+                 per_class: int = DEMO_PER_CLASS) -> subprocess.Popen:
+    """``streamlit run app.py`` (of the checkout ``app_root``) on 127.0.0.1:port with a demo of
+    ``images`` Flickr8k photos and ``per_class`` CIFAR-10 pictures; waits until healthy."""
+    env = dict(os.environ, ROSETTA_WORKSPACES=str(workspaces), ROSETTA_DEMO_IMAGES=str(images),
+               ROSETTA_DEMO_PER_CLASS=str(per_class))
+    cmd = [sys.executable, "-m", "streamlit", "run", str(Path(app_root) / "app.py"), "--server.port", str(port),
            "--server.address", "127.0.0.1", "--server.headless", "true",
            "--server.fileWatcherType", "none", "--client.toolbarMode", "minimal",
            "--browser.gatherUsageStats", "false"]
-    proc = subprocess.Popen(cmd, cwd=str(ROOT), env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(cmd, cwd=str(app_root), env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT)
     deadline = time.time() + 90
     while time.time() < deadline:
         if proc.poll() is not None:

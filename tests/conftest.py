@@ -11,6 +11,7 @@ user cache dir), so embeddings are computed once per machine and re-used across 
 * ``cifar_small_embeddings``      [200, 1280] efficientnet-lite0 embeddings of ``cifar_small``
 * ``image_encoder`` / ``text_encoder``   the loaded efficientnet-lite0 / minilm encoders
 * ``demo_root``                   (function scope) a fresh workspaces folder with the app set to a small demo
+* ``server``                      (function scope) ``(url, tmp_path)``: ``streamlit run app.py`` on the small demo
 """
 from __future__ import annotations
 
@@ -103,3 +104,14 @@ def demo_root(data_root, tmp_path, monkeypatch) -> Path:
 
     small_env(monkeypatch, tmp_path)
     return tmp_path
+
+
+@pytest.fixture
+def server(data_root, tmp_path):
+    """``(url, tmp_path)`` of a real Streamlit server on the small demo (workspaces in tmp_path/ws)."""
+    from app_helpers import free_port, start_server, stop_server
+
+    port = free_port()
+    proc = start_server(port, tmp_path / "ws", tmp_path / "server.log")
+    yield f"http://127.0.0.1:{port}", tmp_path
+    stop_server(proc)

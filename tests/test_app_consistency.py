@@ -7,7 +7,7 @@ import json
 
 from streamlit.testing.v1 import AppTest
 
-from app_helpers import APP, run_ready
+from app_helpers import APP, open_curate, run_ready
 from core import store
 from core.live import LiveModel, WorkspaceVectors
 
@@ -54,17 +54,8 @@ def _check(at, demo_root, embedding_cache, after: str) -> None:
     assert len(lines["tuning"]) == len(ws.history(fresh.key)), after
 
 
-def _ready_curate(at):
-    at.switch_page("pages/curate.py").run()
-    for _ in range(120):
-        if any(m.label.startswith("Selected pairs") for m in at.multiselect):
-            return at
-        at.run()
-    raise AssertionError("the influence table never appeared")
-
-
 def test_every_number_agrees_after_every_kind_of_edit(demo_root, embedding_cache):
-    at = _ready_curate(run_ready(AppTest.from_file(APP, default_timeout=120)))
+    at = open_curate(run_ready(AppTest.from_file(APP, default_timeout=120)))
 
     # remove
     box = [m for m in at.multiselect if m.label.startswith("Selected pairs")][0]

@@ -1,11 +1,10 @@
 """AppTest: Curate — what-if, remove -> numbers change everywhere, undo/redo, stale sessions, Settings."""
 from __future__ import annotations
 
-import time
 
 from streamlit.testing.v1 import AppTest
 
-from app_helpers import APP, run_ready, texts
+from app_helpers import APP, open_curate, run_ready, texts
 from core import store
 from core.cache import EmbeddingCache
 from core.live import LiveModel, WorkspaceVectors
@@ -17,16 +16,6 @@ def _pct(x):
 
 def _metrics(at) -> dict:
     return {m.label.split(" (")[0]: m.value for m in at.metric}
-
-
-def _open_curate(at):
-    at.switch_page("pages/curate.py").run()
-    deadline = time.time() + 120
-    while "Measuring each pair's influence" in texts(at) and time.time() < deadline:
-        time.sleep(0.3)
-        at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
 
 
 def _ws(root) -> store.Workspace:
@@ -42,7 +31,7 @@ def _button(at, prefix: str):
 
 
 def test_remove_changes_the_numbers_and_undo_restores_them(demo_root):
-    at = _open_curate(run_ready(AppTest.from_file(APP, default_timeout=120)))
+    at = open_curate(run_ready(AppTest.from_file(APP, default_timeout=120)))
     assert "Anchor pairs, most harmful first" in texts(at)
     # the engine's own answer for the most harmful pair on the tuning part
     ws = _ws(demo_root)
@@ -84,14 +73,14 @@ def test_remove_changes_the_numbers_and_undo_restores_them(demo_root):
 def test_a_stale_session_is_told_and_undoes_nothing(demo_root):
     """Two browser sessions on one server: session 2 offers 'Undo #1', session 1 then removes
     another pair; session 2's click must not undo session 1's newer edit."""
-    one = _open_curate(run_ready(AppTest.from_file(APP, default_timeout=120)))
+    one = open_curate(run_ready(AppTest.from_file(APP, default_timeout=120)))
     ws = _ws(demo_root)
     ids = sorted(ws.active_pair_ids())
     _selector(one).set_value([ids[0]])
     one.run()
     _button(one, "remove_selected").click()
     one.run()
-    two = _open_curate(run_ready(AppTest.from_file(APP, default_timeout=120)))
+    two = open_curate(run_ready(AppTest.from_file(APP, default_timeout=120)))
     assert "Undo: remove of 1 pair (#1)" in texts(two)
     _selector(one).set_value([ids[1]])
     one.run()
@@ -107,7 +96,7 @@ def test_a_stale_session_is_told_and_undoes_nothing(demo_root):
 def test_an_idle_rerun_opens_no_connection_and_replays_nothing(demo_root):
     from ui import state
 
-    at = _open_curate(run_ready(AppTest.from_file(APP, default_timeout=120)))
+    at = open_curate(run_ready(AppTest.from_file(APP, default_timeout=120)))
     ws = state.workspace(store.list_workspaces(demo_root)[0])
     before = dict(ws.stats)
     for _ in range(3):

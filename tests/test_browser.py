@@ -7,18 +7,10 @@ import os
 import re
 from pathlib import Path
 
-import pytest
-
-from app_helpers import free_port, metric_value, open_page, start_server, stop_server
+from app_helpers import metric_value, open_page
 from core import store
 
 
-@pytest.fixture
-def server(data_root, tmp_path):
-    port = free_port()
-    proc = start_server(port, tmp_path / "ws", tmp_path / "server.log")
-    yield f"http://127.0.0.1:{port}", tmp_path
-    stop_server(proc)
 
 
 def test_demo_classify_remove_accuracy_changes(server):

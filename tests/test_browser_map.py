@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 
-from app_helpers import free_port, metric_value, open_page, start_server, stop_server
+from app_helpers import metric_value, open_page
 from core import layout as L
 from core import store
 from core.cache import EmbeddingCache
@@ -17,12 +17,6 @@ from core.live import LiveModel, WorkspaceVectors
 ACC = "Tuning accuracy"
 
 
-@pytest.fixture
-def server(data_root, tmp_path):
-    port = free_port()
-    proc = start_server(port, tmp_path / "ws", tmp_path / "server.log")
-    yield f"http://127.0.0.1:{port}", tmp_path
-    stop_server(proc)
 
 
 def test_map_box_select_preview_remove_undo(server):

@@ -7,7 +7,7 @@ import time
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from app_helpers import APP, run_ready, texts
+from app_helpers import APP, run_ready, switch_and_wait, texts
 from core import store
 from core.cache import EmbeddingCache
 from core.live import LiveModel, WorkspaceVectors
@@ -16,15 +16,8 @@ PHOTO_DELTA = "Δ tuning accuracy if the photo is removed"
 
 
 def _open(at, page: str, ready_text: str, timeout: float = 180.0):
-    at.switch_page(page).run()
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        assert not at.exception, [e.value for e in at.exception]
-        if ready_text in texts(at) or any(m.label == ready_text for m in at.metric):
-            return at
-        time.sleep(0.3)
-        at.run()
-    raise AssertionError(f"{page} did not show {ready_text!r} in time")
+    return switch_and_wait(at, page, lambda a: ready_text in texts(a)
+                           or any(m.label == ready_text for m in a.metric), timeout)
 
 
 def _frame(at, column):

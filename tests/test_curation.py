@@ -261,22 +261,14 @@ def test_cli_names_a_class_too_small_to_split(data_root, tmp_path):
 # ------------------------------------------------------------------------------- the Curate page panel
 
 def test_app_auto_curate_and_suggested_additions(demo_root):
-    import time
-
     from streamlit.testing.v1 import AppTest
 
-    from app_helpers import APP, run_ready, texts
+    from app_helpers import APP, open_curate, run_ready, texts
     from core import store
     from core.cache import EmbeddingCache
     from core.live import LiveModel, WorkspaceVectors
 
-    at = run_ready(AppTest.from_file(APP, default_timeout=240))
-    at.switch_page("pages/curate.py").run()
-    deadline = time.time() + 120
-    while "Measuring each pair's influence" in texts(at) and time.time() < deadline:
-        time.sleep(0.3)
-        at.run()
-    assert not at.exception, [e.value for e in at.exception]
+    at = open_curate(run_ready(AppTest.from_file(APP, default_timeout=240)))
     ws = store.Workspace(store.list_workspaces(demo_root)[0])
     at.number_input(key="ac_budget").set_value(20)
     at.number_input(key="ac_per_round").set_value(5)

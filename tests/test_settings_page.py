@@ -5,10 +5,9 @@ from __future__ import annotations
 import re
 import uuid
 
-import pytest
 from streamlit.testing.v1 import AppTest
 
-from app_helpers import APP, free_port, open_page, run_ready, start_server, stop_server, texts
+from app_helpers import APP, open_page, run_ready, texts
 from core import store
 from core.cache import EmbeddingCache
 from core.embedded import embed
@@ -47,12 +46,6 @@ def test_an_encoder_change_is_estimated_and_waits_for_confirmation(demo_root):
     assert ws.settings()["text_encoder"] == "mpnet"
 
 
-@pytest.fixture
-def server(data_root, tmp_path):
-    port = free_port()
-    proc = start_server(port, tmp_path / "ws", tmp_path / "server.log")
-    yield f"http://127.0.0.1:{port}"
-    stop_server(proc)
 
 
 def test_settings_shows_live_progress_until_the_model_is_ready(server):
@@ -60,7 +53,7 @@ def test_settings_shows_live_progress_until_the_model_is_ready(server):
 
     with sync_playwright() as p:
         browser, page = open_page(p)
-        page.goto(server + "/settings")
+        page.goto(server[0] + "/settings")
         expect(page.get_by_text("Model ready", exact=False)).to_be_visible(timeout=240_000)
         box = page.get_by_label(re.compile("^k — nearest anchors"))
         box.fill("37")
