@@ -152,11 +152,12 @@ def run_synthetic(args) -> dict:
         info["peak_gb_after_open"] = peak_gb()
         q, y = data["eval"], data["labels"]
         pe, pc = data["prompts"], data["prompt_classes"]
+        info["load_avg_start"] = os.getloadavg()[0]
 
         t = time.perf_counter()
         fast = model.classify(q, pe, pc, n_classes=CLASSES)
         info["classify_ann_s"] = time.perf_counter() - t
-        exact_model = AsifModel(model.image_embeddings, model.text_embeddings, k=args.k, p=args.p)
+        exact_model = AsifModel(model.image_embeddings, model.text_embeddings, k=args.k, p=args.p)  # shares the arrays
         exact_model.ann = AnnSettings(min_anchors=None)
         t = time.perf_counter()
         exact = exact_model.classify(q, pe, pc, n_classes=CLASSES)
@@ -165,24 +166,48 @@ def run_synthetic(args) -> dict:
         info["accuracy_ann"], info["accuracy_exact"] = fast.accuracy(y), exact.accuracy(y)
         info["prediction_agreement"] = prediction_agreement(fast.predictions, exact.predictions)
         del exact_model
+        gc.collect()
         t = time.perf_counter()
-        model.explain(q[0], pe, pc)
+        explanation = model.explain(q[1], pe, pc)          # a picture the classification did not see alone
+        explanation.contributions()
         info["explain_one_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        explanation.all_image_similarity, explanation.all_caption_similarity   # Fig. 3 histograms (every anchor)
+        info["explain_histograms_s"] = time.perf_counter() - t
+        del explanation
         if hasattr(model.search_index("image"), "settings"):
             info["ann"] = measure(model.search_index("image"), q, args.k, sample=200)
+        gc.collect()
         info["peak_gb_before_session"] = peak_gb()
         if args.removals:
             t = time.perf_counter()
-            session = EditSession(model, q, y, pe, pc)
+            session = EditSession(model, q, y, pe, pc)      # neighbour lists from the model's index
             info["edit_session_s"] = time.perf_counter() - t
+            info["session_agreement_with_classify"] = prediction_agreement(session.predictions, fast.predictions)
             rng = np.random.default_rng(1)
             times = []
-            for pid in rng.choice(session.pair_ids, args.removals, replace=False).tolist():
+            held = np.unique(session.img_side.rows[:, :args.k])   # removals that touch some top-k
+            for pid in session.anchors.ids[rng.choice(held[held >= 0], args.removals, replace=False)].tolist():
                 t = time.perf_counter()
                 session.remove([pid])
                 times.append(time.perf_counter() - t)
             info["removal_ms_median"] = 1000 * float(np.median(times))
             info["removal_ms_max"] = 1000 * float(np.max(times))
+            info["peak_gb_with_session"] = peak_gb()
+            if args.influence:
+                t = time.perf_counter()
+                influence = session.influence()
+                info["influence_s"] = time.perf_counter() - t
+                info["influence_pairs"] = int(influence.pair_ids.size)
+                info["influence_paths"] = [influence.n_fast, influence.n_algebraic, influence.n_edit_path]
+                del influence
+            del session
+            gc.collect()
+        if args.map:
+            from core.layout import layout
+            t = time.perf_counter()
+            layout(model.image_embeddings, "pca")
+            info["map_pca_s"] = time.perf_counter() - t
         info["peak_gb"] = peak_gb()
         info["load_avg_end"] = os.getloadavg()[0]
     finally:
@@ -246,7 +271,9 @@ def main(argv=None) -> int:
     ap.add_argument("--ann-min", type=int, default=0,
                     help="distinct pictures from which FAISS is used (default 0: always, to measure it)")
     ap.add_argument("--removals", type=int, default=5,
-                    help="single removals re-scored by an EditSession (0: no session; it copies the anchors)")
+                    help="single removals re-scored by an EditSession (0: no session)")
+    ap.add_argument("--influence", type=int, default=1, help="1: time the influence table (exact leave-one-out)")
+    ap.add_argument("--map", type=int, default=1, help="1: time the PCA map layout of the anchor pictures")
     ap.add_argument("--out", default=None, help="keep the files here (default: a tmp folder, removed)")
     ap.add_argument("--real", action="store_true", help="float16/float32 copies of the cached demo instead")
     ap.add_argument("--json", action="store_true")

@@ -27,9 +27,10 @@ Main objects
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -67,6 +68,9 @@ DEFAULT_TEMPLATES = (
 )
 
 FORMAT_VERSION = 1
+#: Text query sets of at most this many rows keep their representations (:meth:`AsifModel._represent`).
+TEXT_MEMO_ROWS = 4096
+TEXT_MEMO_ENTRIES = 8
 
 
 # ------------------------------------------------------------------------------------------------
@@ -424,7 +428,9 @@ class Explanation:
         ``scores [C] = product.sum(1)``; ``candidate [C]`` the winning candidate index.
     Histograms (Fig. 3): ``all_image_similarity [N]`` the image's cosine to every anchor image
         (``positions`` are its top-k), ``all_caption_similarity [C, N]`` every anchor caption's cosine
-        to each class candidate, ``caption_topk [C, k]`` positions of each candidate's top-k.
+        to each class candidate — both read every anchor, so they are computed on first access
+        (``dense`` computes them), not by :meth:`AsifModel.explain`; ``caption_topk [C, k]`` positions
+        of each candidate's top-k.
     ``prediction`` argmax class; ``class_names`` if given.
     """
     positions: np.ndarray
@@ -437,11 +443,27 @@ class Explanation:
     scores: np.ndarray
     candidate: np.ndarray
     prediction: int
-    all_image_similarity: np.ndarray
-    all_caption_similarity: np.ndarray
     caption_topk: np.ndarray
     class_names: list[str] | None = None
     metadata: list[dict] | None = None
+    #: ``() -> (all_image_similarity [N], all_caption_similarity [C, N])``
+    dense: Callable[[], tuple[np.ndarray, np.ndarray]] | None = field(default=None, repr=False, compare=False)
+
+    @functools.cached_property
+    def _dense(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.dense is None:
+            raise ValueError("this explanation was made without access to the anchors.")
+        return self.dense()
+
+    @property
+    def all_image_similarity(self) -> np.ndarray:
+        """``[N]`` the image's cosine to every anchor image (computed on first access)."""
+        return self._dense[0]
+
+    @property
+    def all_caption_similarity(self) -> np.ndarray:
+        """``[C, N]`` every anchor caption's cosine to each class's winning candidate (first access)."""
+        return self._dense[1]
 
     def contributions(self, class_index: int | None = None, top: int | None = 10,
                       include_zero: bool = False) -> list[dict]:
@@ -551,6 +573,7 @@ class AsifModel:
         self.temperature = float(temperature)
         self.device = device
         self._indexes: dict[str, ExactIndex] = {}
+        self._text_memo: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
 
     # ------------------------------------------------------------------ basics
     @property
@@ -594,11 +617,26 @@ class AsifModel:
         return self._indexes[modality]
 
     def _represent(self, modality: str, queries, progress: ProgressFn | None):
-        """ASIF recipe (:func:`relative_representation`) against this model's anchors."""
+        """ASIF recipe (:func:`relative_representation`) against this model's anchors. The text
+        representations of the last few small query sets (class prompts, asked for by every
+        ``classify`` and ``explain``; at 1.6M anchors each is a pass over every caption) are kept,
+        read-only, keyed by the queries' bytes, k and p."""
         index = self.search_index(modality)
         x = l2_normalize(as_float32_2d("queries", queries, index.base.shape[1]))
+        key = None
+        if modality == "text" and x.shape[0] <= TEXT_MEMO_ROWS:
+            key = (hashlib.sha256(x.tobytes()).hexdigest(), self.k, self.p)
+            if key in self._text_memo:
+                return self._text_memo[key]
         idx, sims = index.topk(x, self.k, device=self.device, progress=progress)
-        return idx, process_similarities(sims, self.p)
+        out = idx, process_similarities(sims, self.p)
+        if key is not None:
+            for a in out:
+                a.flags.writeable = False
+            if len(self._text_memo) >= TEXT_MEMO_ENTRIES:
+                del self._text_memo[next(iter(self._text_memo))]
+            self._text_memo[key] = out
+        return out
 
     # ------------------------------------------------------------------ classification
     def classify(self, image_embeddings, prompt_embeddings, prompt_classes=None, *,
@@ -679,38 +717,33 @@ class AsifModel:
         n_classes = int(n_classes if n_classes is not None else cand_cls.max() + 1)
         if class_names is not None and len(class_names) != n_classes:
             raise ValueError(f"{len(class_names)} class names for {n_classes} classes.")
-        all_img = (q @ self.image_embeddings.T)[0]
         img_pos, img_sim = self.search_index("image").topk(q, self.k)  # as classify (core.ann above the threshold)
         img_pos, img_sim = img_pos[0], img_sim[0]
         img_w = process_similarities(img_sim[None], self.p)[0]
-        all_cap = cand @ self.text_embeddings.T  # [P', N]
-        txt_pos, txt_sim = exact_topk(cand, self.text_embeddings, self.k)
-        txt_w = process_similarities(txt_sim, self.p)
+        txt_pos, txt_w = self.represent_texts(cand)
         cand_scores = sparse_scores(img_pos[None], img_w[None], txt_pos, txt_w, self.n_anchors)
         scores, best = class_scores_from_candidates(cand_scores, cand_cls, n_classes)
         best = best[0]
-        k = self.k
-        cap_sim = np.zeros((n_classes, k), dtype=np.float32)
-        tw = np.zeros((n_classes, k), dtype=np.float32)
-        cap_topk = np.zeros((n_classes, k), dtype=np.int64)
-        all_cap_c = np.zeros((n_classes, self.n_anchors), dtype=np.float32)
-        for c in range(n_classes):
-            j = best[c]
-            dense = np.zeros(self.n_anchors, dtype=np.float32)
-            dense[txt_pos[j]] = txt_w[j]
-            tw[c] = dense[img_pos]
-            cap_sim[c] = all_cap[j, img_pos]
-            cap_topk[c] = txt_pos[j]
-            all_cap_c[c] = all_cap[j]
+        # only the image's k anchors and the winners' top-k are read: no product with every anchor
+        cap_sim = (cand[best] @ self.text_embeddings[img_pos].T).astype(np.float32)   # [C, k]
+        tw = np.zeros((n_classes, self.k), dtype=np.float32)
+        for c, j in enumerate(best.tolist()):
+            order = np.argsort(txt_pos[j])
+            held = txt_pos[j][order]
+            at = np.minimum(np.searchsorted(held, img_pos), held.size - 1)
+            hit = held[at] == img_pos
+            tw[c, hit] = txt_w[j][order[at[hit]]]
         prod = img_w[None, :] * tw
         meta = [self.metadata[i] for i in img_pos] if self.metadata is not None else None
+        winners = cand[best]
         return Explanation(
             positions=img_pos, pair_ids=self.pair_ids[img_pos], image_similarity=img_sim,
             image_weight=img_w, caption_similarity=cap_sim, text_weight=tw, product=prod,
             scores=scores[0], candidate=best, prediction=int(argmax_tolerant(scores)[0]),
-            all_image_similarity=all_img.astype(np.float32), all_caption_similarity=all_cap_c,
-            caption_topk=cap_topk, class_names=list(class_names) if class_names is not None else None,
-            metadata=meta)
+            caption_topk=txt_pos[best], class_names=list(class_names) if class_names is not None else None,
+            metadata=meta,
+            dense=lambda: ((q @ self.image_embeddings.T)[0].astype(np.float32),
+                           (winners @ self.text_embeddings.T).astype(np.float32)))
 
     # ------------------------------------------------------------------ edits (new models)
     def with_pairs_removed(self, pair_ids) -> "AsifModel":

@@ -21,6 +21,66 @@ from core.search import ExactIndex, canonical_order, exact_topk, similarity_bloc
 TWIN_PROBE_COLUMNS = 16
 
 
+class SharedRows:
+    """One side of the anchor rows: the model's ``[n, d]`` float32 array, shared (never copied nor
+    written), then the rows added during the session in a separate block that grows. Indexed like
+    a 2-D array along its rows (an int, a slice, an index array or a boolean mask; a gather returns
+    a new array); ``shape`` is ``(capacity, d)``. At 1.6M pairs × 768 dimensions a copy of both
+    sides would be 9.8 GB: the session shares the model's arrays instead.
+
+    >>> rows = SharedRows(np.eye(2, dtype=np.float32))
+    >>> rows.grow(3); rows[np.array([2])] = [[5, 5]]
+    >>> rows[np.array([1, 2])], rows.shape[0] >= 3
+    (array([[0., 1.],
+           [5., 5.]], dtype=float32), True)
+    """
+
+    #: rows the added block holds at least when it first grows (it then doubles)
+    MIN_EXTRA = 1024
+
+    def __init__(self, base: np.ndarray):
+        self.base = np.asarray(base, dtype=np.float32)
+        self.n0 = self.base.shape[0]
+        self.extra = np.zeros((16, self.base.shape[1]), dtype=np.float32)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.n0 + self.extra.shape[0], self.base.shape[1]
+
+    def grow(self, capacity: int) -> None:
+        """Room for at least ``capacity`` rows (only the added block is copied)."""
+        if capacity <= self.shape[0]:
+            return
+        rows = max(capacity - self.n0, 2 * self.extra.shape[0], self.MIN_EXTRA)
+        new = np.zeros((rows, self.base.shape[1]), dtype=np.float32)
+        new[:self.extra.shape[0]] = self.extra
+        self.extra = new
+
+    def _rows(self, key) -> np.ndarray:
+        if isinstance(key, slice):
+            return np.arange(*key.indices(self.shape[0]))
+        idx = np.asarray(key)
+        return np.flatnonzero(idx) if idx.dtype == bool else idx.astype(np.int64, copy=False)
+
+    def __getitem__(self, key) -> np.ndarray:
+        if isinstance(key, (int, np.integer)):
+            return self.base[key] if key < self.n0 else self.extra[key - self.n0]
+        idx = self._rows(key)
+        if idx.size == 0 or idx.max() < self.n0:
+            return self.base[idx]
+        out = np.empty(idx.shape + (self.base.shape[1],), dtype=np.float32)
+        low = idx < self.n0
+        out[low] = self.base[idx[low]]
+        out[~low] = self.extra[idx[~low] - self.n0]
+        return out
+
+    def __setitem__(self, key, values) -> None:
+        idx = self._rows(key)
+        if idx.size and idx.min() < self.n0:
+            raise ValueError("the model's anchor rows are shared and never change; only added rows are written.")
+        self.extra[idx - self.n0] = values
+
+
 class AnchorRows:
     """Growable anchor storage: the image and text embeddings, id and metadata of every pair the
     session ever held, one row each. Rows never move (undo puts a pair back in its row; added pairs
@@ -29,10 +89,8 @@ class AnchorRows:
 
     def __init__(self, img: np.ndarray, txt: np.ndarray, ids: np.ndarray, metadata):
         n = img.shape[0]
-        cap = max(16, int(n * 1.25) + 16)
-        self.img = np.zeros((cap, img.shape[1]), dtype=np.float32)
-        self.txt = np.zeros((cap, txt.shape[1]), dtype=np.float32)
-        self.img[:n], self.txt[:n] = img, txt
+        self.img, self.txt = SharedRows(img), SharedRows(txt)   # the model's arrays, not copied
+        cap = self.img.shape[0]
         self.ids = np.full(cap, -1, dtype=np.int64)
         self.ids[:n] = ids
         self.alive = np.zeros(cap, dtype=bool)
@@ -42,14 +100,16 @@ class AnchorRows:
         self.id_to_row = {int(i): r for r, i in enumerate(ids)}
         self._twin_index: dict[str, dict[bytes, list[int]]] = {}  # per side, built on first use
 
-    def emb(self, side: str) -> np.ndarray:
+    def emb(self, side: str) -> "SharedRows":
         """The ``"img"`` or ``"txt"`` embeddings (all allocated rows)."""
         return self.img if side == "img" else self.txt
 
     def _probe(self, side: str, rows: np.ndarray) -> list[bytes]:
         emb = self.emb(side)
         cols = np.unique(np.linspace(0, emb.shape[1] - 1, TWIN_PROBE_COLUMNS).astype(int))
-        return [row.tobytes() for row in np.ascontiguousarray(emb[rows][:, cols])]
+        step = 65_536                                   # gathered in blocks: never a copy of a side
+        return [row.tobytes() for r0 in range(0, rows.size, step)
+                for row in np.ascontiguousarray(emb[rows[r0:r0 + step]][:, cols])]
 
     def _index_rows(self, side: str, rows: np.ndarray) -> None:
         index = self._twin_index[side]
@@ -86,12 +146,9 @@ class AnchorRows:
     def append(self, img, txt, ids, metadata) -> np.ndarray:
         m = img.shape[0]
         if self.size + m > self.img.shape[0]:
-            cap = max(self.size + m, int(self.img.shape[0] * 1.5) + 16)
-            for name in ("img", "txt"):
-                old = getattr(self, name)
-                new = np.zeros((cap, old.shape[1]), dtype=np.float32)
-                new[:self.size] = old[:self.size]
-                setattr(self, name, new)
+            for side in (self.img, self.txt):
+                side.grow(self.size + m)
+            cap = self.img.shape[0]
             ids_new = np.full(cap, -1, dtype=np.int64)
             ids_new[:self.size] = self.ids[:self.size]
             self.ids = ids_new
@@ -174,7 +231,7 @@ class NeighbourLists:
     STATE_FIELDS = ("rows", "sims", "length")
 
     def __init__(self, queries: np.ndarray, side: str, anchors: AnchorRows, k: int, K: int, p: float,
-                 state: Mapping[str, np.ndarray] | None = None):
+                 state: Mapping[str, np.ndarray] | None = None, search=None):
         self.q = queries
         self.side = side
         self.anchors = anchors
@@ -187,7 +244,7 @@ class NeighbourLists:
             self.rows, self.sims, self.length = (np.array(state[f]) for f in self.STATE_FIELDS)
             self._build_postings()
         else:
-            self._full_init()
+            self._full_init(search)
 
     def state(self) -> dict[str, np.ndarray]:
         """The lists as plain arrays (``rows``, ``sims``, ``length``), to restore with ``state=``."""
@@ -196,11 +253,16 @@ class NeighbourLists:
     def emb(self) -> np.ndarray:
         return self.anchors.emb(self.side)
 
-    def _full_init(self):
+    def _full_init(self, search=None):
+        """The first lists. ``search``: the model's index over exactly these anchor rows (its
+        ``topk`` in canonical order with exact similarities, e.g. :class:`core.ann.AnnIndex`), used
+        instead of an exact search over a copy of the live rows."""
         alive = self.anchors.alive_rows()
         K = min(self.K, alive.size)
-        base = self.emb()[alive]
-        idx, sims = ExactIndex(base).topk(self.q, K)
+        if search is not None and alive.size == self.anchors.size == search.base.shape[0]:
+            idx, sims = search.topk(self.q, K)
+        else:
+            idx, sims = ExactIndex(self.emb()[alive]).topk(self.q, K)
         nq = self.q.shape[0]
         self.rows = np.full((nq, self.K), -1, dtype=np.int64)
         self.sims = np.full((nq, self.K), -np.inf, dtype=np.float32)
