@@ -40,6 +40,7 @@ Public API
     ``import_pairs(path, ...)`` -> ``EmbeddedPairs``;  ``import_labeled(path, ...)`` -> ``EmbeddedLabeled``
     ``export_pairs(pairs, dest, fmt, dtype=...)`` / ``export_labeled(labeled, dest, fmt, dtype=...)``
     ``require_encoder(name, purpose)``;  ``labeled_imagefolder(folder, split=None)`` -> ``LabeledSet``
+    ``cache_for_workspace(pairs, cache)`` -> the rows of a workspace made of imported pairs
 """
 from __future__ import annotations
 
@@ -334,6 +335,18 @@ def import_pairs(path: str | os.PathLike, *, image_encoder: str | None = None,
         raise ValueError(f"{p} is not a precomputed-vector source; expected one of {', '.join(FORMATS)} "
                          "(clip-retrieval img_emb/ text_emb/ metadata/, .parquet, a saved datasets "
                          "folder, or an imagefolder with metadata.jsonl).")
+    import pyarrow as pa
+
+    try:
+        return _import_pairs(p, fmt, image_encoder, text_encoder, image_column, text_column, caption_column,
+                             image_ref_column, split, limit, cache, progress)
+    except (pa.ArrowException, OSError):     # a damaged or foreign file: its text is never quoted
+        raise ValueError(f"{p.name} could not be read as {fmt}: a file in it is damaged or in another "
+                         "format.") from None
+
+
+def _import_pairs(p: Path, fmt: str, image_encoder, text_encoder, image_column, text_column, caption_column,
+                  image_ref_column, split, limit, cache, progress) -> EmbeddedPairs:
     source = str(p)
     recorded = recorded_encoders(p)
     if fmt == "clip-retrieval":
@@ -645,3 +658,42 @@ def export_labeled(labeled: EmbeddedLabeled, dest: str | os.PathLike, fmt: str =
     ds.save_to_disk(str(dest))
     (dest / ENCODERS_FILE).write_text(json.dumps(encoders), encoding="utf-8")
     return dest
+
+
+# ------------------------------------------------------------------------------------------ workspaces
+
+def encoder_cache_id(name: str, cache: Any) -> str:
+    """The embedding-cache id of encoder ``name`` (a built-in answers without loading; another
+    runnable name is loaded once through ``cache.encoders``)."""
+    from core.encoders import BUILTIN_ENCODERS
+
+    info = BUILTIN_ENCODERS.get(name)
+    return info.cache_id if info is not None else cache.encoders.get(name).cache_id
+
+
+def cache_for_workspace(pairs: EmbeddedPairs, cache: Any) -> tuple[list[tuple[str, str]], int]:
+    """Put imported vectors into the embedding cache under the encoders that made them, keyed as a
+    workspace reads them (a picture file by its bytes, a caption by its text), so a workspace of
+    these pairs opens without embedding them. Vectors already cached for a key are kept.
+
+    Returns ``(rows, n_left_out)``: the ``(picture path, caption)`` rows of the pairs whose picture
+    is a file on this computer, and how many pairs were left out because theirs is not (a
+    workspace reads its pictures; ``python -m core asif eval --anchors`` works from vectors alone).
+    Both encoders must run here (:func:`require_encoder`), since the workspace embeds its test
+    pictures and class prompts with them."""
+    from core.cache import text_key
+
+    require_encoder(pairs.image_encoder, "A workspace's test pictures")
+    require_encoder(pairs.text_encoder, "A workspace's class prompts")
+    on_disk = np.array([os.path.isfile(ref) for ref in pairs.images], dtype=bool)
+    keep = np.flatnonzero(on_disk[pairs.pair_image])
+    if keep.size == 0:
+        raise ValueError("None of these pairs names a picture file on this computer, and a workspace "
+                         "needs the pictures; evaluate them with python -m core asif eval --anchors instead.")
+    images = np.flatnonzero(on_disk)
+    cache.put(encoder_cache_id(pairs.image_encoder, cache), [cache.file_key(pairs.images[i]) for i in images],
+              pairs.image_vectors[images])
+    cache.put(encoder_cache_id(pairs.text_encoder, cache), [text_key(pairs.captions[i]) for i in keep],
+              pairs.text_vectors[keep])
+    rows = [(pairs.images[pairs.pair_image[i]], pairs.captions[i]) for i in keep.tolist()]
+    return rows, int(len(pairs) - keep.size)

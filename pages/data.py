@@ -11,7 +11,7 @@ from ui import boot
 
 boot.ensure_app()
 
-from core import data, demo, store
+from core import data, demo, interchange, store
 from ui import state
 from ui.safe import plain
 from ui.widgets import count, export_button, thumbnail_url
@@ -158,9 +158,91 @@ def use_pairset(pairset, copy: bool, source: dict) -> None:
                 st.error(plain(error))
 
 
+# ------------------------------------------------------------------ precomputed vectors
+def allowed_source(path: str):
+    """A folder, or a ``.parquet`` file in a folder, inside the allowed locations (one sentence otherwise)."""
+    text = str(path).strip()
+    if text.endswith(".parquet"):
+        folder = data.allowed_folder(os.path.dirname(text))
+        source = folder / os.path.basename(text)
+        if not source.is_file():
+            raise ValueError("That .parquet file does not exist.")
+        return source
+    return data.allowed_folder(text)
+
+
+def imported(source, image_encoder: str, text_encoder: str):
+    """The pairs of a precomputed source (``core.interchange``), kept for this session while the
+    same source and encoder names are asked for."""
+    stamp = (str(source), source.stat().st_mtime_ns, image_encoder, text_encoder)
+    held = st.session_state.get("byo_imported")
+    if held is None or held[0] != stamp:
+        with st.spinner("Reading the vectors…"):
+            pairs = interchange.import_pairs(source, image_encoder=image_encoder or None,
+                                             text_encoder=text_encoder or None)
+        held = (stamp, pairs)
+        st.session_state["byo_imported"] = held
+    return held[1]
+
+
+def create_from_vectors(pairs, source) -> None:
+    """Form: a new workspace of imported pairs (their vectors go into the embedding cache)."""
+    with st.form("create_precomputed"):
+        st.markdown("**Create a new workspace** with these pairs as anchors")
+        name = st.text_input("Name", value=f"imported {len(store.list_workspaces()) + 1}")
+        per_class = st.number_input("CIFAR-10 test pictures per class (from the demo data)", 1, 1000, 100)
+        if st.form_submit_button("Create workspace", type="primary"):
+            try:
+                rows, left_out = interchange.cache_for_workspace(pairs, state.embedding_cache())
+                settings = {"image_encoder": pairs.image_encoder, "text_encoder": pairs.text_encoder}
+                new = store.create_workspace(name, rows, demo.demo_labeled_items(int(per_class)), settings,
+                                             source={"kind": "precomputed", "path": str(source)})
+                note = f" {count(left_out, 'pair')} left out: their pictures are not on this computer." if left_out else ""
+                state.set_workspace(new.id, f"Created {plain(new.name)} from precomputed vectors.{note}")
+                st.rerun()
+            except ValueError as error:
+                st.error(plain(error))
+
+
+def precomputed_vectors() -> None:
+    """Bring pairs someone already embedded: clip-retrieval output, parquet, a saved datasets folder
+    or an imagefolder with vector columns; the encoders that made them are named here."""
+    st.caption("Vectors someone already computed: a **clip-retrieval** output (`img_emb/`, `text_emb/`, "
+               "`metadata/`), **parquet** with vector columns, a saved Hugging Face **datasets** folder, "
+               "or an **imagefolder** with `metadata.jsonl`. The pictures must be on this computer "
+               "for the app (the CLI works from vectors alone).")
+    path = st.text_input("Folder or .parquet file", key="byo_vectors_path", placeholder="/data/cc3m-vectors")
+    if not path:
+        return
+    try:
+        source = allowed_source(path)
+        if interchange.detect_format(source) is None:
+            raise ValueError("That folder holds no precomputed vectors in a format Rosetta reads "
+                             "(clip-retrieval, parquet, a saved datasets folder, an imagefolder).")
+        recorded = interchange.recorded_encoders(source)
+        a, b = st.columns(2)
+        ie = a.text_input("Image encoder that made the vectors", recorded.get("image_encoder", ""),
+                          key="byo_image_encoder", help="e.g. efficientnet-lite0; the test pictures are embedded with it.")
+        te = b.text_input("Text encoder that made the vectors", recorded.get("text_encoder", ""),
+                          key="byo_text_encoder", help="e.g. minilm; the class prompts are embedded with it.")
+        pairs = imported(source, ie.strip(), te.strip())
+        dropped = f"; {count(len(pairs.skipped), 'row')} left out (zero or not finite)" if pairs.skipped else ""
+        st.success(f"{count(len(pairs), 'pair')} from {count(len(pairs.images), 'picture')}: "
+                   f"{plain(pairs.image_encoder)} {pairs.image_vectors.shape[1]}-d pictures, "
+                   f"{plain(pairs.text_encoder)} {pairs.text_vectors.shape[1]}-d captions{dropped}.")
+        n = min(10, len(pairs))
+        _grid([pairs.images[i] for i in pairs.pair_image[:n].tolist()], [plain(c) for c in pairs.captions[:n]])
+        create_from_vectors(pairs, source)
+    except ValueError as error:
+        st.error(plain(error))
+
+
 with tab_new:
-    how = st.radio("From", ["Upload files", "A folder on this computer"], horizontal=True, key="byo_how")
-    if how == "Upload files":
+    how = st.radio("From", ["Upload files", "A folder on this computer", "Precomputed vectors"],
+                   horizontal=True, key="byo_how")
+    if how == "Precomputed vectors":
+        precomputed_vectors()
+    elif how == "Upload files":
         st.caption("Either a **zip** holding photos and a `captions.csv` (columns `image,caption`), or "
                    "the **photos and the CSV** together. Bad files are listed and skipped; the rest "
                    "loads.")

@@ -194,3 +194,31 @@ def test_cli_eval_from_an_imported_copy_equals_eval_from_the_files(flickr_pairs,
     assert main(["asif", "eval", "--anchors", str(copy), "--test", str(vectors), "--k", "60", "--json",
                  "--prompt-embeddings", str(tmp_path / "prompts.npy")]) == 0
     assert json.loads(capsys.readouterr().out)["accuracy"] == original["accuracy"]
+
+
+
+def test_cache_for_workspace_stores_the_imported_vectors_and_leaves_out_missing_pictures(anchors, tmp_path):
+    import dataclasses
+
+    import pyarrow.parquet as pq
+
+    from core.cache import text_key
+    from core.interchange import cache_for_workspace, encoder_cache_id
+
+    path = export_pairs(anchors, tmp_path / "c.parquet", "parquet", dtype="float16")
+    table = pq.read_table(path)
+    refs = table.column("image_path").to_pylist()
+    elsewhere = str(tmp_path / "elsewhere.jpg")                       # a picture not on this computer
+    refs = [elsewhere if r == refs[0] else r for r in refs]
+    pq.write_table(table.set_column(table.schema.get_field_index("image_path"), "image_path", [refs]), path)
+    pairs = import_pairs(path)
+    fresh = EmbeddingCache(tmp_path / "cache")
+    rows, left_out = cache_for_workspace(pairs, fresh)
+    keep = [i for i in range(len(pairs)) if pairs.images[pairs.pair_image[i]] != elsewhere]
+    assert left_out == refs.count(elsewhere) > 0 and len(rows) == len(keep) == len(pairs) - left_out
+    img, found = fresh.lookup(encoder_cache_id(IMAGE, fresh), [fresh.file_key(r) for r, _ in rows])
+    txt, found_text = fresh.lookup(encoder_cache_id(TEXT, fresh), [text_key(c) for _, c in rows])
+    assert found.all() and found_text.all()
+    assert np.array_equal(img, pairs.pair_image_vectors[keep]) and np.array_equal(txt, pairs.text_vectors[keep])
+    with pytest.raises(ValueError, match="cannot run it"):
+        cache_for_workspace(dataclasses.replace(pairs, text_encoder="ViT-L-14 (openai)"), fresh)

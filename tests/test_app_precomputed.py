@@ -1,0 +1,74 @@
+"""AppTest: the Data page imports precomputed vectors (core.interchange) into a new workspace; the
+Settings page shows the ANN index's measured recall (ui/ann_panel.py)."""
+from __future__ import annotations
+
+import re
+
+from streamlit.testing.v1 import AppTest
+
+from app_helpers import APP, run_ready, texts
+from core import store
+from core.embedded import EmbeddedPairs
+from core.interchange import export_pairs
+
+EXPORTED_IMAGES = 30
+
+
+def _export(flickr_pairs, embedding_cache, dest):
+    """A clip-retrieval folder of the first Flickr8k pairs, from the vectors the cache holds."""
+    pairs = EmbeddedPairs.from_pairset(flickr_pairs.first_images(EXPORTED_IMAGES), "efficientnet-lite0", "minilm",
+                                       cache=embedding_cache)
+    return pairs, export_pairs(pairs, dest, "clip-retrieval", dtype="float32")
+
+
+def _data_page(at, path: str):
+    at.switch_page("pages/data.py").run()
+    at.radio(key="byo_how").set_value("Precomputed vectors").run()
+    at.text_input(key="byo_vectors_path").set_value(path).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return texts(at)
+
+
+def test_precomputed_export_imports_into_a_workspace_that_classifies(demo_root, tmp_path, monkeypatch,
+                                                                     flickr_pairs, embedding_cache):
+    mine = tmp_path / "mine"
+    pairs, folder = _export(flickr_pairs, embedding_cache, mine / "clip")
+    monkeypatch.setenv("ROSETTA_ALLOWED_ROOTS", str(mine))
+    at = run_ready(AppTest.from_file(APP, default_timeout=120))
+    shown = _data_page(at, str(folder))
+    assert f"{len(pairs)} pairs from {EXPORTED_IMAGES} pictures" in shown
+    assert "1280-d pictures" in shown and "minilm 384-d captions" in shown
+    assert at.text_input(key="byo_image_encoder").value == "efficientnet-lite0"   # recorded by the export
+    [t for t in at.text_input if t.label == "Name"][0].set_value("imported flickr")
+    [n for n in at.number_input if n.label.startswith("CIFAR-10 test pictures")][0].set_value(5)
+    [b for b in at.button if b.label == "Create workspace"][0].click()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    ws = store.open_workspace("imported-flickr", root=demo_root)
+    assert sorted(p.caption for p in ws.pairs()) == sorted(pairs.captions)
+    assert ws.settings()["image_encoder"] == "efficientnet-lite0" and ws.settings()["text_encoder"] == "minilm"
+    at = run_ready(at)                      # the new workspace is the current one; its model builds
+    at.switch_page("pages/classify.py").run()
+    at = run_ready(at)
+    assert re.search(r"It's an? \*\*", texts(at)), "the imported workspace does not classify"
+    assert {m.label.split(" (")[0]: m.value for m in at.metric}["Anchor pairs"].replace(",", "") == str(len(pairs))
+
+
+def test_precomputed_hostile_sources_are_one_sentence_and_lose_nothing(demo_root, tmp_path, monkeypatch):
+    mine = tmp_path / "mine"
+    (mine / "badpq").mkdir(parents=True)
+    secret = "ROSETTA_SECRET_PARQUET_161803"
+    (mine / "badpq" / "a.parquet").write_bytes(b"PAR1" + secret.encode() + b"\x00\xff")
+    (mine / "notes.txt").write_text(secret)
+    monkeypatch.setenv("ROSETTA_ALLOWED_ROOTS", str(mine))
+    at = run_ready(AppTest.from_file(APP, default_timeout=120))
+    before = [p.name for p in store.list_workspaces(demo_root)]
+    for path, why in ((str(mine / "notes.txt"), "not a folder"),
+                      (str(mine / "badpq"), "could not be read as parquet"),
+                      (str(mine), "no precomputed vectors")):
+        shown = _data_page(at, path)
+        errors = [e.value for e in at.error]
+        assert len(errors) == 1 and why in errors[0], (path, errors)
+        assert errors[0].count(". ") == 0 and secret not in shown          # one sentence, no file contents
+        assert "Create workspace" not in [b.label for b in at.button]
+    assert [p.name for p in store.list_workspaces(demo_root)] == before
