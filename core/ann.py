@@ -32,6 +32,7 @@ Public API
     ``AnnIndex(anchors, settings).topk(queries [Q, d], k)`` -> ``(indices [Q, k], sims [Q, k])``.
     ``measure(index, queries, k)`` -> recall@k, seconds of both paths, speed ratio.
     ``prediction_agreement(predictions_a, predictions_b)`` -> fraction equal.
+    ``report(model, queries, prompts, prompt_classes)`` -> None (exact search) or recall, speed, agreement.
 """
 from __future__ import annotations
 
@@ -297,3 +298,28 @@ def prediction_agreement(predictions_a, predictions_b) -> float:
     if a.shape != b.shape or a.size == 0:
         raise ValueError(f"need two non-empty prediction arrays of the same length; got {a.size} and {b.size}.")
     return float(np.mean(a == b))
+
+
+def report(model, queries, prompt_embeddings, prompt_classes, *, n_classes: int | None = None,
+           sample: int = 200, seed: int = 0) -> dict | None:
+    """What a model's image search costs in accuracy, for the app: ``None`` when ``model``
+    (:class:`core.asif.AsifModel`) searches its anchor images exactly; otherwise :func:`measure` on
+    a seeded sample of ``queries [Q, d]`` (e.g. the labeled pictures) plus ``"agreement"``, the share
+    of that sample classified the same through the index and by exact search (:func:`prediction_agreement`),
+    and ``"n_distinct"`` / ``"nlist"`` / ``"nprobe"`` of the index."""
+    from core.asif import AsifModel
+
+    index = model.search_index("image")
+    if not isinstance(index, AnnIndex):
+        return None
+    q = as_float32_2d("queries", queries, index.d)
+    if q.shape[0] > sample:
+        q = q[np.sort(np.random.default_rng(seed).choice(q.shape[0], sample, replace=False))]
+    out = measure(index, q, model.k, sample=sample, seed=seed)
+    exact = AsifModel(model.image_embeddings, model.text_embeddings, k=model.k, p=model.p,
+                      template_strategy=model.template_strategy)        # the same arrays, searched exactly
+    exact.ann = AnnSettings(min_anchors=None)
+    fast = model.classify(q, prompt_embeddings, prompt_classes, n_classes=n_classes).predictions
+    slow = exact.classify(q, prompt_embeddings, prompt_classes, n_classes=n_classes).predictions
+    out.update(agreement=prediction_agreement(fast, slow), n_distinct=index.n_distinct)
+    return out

@@ -31,7 +31,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from core import store
-from core.ann import AnnSettings
+from core.ann import ANN_MIN_ANCHORS, AnnSettings
 from core.asif import AsifModel, build_prompts, softmax
 from core.cache import EmbeddingCache
 from core.curation import stratified_split
@@ -383,6 +383,7 @@ class LiveModel:
         model = AsifModel(vectors.img[vectors.pair_img[pos]], vectors.cap[pos], vectors.pair_ids[pos],
                           vectors.metadata(pos), k=self.k, p=vectors.p,
                           info={"image_encoder": vectors.image_encoder, "text_encoder": vectors.text_encoder})
+        model.ann = self.ann_settings()      # the session's lists come from the saved index too
         key = _fingerprint(vectors.img, vectors.pair_img[pos], vectors.cap[pos], vectors.item_vecs,
                            vectors.prompts, vectors.prompt_classes, vectors.pair_ids[pos],
                            np.array([self.k, vectors.p]))
@@ -434,13 +435,19 @@ class LiveModel:
         v = self.vectors
         return sorted(int(i) for i in ids if int(i) in v.pos_of and v.ok[v.pos_of[int(i)]])
 
+    def ann_settings(self) -> AnnSettings:
+        """The image side's FAISS settings: indexes saved per anchor set in the workspace, used from
+        the workspace's ``ann_min_anchors`` setting (default :data:`core.ann.ANN_MIN_ANCHORS`)."""
+        return AnnSettings(folder=str(self.ws.state_dir / "ann"),
+                           min_anchors=int(self.vectors.settings.get("ann_min_anchors", ANN_MIN_ANCHORS)))
+
     def current_model(self) -> AsifModel:
         """The live pairs as a :class:`core.asif.AsifModel` (cached until the next edit)."""
         with self.lock:
             cached = getattr(self, "_model", None)
             if cached is None or cached[0] != self.version:
                 model = self.session.current_model()
-                model.ann = AnnSettings(folder=str(self.ws.state_dir / "ann"))  # saved per anchor set
+                model.ann = self.ann_settings()
                 self._model = (self.version, model)
             return self._model[1]
 

@@ -379,6 +379,13 @@ def validate_settings(changes: dict, n_active: int | None = None) -> dict:
             out["split_seed"] = int(out["split_seed"])
         except (TypeError, ValueError, OverflowError):
             raise ValueError("The split seed must be a whole number.") from None
+    if "ann_min_anchors" in out:   # core.ann: distinct anchor pictures from which FAISS searches them
+        try:
+            out["ann_min_anchors"] = int(out["ann_min_anchors"])
+        except (TypeError, ValueError, OverflowError):
+            raise ValueError("The approximate-search threshold must be a whole number.") from None
+        if out["ann_min_anchors"] < 1:
+            raise ValueError("The approximate-search threshold must be at least 1.")
     return out
 
 
@@ -386,7 +393,10 @@ def settings_key(settings: dict) -> str:
     """What the model's numbers depend on: encoders, k, p, prompts, classes and the split."""
     keys = ("image_encoder", "text_encoder", "k", "p", "templates", "classes", "tune_fraction",
             "split_seed")
-    return json.dumps({k: settings.get(k) for k in keys}, sort_keys=True)
+    out = {k: settings.get(k) for k in keys}
+    if settings.get("ann_min_anchors") is not None:   # only when set: older keys stay as they were
+        out["ann_min_anchors"] = settings["ann_min_anchors"]
+    return json.dumps(out, sort_keys=True)
 
 
 # ---------------------------------------------------------------------------------- database

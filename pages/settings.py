@@ -12,6 +12,7 @@ import time
 from core import encoders, store
 from core.embedded import embed
 from ui import state
+from ui.ann_panel import ann_panel
 from ui.safe import plain
 
 st.title("Settings")
@@ -164,6 +165,8 @@ if state.model_job(ws).done:
     _status()
 else:
     _status_live()
+
+ann_panel(ws)
 
 with st.expander("Encoders on this machine"):
     st.dataframe(encoders.list_encoders(), hide_index=True, width="stretch")

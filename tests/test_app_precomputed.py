@@ -3,6 +3,7 @@ Settings page shows the ANN index's measured recall (ui/ann_panel.py)."""
 from __future__ import annotations
 
 import re
+import time
 
 from streamlit.testing.v1 import AppTest
 
@@ -72,3 +73,35 @@ def test_precomputed_hostile_sources_are_one_sentence_and_lose_nothing(demo_root
         assert errors[0].count(". ") == 0 and secret not in shown          # one sentence, no file contents
         assert "Create workspace" not in [b.label for b in at.button]
     assert [p.name for p in store.list_workspaces(demo_root)] == before
+
+
+def _settings_page(at):
+    at.switch_page("pages/settings.py").run()
+    deadline = time.time() + 240
+    while time.time() < deadline:                   # the model (re)builds in the background
+        assert not at.exception, [e.value for e in at.exception]
+        if "Image search" in texts(at) and "Shown once the model is ready" not in texts(at):
+            return texts(at)
+        time.sleep(0.5)
+        at.run()
+    raise AssertionError("the image-search panel did not appear")
+
+
+def test_settings_shows_exact_search_then_the_faiss_index_recall_after_lowering_its_threshold(demo_root):
+    at = run_ready(AppTest.from_file(APP, default_timeout=120))
+    shown = _settings_page(at)
+    assert "Exact search" in shown and "Recall@" not in shown
+    ws = store.Workspace(store.list_workspaces(demo_root)[0])
+    distinct = len({p.image for p in ws.pairs()})
+    at.number_input(key="ann_min_anchors").set_value(distinct)   # through the setting: FAISS from here on
+    [b for b in at.button if b.label == "Save threshold"][0].click()
+    at.run()
+    assert ws.settings()["ann_min_anchors"] == distinct
+    shown = _settings_page(at)
+    assert f"FAISS IVF-SQ8 over {distinct} distinct anchor pictures" in shown, shown[-1500:]
+    metrics = {m.label: m.value for m in at.metric}
+    recall = [v for label, v in metrics.items() if label.startswith("Recall@")]
+    assert recall and float(recall[0]) == 1.0      # one list, probed in full: the shortlist holds every row
+    assert metrics["Same prediction as exact search"].endswith("%")
+    index_files = list((ws.state_dir / "ann").glob("*.faiss"))
+    assert index_files, "the index was not saved with the workspace"
