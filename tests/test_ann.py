@@ -107,3 +107,22 @@ def test_an_unwritable_folder_keeps_the_index_in_memory(base, tmp_path):
     assert ann.path is None and ann.built
     np.testing.assert_array_equal(ann.topk(clustered(5, seed=9), 20)[0],
                                   ExactIndex(base).topk(clustered(5, seed=9), 20)[0])
+
+
+def test_edit_session_shares_the_model_arrays_and_builds_its_lists_with_its_index(base):
+    from core.edits import EditSession
+
+    text = clustered(base.shape[0], d=48, seed=6)
+    model = AsifModel(base, text, k=50, p=8)
+    model.ann = AnnSettings(min_anchors=0, nlist=32, nprobe=2)        # few probes: the lists are the index's
+    images, labels = clustered(60, seed=9), np.arange(60) % 4
+    prompts = text[np.random.default_rng(10).choice(text.shape[0], 4, replace=False)]
+    session = EditSession(model, images, labels, prompts)
+    for side, array in ((session.anchors.img, model.image_embeddings), (session.anchors.txt, model.text_embeddings)):
+        assert side.base is array                                     # shared, not copied
+    np.testing.assert_array_equal(session.predictions, model.classify(images, prompts).predictions)
+    np.testing.assert_array_equal(session.img_side.rows[:, :50], model.represent_images(images)[0])
+    session.add(clustered(3, seed=11), clustered(3, d=48, seed=12))  # added rows go to their own block
+    assert session.anchors.img.base is model.image_embeddings and session.n_anchors == base.shape[0] + 3
+    with pytest.raises(ValueError, match="shared"):
+        session.anchors.img[np.array([0])] = 0.0
