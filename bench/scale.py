@@ -52,6 +52,15 @@ def peak_gb() -> float:
     return float("nan")
 
 
+def available_gb() -> float:
+    """``MemAvailable`` of the machine, GB (the map is skipped when it would not fit)."""
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 1024 ** 2
+    return float("inf")
+
+
 def _unit(x: np.ndarray) -> np.ndarray:
     x = x.astype(np.float32, copy=False)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
@@ -203,11 +212,15 @@ def run_synthetic(args) -> dict:
                 del influence
             del session
             gc.collect()
-        if args.map:
+        if args.map:       # core.layout copies the distinct pictures twice (distinct rows, centred)
             from core.layout import layout
-            t = time.perf_counter()
-            layout(model.image_embeddings, "pca")
-            info["map_pca_s"] = time.perf_counter() - t
+            need = 2.4 * data["images"] * model.image_embeddings.shape[1] * 4 / 1024 ** 3
+            if available_gb() < need + 2:
+                info["map_pca"] = f"not run: needs ~{need:.1f} GB more, {available_gb():.1f} GB available"
+            else:
+                t = time.perf_counter()
+                layout(model.image_embeddings, "pca")
+                info["map_pca_s"] = time.perf_counter() - t
         info["peak_gb"] = peak_gb()
         info["load_avg_end"] = os.getloadavg()[0]
     finally:
