@@ -1,7 +1,8 @@
 """Benchmark: a paper-scale workspace end to end, and the float16 effect on the real demo.
 
-    python -m bench.scale --pairs 300000             # synthetic; on the shared 24 GB machine N ≤ 300,000
-    python -m bench.scale --pairs 1600000 --out DIR  # the paper's size (needs ~20 GB free)
+    python -m bench.scale --pairs 300000             # synthetic
+    python -m bench.scale --pairs 1600000            # the paper's size: peak ~15 GB, check `free -g` first
+    python -m bench.scale --pairs 1600000 --sweep 8,16,64 --removals 0 --influence 0 --map 0   # nprobe frontier
     python -m bench.scale --real                     # cached Flickr8k/CIFAR-10 vectors through each format
 
 Synthetic mode writes N pairs with realistic structure — d = 768 on both sides, two-level clusters
@@ -10,10 +11,13 @@ Synthetic mode writes N pairs with realistic structure — d = 768 on both sides
 in a tmp folder (or ``--out``), imports it through :func:`core.interchange.import_pairs`, then times:
 building the model with its FAISS image index (once), opening it again from the files and the saved
 index ("open from cache"), classifying ``--eval`` pictures through the ANN path and through exact
-search (the named baseline: ratio and prediction agreement), explaining one picture, building an
-:class:`core.edits.EditSession` and re-scoring single removals, and recall@k of the ANN path against
-exact search on a 200-picture sample. Peak memory is ``VmHWM`` of this process. Times scale with
-the load of the shared machine: the load average is printed with the figures.
+search (the named baseline: ratio and prediction agreement), classifying and explaining one picture
+(with a new prompt set, then again), the Fig. 3 histograms of an explanation (every anchor), recall@k
+of the ANN path against exact search on a 200-picture sample (``--sweep``: for other ``nprobe`` too),
+building an :class:`core.edits.EditSession` (its lists from the model's index) and re-scoring single
+removals, the influence table (exact leave-one-out of every pair) and the PCA map of the anchor
+pictures (skipped when it would not fit in the memory available). Peak memory is ``VmHWM`` of this
+process. Times scale with the load of the shared machine: the load average is printed with the figures.
 
 Real mode reads the cached efficientnet-lite0 / minilm vectors of Flickr8k pairs and CIFAR-10 test
 pictures (nothing is encoded; only what is cached is used), exports them to every format as float32
@@ -29,6 +33,7 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +41,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.asif_common import machine  # noqa: E402
-from core.ann import AnnSettings, measure, prediction_agreement  # noqa: E402
+from core.ann import AnnIndex, AnnSettings, measure, prediction_agreement  # noqa: E402
 from core.asif import AsifModel  # noqa: E402
 from core.interchange import import_pairs  # noqa: E402
 
@@ -195,6 +200,10 @@ def run_synthetic(args) -> dict:
         info["classify_and_explain_one_s"] = time.perf_counter() - t
         if hasattr(model.search_index("image"), "settings"):
             info["ann"] = measure(model.search_index("image"), q, args.k, sample=200)
+            for nprobe in args.sweep:            # the recall / speed frontier of the same saved index
+                other = AnnIndex(model.image_embeddings, replace(settings, nprobe=nprobe))
+                info[f"ann_nprobe_{nprobe}"] = measure(other, q, args.k, sample=200)
+                del other
         gc.collect()
         info["peak_gb_before_session"] = peak_gb()
         if args.removals:
@@ -294,6 +303,8 @@ def main(argv=None) -> int:
                     help="distinct pictures from which FAISS is used (default 0: always, to measure it)")
     ap.add_argument("--removals", type=int, default=5,
                     help="single removals re-scored by an EditSession (0: no session)")
+    ap.add_argument("--sweep", type=lambda v: [int(x) for x in v.split(",") if x], default=[],
+                    help="also measure these nprobe values on the same index, e.g. 8,16,64")
     ap.add_argument("--influence", type=int, default=1, help="1: time the influence table (exact leave-one-out)")
     ap.add_argument("--map", type=int, default=1, help="1: time the PCA map layout of the anchor pictures")
     ap.add_argument("--out", default=None, help="keep the files here (default: a tmp folder, removed)")
