@@ -725,7 +725,8 @@ class AsifModel:
         scores, best = class_scores_from_candidates(cand_scores, cand_cls, n_classes)
         best = best[0]
         # only the image's k anchors and the winners' top-k are read: no product with every anchor
-        cap_sim = (cand[best] @ self.text_embeddings[img_pos].T).astype(np.float32)   # [C, k]
+        winners = cand[best]                                                           # [C, d_txt]
+        cap_sim = (winners @ self.text_embeddings[img_pos].T).astype(np.float32)       # [C, k]
         tw = np.zeros((n_classes, self.k), dtype=np.float32)
         for c, j in enumerate(best.tolist()):
             order = np.argsort(txt_pos[j])
@@ -735,7 +736,6 @@ class AsifModel:
             tw[c, hit] = txt_w[j][order[at[hit]]]
         prod = img_w[None, :] * tw
         meta = [self.metadata[i] for i in img_pos] if self.metadata is not None else None
-        winners = cand[best]
         return Explanation(
             positions=img_pos, pair_ids=self.pair_ids[img_pos], image_similarity=img_sim,
             image_weight=img_w, caption_similarity=cap_sim, text_weight=tw, product=prod,

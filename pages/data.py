@@ -185,6 +185,22 @@ def imported(source, image_encoder: str, text_encoder: str):
     return held[1]
 
 
+def runnable(pairs) -> bool:
+    """Whether both encoders run here (a workspace embeds its test pictures and class prompts with
+    them); otherwise one sentence naming the command-line way, and False."""
+    for role, name in (("image", pairs.image_encoder), ("text", pairs.text_encoder)):
+        try:
+            interchange.require_encoder(name, f"The {role} side")
+        except ValueError:
+            what, flag = (("test pictures", "--test VECTORS.parquet") if role == "image"
+                          else ("class prompts", "--prompt-embeddings FILE.npy"))
+            st.error(f"The {role} encoder {plain(name)} cannot run here, so the app cannot embed this "
+                     f"workspace's {what}; the command line can evaluate these pairs with python -m core "
+                     f"asif eval --anchors FOLDER {flag}.")
+            return False
+    return True
+
+
 def create_from_vectors(pairs, source) -> None:
     """Form: a new workspace of imported pairs (their vectors go into the embedding cache)."""
     with st.form("create_precomputed"):
@@ -232,7 +248,8 @@ def precomputed_vectors() -> None:
                    f"{plain(pairs.text_encoder)} {pairs.text_vectors.shape[1]}-d captions{dropped}.")
         n = min(10, len(pairs))
         _grid([pairs.images[i] for i in pairs.pair_image[:n].tolist()], [plain(c) for c in pairs.captions[:n]])
-        create_from_vectors(pairs, source)
+        if runnable(pairs):
+            create_from_vectors(pairs, source)
     except ValueError as error:
         st.error(plain(error))
 

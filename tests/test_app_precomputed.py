@@ -105,3 +105,23 @@ def test_settings_shows_exact_search_then_the_faiss_index_recall_after_lowering_
     assert metrics["Same prediction as exact search"].endswith("%")
     index_files = list((ws.state_dir / "ann").glob("*.faiss"))
     assert index_files, "the index was not saved with the workspace"
+
+
+def test_a_text_encoder_that_cannot_run_here_is_one_sentence_naming_the_command_line(
+        demo_root, tmp_path, monkeypatch, flickr_pairs, embedding_cache):
+    mine = tmp_path / "mine"
+    _, folder = _export(flickr_pairs, embedding_cache, mine / "clip")
+    (folder / "encoders.json").unlink()               # the files no longer say which encoders made them
+    monkeypatch.setenv("ROSETTA_ALLOWED_ROOTS", str(mine))
+    at = run_ready(AppTest.from_file(APP, default_timeout=120))
+    shown = _data_page(at, str(folder))
+    assert "does not say which image encoder" in shown and "Create workspace" not in [b.label for b in at.button]
+    at.text_input(key="byo_image_encoder").set_value("efficientnet-lite0").run()
+    at.text_input(key="byo_text_encoder").set_value("ViT-L-14 (openai)").run()
+    errors = [e.value for e in at.error]
+    assert len(errors) == 1 and "cannot run here" in errors[0] and "--prompt-embeddings" in errors[0], errors
+    assert "Create workspace" not in [b.label for b in at.button]
+    before = [p.name for p in store.list_workspaces(demo_root)]
+    at.text_input(key="byo_text_encoder").set_value("minilm").run()
+    assert not at.error and "Create workspace" in [b.label for b in at.button]
+    assert [p.name for p in store.list_workspaces(demo_root)] == before
