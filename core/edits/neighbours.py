@@ -100,7 +100,7 @@ class AnchorRows:
         self.id_to_row = {int(i): r for r, i in enumerate(ids)}
         self._twin_index: dict[str, dict[bytes, list[int]]] = {}  # per side, built on first use
 
-    def emb(self, side: str) -> "SharedRows":
+    def emb(self, side: str) -> SharedRows:
         """The ``"img"`` or ``"txt"`` embeddings (all allocated rows)."""
         return self.img if side == "img" else self.txt
 
@@ -250,7 +250,7 @@ class NeighbourLists:
         """The lists as plain arrays (``rows``, ``sims``, ``length``), to restore with ``state=``."""
         return {f: getattr(self, f) for f in self.STATE_FIELDS}
 
-    def emb(self) -> np.ndarray:
+    def emb(self) -> SharedRows:
         return self.anchors.emb(self.side)
 
     def _full_init(self, search=None):
