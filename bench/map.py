@@ -499,8 +499,9 @@ def part_page(args) -> dict:
 
     rng = np.random.default_rng(0)
     xy = L.spread_copies(L.cached_layout(bank.img, "umap", cache), bank.pair_img)
-    walls, cpus, base_walls, deltas = [], [], [], []
-    for _ in range(3):  # three round lasso regions of 1,000 pairs
+    session = model.session
+    walls, cpus, base_walls, edit_walls, deltas, recomputed = [], [], [], [], [], []
+    for _ in range(args.lassos):  # round lasso regions of 1,000 pairs
         centre = xy[rng.integers(len(xy))]
         lasso = bank.pair_ids[np.argsort(((xy - centre) ** 2).sum(axis=1))[:1000]]
         t0, c0 = time.perf_counter(), time.process_time()
@@ -508,15 +509,36 @@ def part_page(args) -> dict:
         walls.append(time.perf_counter() - t0)
         cpus.append(time.process_time() - c0)
         deltas.append(round(100 * (what.after.tune - what.before.tune), 2))
-        t0 = time.perf_counter()
-        model.session.current_model().with_pairs_removed(lasso).classify(bank.item_vecs, bank.prompts,
-                                                                         bank.prompt_classes)
+        recomputed.append(session.what_if_remove(lasso).recomputed_queries)
+        t0 = time.perf_counter()  # baseline 1: the edit path (what the what-if did before: apply, revert)
+        session.remove(lasso)
+        session.undo()
+        edit_walls.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()  # baseline 2: classify again from scratch without the lasso
+        session.current_model().with_pairs_removed(lasso).classify(bank.item_vecs, bank.prompts,
+                                                                   bank.prompt_classes)
         base_walls.append(time.perf_counter() - t0)
     out["what_if_1000_ms_median"] = round(1000 * float(np.median(walls)), 1)
+    out["what_if_1000_ms_max"] = round(1000 * float(np.max(walls)), 1)
     out["what_if_1000_cpu_ms_median"] = round(1000 * float(np.median(cpus)), 1)
+    out["what_if_1000_lists_searched_again"] = recomputed
+    out["edit_path_remove_undo_ms_median"] = round(1000 * float(np.median(edit_walls)), 1)
     out["full_rescore_baseline_ms_median"] = round(1000 * float(np.median(base_walls)), 1)
-    out["ratio_full_rescore_vs_what_if"] = round(float(np.median(base_walls) / np.median(walls)), 2)
+    out["ratio_edit_path_vs_what_if"] = round(float(np.median(edit_walls) / np.median(walls)), 1)
+    out["ratio_full_rescore_vs_what_if"] = round(float(np.median(base_walls) / np.median(walls)), 1)
     out["what_if_tuning_delta_pts"] = deltas
+    singles, single_edits = [], []
+    for pid in rng.choice(session.pair_ids, 30, replace=False):  # one pair (the Curate page's preview)
+        t0 = time.perf_counter()
+        session.what_if_remove([pid])
+        singles.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        session.remove([pid])
+        session.undo()
+        single_edits.append(time.perf_counter() - t0)
+    out["what_if_1_ms_median"] = round(1000 * float(np.median(singles)), 2)
+    out["edit_path_1_remove_undo_ms_median"] = round(1000 * float(np.median(single_edits)), 2)
+    out["ratio_edit_path_vs_what_if_1"] = round(float(np.median(single_edits) / np.median(singles)), 1)
 
     enc = get_encoder(bank.text_encoder)
     t0 = time.perf_counter()
@@ -537,6 +559,16 @@ def part_page(args) -> dict:
     out["search_answer_cpu_ms_median"] = round(1000 * float(np.median(cpus)), 1)
     out["search_encode_query_ms_median"] = round(1000 * float(np.median(enc_times)), 1)
     out["ratio_prepare_vs_answer"] = round(out["search_prepare_s"] * 1000 / out["search_answer_ms_median"], 1)
+    # by picture: image-encoder neighbours and ASIF picture -> caption retrieval (5 anchor photos)
+    t0 = time.perf_counter()
+    search.by_image(bank.img[0])
+    out["search_picture_prepare_s"] = round(time.perf_counter() - t0, 2)
+    walls = []
+    for row in rng.choice(bank.img.shape[0], 5, replace=False):
+        t0 = time.perf_counter()
+        search.by_image(bank.img[row])
+        walls.append(time.perf_counter() - t0)
+    out["search_picture_answer_ms_median"] = round(1000 * float(np.median(walls)), 1)
     return out
 
 
@@ -547,6 +579,7 @@ def main(argv=None) -> int:
     ap.add_argument("--part", choices=["flags", "outliers", "layout", "page"], required=True)
     ap.add_argument("--images", type=int, default=None, help="first N Flickr8k photos (default all)")
     ap.add_argument("--per-class", type=int, default=100, help="page: CIFAR-10 test images per class")
+    ap.add_argument("--lassos", type=int, default=5, help="page: lasso regions of 1,000 pairs")
     ap.add_argument("--fraction", type=float, default=0.02, help="flags: planted fraction per side")
     ap.add_argument("--datalab", action="store_true", help="flags, outliers: also run cleanlab Datalab")
     ap.add_argument("--outlier-fraction", type=float, default=0.01, help="outliers: planted fraction per side")
