@@ -324,6 +324,14 @@ def _pr(flagged: np.ndarray, kinds: np.ndarray) -> dict:
     return out
 
 
+#: Neighbours per row tried for the outlier score (chosen on half A).
+OUTLIER_K_GRID = (10, 30, 50, 100)
+
+
+def _f1(r: dict) -> float:
+    return round(2 * r["precision"] * r["recall"] / max(1e-9, r["precision"] + r["recall"]), 4)
+
+
 def _tune_threshold(scores: np.ndarray, kinds: np.ndarray) -> float:
     """The score threshold (flag ``score >= t``) with the best F1 on this (tuning) half, among the
     half's own scores from its 80th percentile up (ties: the higher threshold)."""
@@ -358,9 +366,10 @@ def _datalab_outlier_scores(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarr
 
 
 def part_outliers(args) -> dict:
-    """Photo and caption outliers (``core.flags.outlier_scores``) against planted odd rows: the
-    threshold is chosen on half A, precision / recall reported on half B; beside it the page's
-    rank rule (top ``OUTLIER_FRACTION``) and, with ``--datalab``, cleanlab Datalab's outlier check."""
+    """Photo and caption outliers (``core.flags.outlier_scores``) against planted odd rows: k (of
+    :data:`OUTLIER_K_GRID`) and the score threshold are chosen on half A (best F1), precision /
+    recall reported on half B; beside it the page's rank rule (top ``OUTLIER_FRACTION``) and, with
+    ``--datalab``, cleanlab Datalab's outlier check on the same k-NN graph."""
     from core import flags as F
     from core.data import data_dir, load_pairs_folder
 
@@ -371,7 +380,7 @@ def part_outliers(args) -> dict:
     # CIFAR-10 test pictures past the 100 per class the demo evaluates on
     cifar = sorted(str(p) for p in (root / "cifar10" / "test").glob("*/*.jpg") if int(p.stem) >= 500)
     sentences = other_domain_sentences()
-    out = {"fraction": args.outlier_fraction, "k": F.K, "other_domain_sentences": len(sentences)}
+    out = {"fraction": args.outlier_fraction, "other_domain_sentences": len(sentences)}
     sides = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, which, seed in (("tune", 0, 10), ("report", 1, 11)):
@@ -381,21 +390,29 @@ def part_outliers(args) -> dict:
             out[name] = {"half": "AB"[which], "photos": int(img.shape[0]), "planted_photos": int((ki != "").sum()),
                          "captions": int(cap.shape[0]), "planted_captions": int((kc != "").sum())}
     for side in ("photos", "captions"):
-        scores, seconds = {}, {}
-        for name in ("tune", "report"):
-            x, _ = sides[name][side]
-            t0 = time.perf_counter()
-            scores[name] = F.outlier_scores(x)
-            seconds[name] = round(time.perf_counter() - t0, 2)
         kinds = {name: sides[name][side][1] for name in sides}
-        t = _tune_threshold(scores["tune"], kinds["tune"])
-        res = {"threshold_chosen_on_A": round(t, 4),
-               "A": _pr(scores["tune"] >= t, kinds["tune"]), "B": _pr(scores["report"] >= t, kinds["report"]),
-               "B_top_fraction_rule": _pr(F.outliers(scores["report"], F.OUTLIER_FRACTION), kinds["report"]),
-               "seconds_B": seconds["report"]}
+        by_k, all_scores = {}, {}
+        for k in OUTLIER_K_GRID:  # k and the threshold are both chosen on half A
+            scores = {}
+            for name in ("tune", "report"):
+                t0 = time.perf_counter()
+                scores[name] = F.outlier_scores(sides[name][side][0], k)
+                seconds = round(time.perf_counter() - t0, 2)
+            t = _tune_threshold(scores["tune"], kinds["tune"])
+            a = _pr(scores["tune"] >= t, kinds["tune"])
+            by_k[k] = {"threshold_chosen_on_A": round(t, 4), "A": a, "f1_A": _f1(a),
+                       "B": _pr(scores["report"] >= t, kinds["report"]),
+                       "B_top_fraction_rule": _pr(F.outliers(scores["report"], F.OUTLIER_FRACTION), kinds["report"]),
+                       "seconds_B": seconds}
+            all_scores[k] = scores
+        k = max(OUTLIER_K_GRID, key=lambda kk: (by_k[kk]["f1_A"], -kk))
+        scores = all_scores[k]
+        res = {"k_chosen_on_A": k, **by_k[k],
+               "by_k": {kk: {"f1_A": v["f1_A"], "B": [v["B"]["precision"], v["B"]["recall"]],
+                             "B_recall_by_kind": v["B"]["recall_by_kind"]} for kk, v in by_k.items()}}
         if args.datalab:
             t0 = time.perf_counter()
-            dl = {name: _datalab_outlier_scores(sides[name][side][0], F.K) for name in sides}
+            dl = {name: _datalab_outlier_scores(sides[name][side][0], k) for name in sides}
             td = _tune_threshold(dl["tune"][0], kinds["tune"])
             res["datalab"] = {"own_flag_B": _pr(dl["report"][1], kinds["report"]),
                               "threshold_chosen_on_A": round(td, 4),
@@ -407,7 +424,9 @@ def part_outliers(args) -> dict:
             res["other_domain_only"] = {
                 "threshold_chosen_on_A": round(t2, 4),
                 "A": _pr(scores["tune"][keep["tune"]] >= t2, kinds["tune"][keep["tune"]]),
-                "B": _pr(scores["report"][keep["report"]] >= t2, kinds["report"][keep["report"]])}
+                "B": _pr(scores["report"][keep["report"]] >= t2, kinds["report"][keep["report"]]),
+                "B_top_fraction_rule": _pr(F.outliers(scores["report"], F.OUTLIER_FRACTION)[keep["report"]],
+                                           kinds["report"][keep["report"]])}
         out[side] = res
         print(f"  {side}: {json.dumps(res)}", flush=True)
     return out
