@@ -109,3 +109,9 @@ def export_button(label: str, key: tuple, build, file_name: str, mime: str, what
     if ready:
         st.download_button(label, _built(key, build), file_name=file_name, mime=mime,
                            icon=":material/download:", width="stretch", help=help, key=f"download-{label}")
+
+
+def page_header(title: str, caption: str) -> None:
+    """A page's title and the one-paragraph caption that says what the page is for."""
+    st.title(title)
+    st.caption(caption)
