@@ -65,8 +65,8 @@ def _builtin(modality: str) -> list[str]:
         return ["efficientnet-lite0"] if modality == "image" else ["minilm"]
 
 
-def _demo_source(column) -> tuple[dict, str, str]:
-    """Encoder and size pickers for the demo pairs, and the pairs (stops the page if unavailable)."""
+def _demo_source(column) -> tuple[dict, str, str] | None:
+    """Encoder and size pickers for the demo pairs, and the pairs (None, said, if unavailable)."""
     cc = column.columns(3)
     ienc = cc[0].selectbox("Image encoder", _builtin("image"), key="align_ienc")
     tenc = cc[1].selectbox("Text encoder", _builtin("text"), key="align_tenc")
@@ -76,7 +76,7 @@ def _demo_source(column) -> tuple[dict, str, str]:
             data = _demo_pairs(ienc, tenc, int(limit))
     except ValueError as error:
         st.error(plain(error))
-        st.stop()
+        return None
     if data["skipped"]:
         st.warning(f"{len(data['skipped']):,} picture(s) could not be read and were left out:",
                    icon=":material/warning:")
@@ -84,7 +84,7 @@ def _demo_source(column) -> tuple[dict, str, str]:
     return data, ienc, tenc
 
 
-def _choose_pairs() -> tuple[dict, str, str]:
+def _choose_pairs() -> tuple[dict, str, str] | None:
     """The pairs the lab reads (the workspace's or the demo's), their source and the two encoders."""
     with st.container(border=True):
         c1, c2 = st.columns([1.3, 2])
@@ -95,7 +95,10 @@ def _choose_pairs() -> tuple[dict, str, str]:
             c2.markdown(f"**{plain(ws.name)}**: {len(data['ids']):,} active pairs · image encoder "
                         f"*{plain(ienc)}* · text encoder *{plain(tenc)}* (change them in Settings).")
         else:
-            data, ienc, tenc = _demo_source(c2)
+            demo = _demo_source(c2)
+            if demo is None:
+                return None
+            data, ienc, tenc = demo
     return data, source, f"{ienc}|{tenc}"
 
 
@@ -295,7 +298,10 @@ def main() -> None:
         "same way? **CKA** compares the two similarity structures (1 = identical, 0 = unrelated); "
         "**matching** pairs unpaired images and captions using only a small base set of true pairs; "
         "**suspicious pairs** are the ones whose image neighbourhood disagrees with their caption's."))
-    data, source, encoders = _choose_pairs()
+    chosen = _choose_pairs()
+    if chosen is None:
+        return
+    data, source, encoders = chosen
     n = len(data["ids"])
     if n < MIN_PAIRS:
         st.warning(f"Only {n} pairs: the alignment lab needs at least {MIN_PAIRS} image–caption pairs.")
