@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.browser import ROOT, H, _settle, _visit
+from bench.browser import ROOT, H, settle, visit
 
 FIGURES = ("Similarity histograms", "Pairs map")
 
@@ -30,7 +30,7 @@ FIGURES = ("Similarity histograms", "Pairs map")
 def _timed(page, out: dict, key: str, action) -> None:
     t = time.perf_counter()
     action()
-    _settle(page)
+    settle(page)
     out.setdefault(key, []).append((time.perf_counter() - t) * 1000)
 
 
@@ -50,13 +50,13 @@ def measure(app_root: Path, images: int, per_class: int, reps: int) -> dict[str,
                 page.set_default_timeout(120_000)
                 page.goto(f"http://127.0.0.1:{port}")
                 page.get_by_text("It's a", exact=False).first.wait_for(timeout=1_800_000)
-                _settle(page)
+                settle(page)
                 for i in range(reps):
                     button = page.locator("[data-testid=stButtonGroup] button", has_text=FIGURES[i % 2]).first
                     _timed(page, out, "classify_figure_switch", button.click)
-                _visit(page, "Align")
+                visit(page, "Align")
                 page.get_by_text("Linear CKA").first.wait_for(timeout=600_000)
-                _settle(page)
+                settle(page)
                 box = page.get_by_label("Queries")
                 for i in range(reps):
                     _timed(page, out, "align_queries_change", lambda: (box.fill(str(100 + i)), box.press("Enter")))
