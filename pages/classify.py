@@ -8,10 +8,11 @@ from ui import boot
 
 boot.ensure_app()
 
+from core.asif import indefinite_article
 from ui import state
 from ui.safe import plain
 from ui.charts import histogram_figure, pairs_map_figure
-from ui.widgets import article, image_path, metrics_header, pct, thumbnail_url
+from ui.widgets import image_path, metrics_header, pct, thumbnail_url
 
 st.title("Classify & explain")
 st.caption("The model has never been trained: it names a picture by finding the anchor pairs "
@@ -132,7 +133,7 @@ with right:
         verdict = ""
         if truth is not None:
             verdict = " ✓ correct" if truth == pred else f" ✗ (true class: **{plain(truth)}**)"
-        st.markdown(f"### It's {article(pred)} **{plain(pred)}**{verdict}")
+        st.markdown(f"### It's {indefinite_article(pred)} **{plain(pred)}**{verdict}")
         st.caption(f"{pct(probs[explanation.prediction])} confident · ASIF score "
                    f"{explanation.scores[explanation.prediction]:.3f}")
         for i in order[:5].tolist():  # this picture's five most probable classes, most probable first
