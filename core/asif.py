@@ -68,6 +68,9 @@ DEFAULT_TEMPLATES = (
 )
 
 FORMAT_VERSION = 1
+#: The wording :func:`build_prompts` gives templates (2: "an" before a vowel sound). Part of a
+#: workspace's settings key, so numbers measured with other prompts are never compared as equal.
+PROMPT_WORDING = 2
 
 
 # ------------------------------------------------------------------------------------------------

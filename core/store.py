@@ -383,10 +383,12 @@ def validate_settings(changes: dict, n_active: int | None = None) -> dict:
 
 
 def settings_key(settings: dict) -> str:
-    """What the model's numbers depend on: encoders, k, p, prompts, classes and the split."""
+    """What the model's numbers depend on: encoders, k, p, prompts (templates and their wording),
+    classes and the split."""
     keys = ("image_encoder", "text_encoder", "k", "p", "templates", "classes", "tune_fraction",
             "split_seed")
-    return json.dumps({k: settings.get(k) for k in keys}, sort_keys=True)
+    return json.dumps({**{k: settings.get(k) for k in keys}, "wording": asif.PROMPT_WORDING},
+                      sort_keys=True)
 
 
 # ---------------------------------------------------------------------------------- database
