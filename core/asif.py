@@ -29,6 +29,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
@@ -67,6 +68,9 @@ DEFAULT_TEMPLATES = (
 )
 
 FORMAT_VERSION = 1
+#: The wording :func:`build_prompts` gives templates (2: "an" before a vowel sound). Part of a
+#: workspace's settings key, so numbers measured with other prompts are never compared as equal.
+PROMPT_WORDING = 2
 
 
 # ------------------------------------------------------------------------------------------------
@@ -191,16 +195,47 @@ def argmax_tolerant(scores: np.ndarray, atol: float = 1e-9, rtol: float = 1e-7) 
 # Prompts and calibration
 # ------------------------------------------------------------------------------------------------
 
+def indefinite_article(word: str) -> str:
+    """The indefinite article before ``word``: "an" before a vowel sound, else "a".
+
+    >>> [indefinite_article(w) for w in ("airplane", "hour", "8-bit", "cat", "unicorn", "one-off")]
+    ['an', 'an', 'an', 'a', 'a', 'a']
+    """
+    w = str(word).strip().lower()
+    if w.startswith(("hour", "honest", "honou", "heir", "8", "11", "18")):
+        return "an"
+    if w.startswith(("uni", "use", "usu", "uti", "eu", "one", "once", "ewe")):
+        return "a"
+    return "an" if w[:1] in ("a", "e", "i", "o", "u") else "a"
+
+
+def fill_template(template: str, class_name: str) -> str:
+    """A prompt (or an added pair's caption): ``template`` with the class name in place of "{}",
+    "a {}" turned into "an {}" before a vowel sound; underscores become spaces; a template without
+    "{}" gets the name after a space.
+
+    >>> fill_template("a photo of a {}.", "airplane"), fill_template("a photo of a small {}.", "owl")
+    ('a photo of an airplane.', 'a photo of a small owl.')
+    >>> fill_template("A {} in the wild", "eagle"), fill_template("art:", "traffic_light")
+    ('An eagle in the wild', 'art: traffic light')
+    """
+    name = str(class_name).replace("_", " ")
+    if "{}" not in template:
+        return f"{template} {name}"
+    if indefinite_article(name) == "an":
+        template = re.sub(r"\b([Aa]) \{\}", r"\1n {}", template)
+    return template.format(name)
+
+
 def build_prompts(class_names: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES,
                   ) -> tuple[list[str], np.ndarray]:
     """Prompts for every class × template, class-major.
 
-    Returns ``(prompts, prompt_classes)``: ``prompts[c * T + t] = templates[t].format(name_c)``
-    (a template without "{}" gets the name appended after a space) and ``prompt_classes [C*T]`` int64.
-    Underscores in class names become spaces.
+    Returns ``(prompts, prompt_classes)``: ``prompts[c * T + t] = fill_template(templates[t], name_c)``
+    and ``prompt_classes [C*T]`` int64.
 
-    >>> build_prompts(["cat", "traffic_light"], ["a photo of a {}.", "art:"])
-    (['a photo of a cat.', 'art: cat', 'a photo of a traffic light.', 'art: traffic light'], array([0, 0, 1, 1]))
+    >>> build_prompts(["airplane", "traffic_light"], ["a photo of a {}.", "art:"])
+    (['a photo of an airplane.', 'art: airplane', 'a photo of a traffic light.', 'art: traffic light'], array([0, 0, 1, 1]))
     """
     names = [str(c) for c in class_names]
     if not names:
@@ -212,9 +247,8 @@ def build_prompts(class_names: Sequence[str], templates: Sequence[str] = DEFAULT
     prompts: list[str] = []
     classes: list[int] = []
     for c, name in enumerate(names):
-        shown = name.replace("_", " ")
         for template in templates:
-            prompts.append(template.format(shown) if "{}" in template else f"{template} {shown}")
+            prompts.append(fill_template(template, name))
             classes.append(c)
     return prompts, np.asarray(classes, dtype=np.int64)
 

@@ -13,10 +13,11 @@ from ui import boot
 
 boot.ensure_app()
 
+from core.asif import indefinite_article
 from ui import state
 from ui.safe import plain
 from ui.charts import histogram_figure, pairs_map_figure
-from ui.widgets import article, image_path, metrics_header, page_header, pct, thumbnail_url
+from ui.widgets import image_path, metrics_header, page_header, pct, thumbnail_url
 
 #: gallery pictures per page
 PER_PAGE = 8
@@ -122,7 +123,7 @@ def _verdict(model, explanation, truth: str | None) -> None:
     verdict = ""
     if truth is not None:
         verdict = " ✓ correct" if truth == pred else f" ✗ (true class: **{plain(truth)}**)"
-    st.markdown(f"### It's {article(pred)} **{plain(pred)}**{verdict}")
+    st.markdown(f"### It's {indefinite_article(pred)} **{plain(pred)}**{verdict}")
     st.caption(f"{pct(probs[explanation.prediction])} confident · ASIF score "
                f"{explanation.scores[explanation.prediction]:.3f}")
     for i in np.argsort(-explanation.scores, kind="stable")[:5].tolist():

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from core.asif import (AsifModel, build_prompts, class_candidates, fit_temperature,
+from core.asif import (AsifModel, build_prompts, fill_template, class_candidates, fit_temperature,
                        relative_representation, softmax)
 
 
@@ -118,6 +118,17 @@ def test_classify_identical_to_naive(synth, strategy):
     np.testing.assert_allclose(res.scores, cls, atol=1e-5)
     assert res.accuracy(synth["labels"]) > 0.5  # the latent structure is learnable (chance = 1/6)
     np.testing.assert_allclose(res.probabilities.sum(1), 1, atol=1e-5)
+
+
+def test_fill_template_articles():
+    assert fill_template("a photo of a {}.", "automobile") == "a photo of an automobile."
+    assert fill_template("A {} in the wild", "eagle") == "An eagle in the wild"
+    assert fill_template("a photo of the {}.", "airplane") == "a photo of the airplane."
+    assert fill_template("a photo of a {}.", "traffic_light") == "a photo of a traffic light."
+
+
+# ------------------------------------------------------------------------------- choosing
+    assert build_prompts(["airplane"], ["a photo of a {}."])[0] == ["a photo of an airplane."]
 
 
 def test_build_prompts_and_candidates():
