@@ -459,7 +459,9 @@ class Explanation:
     Histograms (Fig. 3): ``all_image_similarity [N]`` the image's cosine to every anchor image
         (``positions`` are its top-k), ``all_caption_similarity [C, N]`` every anchor caption's cosine
         to each class candidate, ``caption_topk [C, k]`` positions of each candidate's top-k.
-    ``prediction`` argmax class; ``class_names`` if given.
+    ``prediction`` argmax class; ``class_names`` if given; ``metadata`` of the query side's pairs;
+    ``anchor_pair_ids [N]`` and ``anchor_metadata`` of every anchor (the model's, by position) for
+    the Fig. 7 points outside the image's top-k.
     """
     positions: np.ndarray
     pair_ids: np.ndarray
@@ -474,6 +476,8 @@ class Explanation:
     all_image_similarity: np.ndarray
     all_caption_similarity: np.ndarray
     caption_topk: np.ndarray
+    anchor_pair_ids: np.ndarray
+    anchor_metadata: list[dict] | None
     class_names: list[str] | None = None
     metadata: list[dict] | None = None
 
@@ -510,23 +514,27 @@ class Explanation:
             rows.append(row)
         return rows
 
-    def scatter_data(self) -> list[dict]:
-        """Rows for the Fig. 7 scatter: one per (class, anchor in the image's top-k) with nonzero
-        product: ``class_index, class_name, pair_id, image_similarity, caption_similarity, product``
-        (+ metadata)."""
+    def scatter_data(self, classes: Sequence[int] | None = None) -> list[dict]:
+        """Rows for the Fig. 7 scatter, for each class in ``classes`` (default: all, in order): one
+        per anchor pair in the union of the image's top-k and the class candidate's caption top-k
+        (the two sparse supports), ascending by position: ``class_index, class_name, pair_id,
+        image_similarity, caption_similarity`` (raw cosines) ``, product`` (0 off the overlap, where
+        only one side keeps the pair) + the pair's metadata."""
+        in_image_topk = dict(zip(self.positions.tolist(), range(len(self.positions))))
         rows = []
-        for c in range(self.product.shape[0]):
-            for j in np.flatnonzero(self.product[c] != 0):
+        for c in range(self.product.shape[0]) if classes is None else classes:
+            for pos in sorted(set(in_image_topk) | set(self.caption_topk[c].tolist())):
+                j = in_image_topk.get(pos)
                 row = {
-                    "class_index": c,
+                    "class_index": int(c),
                     "class_name": self.class_names[c] if self.class_names else str(c),
-                    "pair_id": int(self.pair_ids[j]),
-                    "image_similarity": float(self.image_similarity[j]),
-                    "caption_similarity": float(self.caption_similarity[c, j]),
-                    "product": float(self.product[c, j]),
+                    "pair_id": int(self.anchor_pair_ids[pos]),
+                    "image_similarity": float(self.all_image_similarity[pos]),
+                    "caption_similarity": float(self.all_caption_similarity[c, pos]),
+                    "product": 0.0 if j is None else float(self.product[c, j]),
                 }
-                if self.metadata is not None:
-                    row.update(self.metadata[j])
+                if self.anchor_metadata is not None:
+                    row.update(self.anchor_metadata[pos])
                 rows.append(row)
         return rows
 
@@ -744,7 +752,7 @@ class AsifModel:
             scores=scores[0], candidate=best, prediction=int(argmax_tolerant(scores)[0]),
             all_image_similarity=all_img.astype(np.float32), all_caption_similarity=all_cap_c,
             caption_topk=cap_topk, class_names=list(class_names) if class_names is not None else None,
-            metadata=meta)
+            metadata=meta, anchor_pair_ids=self.pair_ids, anchor_metadata=self.metadata)
 
     # ------------------------------------------------------------------ edits (new models)
     def with_pairs_removed(self, pair_ids) -> "AsifModel":

@@ -224,23 +224,6 @@ def pairs_panel(ws, classes: list[str], expl) -> None:
 
 
 # ----------------------------------------------------------------------------- figures
-def _pairs_map(live, e, classes: list[str], top3: list[int]) -> list[dict]:
-    """Fig. 7's points: for each of the top 3 classes, the picture's k nearest anchor pairs and the
-    class prompt's k nearest captions (the union of the two sparse supports); product 0 off the overlap."""
-    current = live.current_model()
-    meta, ids = current.metadata or [], current.pair_ids
-    rows = []
-    for c in top3:
-        prod = dict(zip(e.positions.tolist(), e.product[c].tolist()))
-        for pos in sorted(set(e.positions.tolist()) | set(e.caption_topk[c].tolist())):
-            rows.append({"class_name": classes[c], "pair_id": int(ids[pos]),
-                         "image_similarity": float(e.all_image_similarity[pos]),
-                         "caption_similarity": float(e.all_caption_similarity[c, pos]),
-                         "product": float(prod.get(pos, 0.0)),
-                         "caption": (meta[pos] if pos < len(meta) else {}).get("caption", "")})
-    return rows
-
-
 def _figures(live, e, qvec) -> dict:
     """The explanation's figures (plotly figures are slow to build), kept per (model version,
     picture) like the explanation: a rerun that changes neither re-sends them as they are."""
@@ -249,7 +232,7 @@ def _figures(live, e, qvec) -> dict:
     if cached is not None and cached[0] == key:
         return cached[1]
     classes = live.vectors.classes
-    rows = _pairs_map(live, e, classes, np.argsort(-e.scores, kind="stable")[:3].tolist())
+    rows = e.scatter_data(np.argsort(-e.scores, kind="stable")[:3].tolist())  # Fig. 7: the top 3 classes
     n = len(e.all_image_similarity)
     topk = np.zeros(n, dtype=bool)
     topk[e.positions] = True
