@@ -38,14 +38,12 @@ def _settings() -> dict:
     """k, p and encoders of the current workspace, falling back to the defaults of core.asif."""
     from core.asif import DEFAULT_K, DEFAULT_P
 
-    out = {"image_encoder": M.IMAGE_ENCODER, "text_encoder": M.TEXT_ENCODER, "k": DEFAULT_K, "p": DEFAULT_P,
-           "workspace": None}
+    out = {"image_encoder": M.IMAGE_ENCODER, "text_encoder": M.TEXT_ENCODER, "k": DEFAULT_K, "p": DEFAULT_P}
     try:
         ws = state.current_workspace()
         if ws is not None:
             s = ws.settings()
             out.update({k: s[k] for k in ("image_encoder", "text_encoder", "k", "p") if k in s})
-            out["workspace"] = ws.name
     except Exception:  # noqa: BLE001 - the lab also works without a workspace (demo data)
         pass
     return out
