@@ -26,7 +26,8 @@ from ui.widgets import page_header, thumbnail_url  # noqa: E402
 
 SOURCE_WS = "This workspace's anchor pairs"
 SOURCE_DEMO = "Flickr8k demo pairs (pick encoders)"
-METHOD_NAMES = {"qap": "QAP (seeded)", "local_cka": "Local CKA", "linear": "Linear map", "relative": "Relative reps"}
+METHOD_NAMES = {"qap": "QAP (seeded)", "local_cka": "Local CKA", "linear": "Linear map",
+                "relative": "Relative reps"}
 SUS_METHODS = {"Rank of the own partner by local CKA (best; ~1 min per 10,000 pairs)": "rank",
                "Leave-one-out CKA gain (seconds)": "loo_cka"}
 #: the fewest pairs the lab works on

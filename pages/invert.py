@@ -151,7 +151,8 @@ def _oti(inp: dict, feats: np.ndarray, pairs, heads, settings: dict, on_loss) ->
     anchors = np.arange(len(pairs))
     if inp["image_index"] is not None:  # the picture's own pairs are not anchors
         anchors = anchors[pairs.pair_image != inp["image_index"]]
-    k = min(int(settings["k"]), max(1, len(anchors) // 2))  # the workspace rule for small sets
+    # at most half the anchors, as store.default_k gives a small workspace
+    k = min(int(settings["k"]), max(1, len(anchors) // 2))
     result = M.asif_oti(feats, pairs.pair_image_vectors[anchors], pairs.text_vectors[anchors], k,
                         float(settings["p"]), steps=inp["steps"], seed=inp["seed"], on_loss=on_loss,
                         cache=cache)
