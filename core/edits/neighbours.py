@@ -120,8 +120,8 @@ SEQUENTIAL_MAX = 8
 #: text side of an edit ask again for the columns the edit just computed.
 COLUMN_CACHE_BYTES = 32 * 1024 ** 2
 #: Up to this many anchors, :meth:`NeighbourLists.topk_similarities` computes their similarities with
-#: every holding query (one product); beyond, scanning the lists is cheaper (measured crossover
-#: ≈300 anchors at 10,000 queries × k = 800, d = 1,280: 97 ms vs 103 ms).
+#: every holding query (one product); beyond, scanning the lists is cheaper (the crossover:
+#: docs/RESULTS.md, "Figures behind code constants").
 PRODUCT_MAX_ANCHORS = 256
 
 #: How top-k sets changed: ``(query, row, signed raw weight, squared-norm change)`` of every anchor
@@ -149,9 +149,9 @@ def concat_diffs(parts: Sequence[Diff]) -> Diff:
 def _move_in_rows(arrays: Sequence[np.ndarray], qs: np.ndarray, start: np.ndarray, stop: np.ndarray,
                   by: int) -> None:
     """In every C-contiguous 2-D array, move ``a[q, start:stop]`` to ``a[q, start + by:stop + by]``
-    for each row ``q`` of ``qs`` (overlap-safe). A byte move through a memoryview per row costs a
-    fraction of a numpy slice assignment's overhead: 14 ms instead of 24 for 10,000 rows of 1,000
-    (rows + similarities), what inserting one anchor into every list costs.
+    for each row ``q`` of ``qs`` (overlap-safe). A byte move through a memoryview per row avoids
+    most of a numpy slice assignment's overhead (measured: docs/RESULTS.md, "Figures behind code
+    constants").
 
     >>> a = np.arange(8).reshape(2, 4)
     >>> _move_in_rows([a], np.array([1]), np.array([1]), np.array([3]), 1); a

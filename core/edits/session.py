@@ -26,9 +26,8 @@ def _scatter_add_rows(D: np.ndarray, rows: np.ndarray, cols: np.ndarray, weights
                       table: np.ndarray) -> None:
     """``D[rows[i]] += weights[i] * table[:, cols[i]]`` for every i, repeated rows summed: what
     ``np.add.at(D, rows, (table[:, cols] * weights).T)`` does, as one sparse × dense product over the
-    distinct columns, with no ``[n, C]`` temporary. Measured on this CPU, for D of 10,000 × 80: 4 ms
-    for 20,000 updates (the edit that changes every image's top-k) where a column-by-column
-    ``np.bincount`` took 13 ms, and 183 ms instead of 407 for a million updates.
+    distinct columns, with no ``[n, C]`` temporary; faster than a column-by-column ``np.bincount``
+    (measured: docs/RESULTS.md, "Figures behind code constants").
 
     >>> D = np.zeros((3, 2)); table = np.array([[1.0, 10.0], [2.0, 20.0]])
     >>> _scatter_add_rows(D, np.array([0, 2, 0]), np.array([1, 0, 0]), np.array([1.0, 1.0, -0.5]), table); D
@@ -319,8 +318,8 @@ class EditSession:
     #: A squared norm that has moved by more than this many times its value since it was last exact
     #: (a dominant pair added, then removed) has lost digits to cancellation, and so may its scores:
     #: the row (image, cheap: one list) or column (prompt: every list holding its anchors, so only
-    #: from a larger ratio) is then recomputed exactly. Measured on 35,000 Flickr8k pairs x 10,000
-    #: CIFAR-10 pictures: the worst-case add's undo stays at ~40 ms (30-60 ms without the check).
+    #: from a larger ratio) is then recomputed exactly, which also steadies the worst-case undo
+    #: (measured: docs/RESULTS.md, "Figures behind code constants").
     CANCELLATION = 1e2
     CANCELLATION_TEXT = 1e6
 
