@@ -207,11 +207,14 @@ class NeighbourLists:
         return self.anchors.emb(self.side)
 
     def _full_init(self):
+        alive = self.anchors.alive_rows()
+        K = min(self.K, alive.size)
+        base = self.emb()[alive]
+        idx, sims = ExactIndex(base).topk(self.q, K)
         nq = self.q.shape[0]
-        found, sims, K = self._search(np.arange(nq), self.anchors.alive_rows())
         self.rows = np.full((nq, self.K), -1, dtype=np.int64)
         self.sims = np.full((nq, self.K), -np.inf, dtype=np.float32)
-        self.rows[:, :K] = found
+        self.rows[:, :K] = alive[idx]
         self.sims[:, :K] = sims
         self.length = np.full(nq, K, dtype=np.int64)
         self._build_postings()
