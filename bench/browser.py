@@ -52,7 +52,7 @@ PAIRS_JS = """() => { for (const m of document.querySelectorAll('[data-testid="s
     return null; }"""
 
 
-def _settle(page, timeout_ms: float = 120_000) -> None:
+def settle(page, timeout_ms: float = 120_000) -> None:
     """Wait until the page has been idle for two consecutive checks 100 ms apart."""
     page.wait_for_function(IDLE_JS, timeout=timeout_ms, polling="raf")
     page.wait_for_timeout(100)
@@ -69,10 +69,10 @@ def _timed(fn) -> float:
     return (time.perf_counter() - t0) * 1000
 
 
-def _visit(page, name: str) -> None:
+def visit(page, name: str) -> None:
     page.get_by_role("link", name=name, exact=True).click()
     page.get_by_role("heading", name=name).first.wait_for(timeout=120_000)
-    _settle(page)
+    settle(page)
 
 
 def _curate_once(page, out: dict) -> None:
@@ -84,12 +84,12 @@ def _curate_once(page, out: dict) -> None:
     page.keyboard.press("Escape")
     page.get_by_text("What if", exact=False).first.wait_for()
     out.setdefault("curate_whatif", []).append((time.perf_counter() - t) * 1000)
-    _settle(page)
+    settle(page)
     t = time.perf_counter()
     page.get_by_role("button", name="Remove 1 pair").click()
     page.wait_for_function(f"() => ({PAIRS_JS})() === {n - 1}", polling="raf", timeout=30_000)
     out.setdefault("curate_remove_visible", []).append((time.perf_counter() - t) * 1000)
-    _settle(page)
+    settle(page)
     out.setdefault("curate_remove_settled", []).append((time.perf_counter() - t) * 1000)
     page.get_by_text("Selected pairs", exact=False).first.wait_for(timeout=600_000)
 
@@ -116,7 +116,7 @@ def measure(app_root: Path, images: int, per_class: int, reps: int, log=print) -
                 while (_pairs(page) or 0) < want and time.time() - t0 < 3600:  # quick start still growing
                     page.wait_for_timeout(2000)
                 log(f"  model ready with {_pairs(page):,} pairs after {time.time() - t0:.0f} s")
-                _settle(page)
+                settle(page)
 
                 # ---- Classify & explain: Remove the first contributing pair
                 for _ in range(reps):
@@ -127,26 +127,26 @@ def measure(app_root: Path, images: int, per_class: int, reps: int, log=print) -
                                  has_text=re.compile(r"Remove( #\d+)?$")).first.click()
                     page.wait_for_function(f"() => ({PAIRS_JS})() === {n - 1}", polling="raf")
                     out.setdefault("classify_remove_visible", []).append((time.perf_counter() - t) * 1000)
-                    _settle(page)
+                    settle(page)
                     out.setdefault("classify_remove_settled", []).append((time.perf_counter() - t) * 1000)
 
                 # ---- Curate: pick a pair → what-if; Remove it
-                _visit(page, "Curate")
+                visit(page, "Curate")
                 page.get_by_text("Selected pairs", exact=False).first.wait_for(timeout=600_000)
-                _settle(page)
+                settle(page)
                 for _ in range(reps):
                     try:
                         _curate_once(page, out)
                     except PlaywrightTimeout:  # a click that a polling rerun swallowed: counted, not timed
                         out.setdefault("curate_lost_clicks", []).append(1.0)
-                        _visit(page, "Curate")
+                        visit(page, "Curate")
                         page.get_by_text("Selected pairs", exact=False).first.wait_for(timeout=600_000)
-                        _settle(page)
+                        settle(page)
 
                 # ---- page visits (each from a different page)
                 for _ in range(reps):
                     for name in PAGES:
-                        out.setdefault(f"visit_{name}", []).append(_timed(lambda: _visit(page, name)))
+                        out.setdefault(f"visit_{name}", []).append(_timed(lambda: visit(page, name)))
                 browser.close()
         finally:
             H.stop_server(proc)

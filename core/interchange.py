@@ -310,7 +310,7 @@ def _finish_pairs(image_vectors: np.ndarray, pair_image: np.ndarray, text: np.nd
     bad_image = _normalize_rows(image_vectors)
     bad = np.flatnonzero(_normalize_rows(text) | bad_image[pair_image])
     text[bad] = 0
-    skipped = tuple(Skipped(i, captions[i], "its image or text vector is zero, NaN or infinite")
+    skipped = tuple(Skipped(i, captions[i], "its image or text vector is zero, NaN or infinite", "caption")
                     for i in bad[:1000].tolist())
     out = EmbeddedPairs(image_vectors=image_vectors, pair_image=pair_image,
                         text_vectors=text, captions=captions, images=images,

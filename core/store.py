@@ -390,10 +390,11 @@ def validate_settings(changes: dict, n_active: int | None = None) -> dict:
 
 
 def settings_key(settings: dict) -> str:
-    """What the model's numbers depend on: encoders, k, p, prompts, classes and the split."""
+    """What the model's numbers depend on: encoders, k, p, prompts (templates and their wording),
+    classes and the split."""
     keys = ("image_encoder", "text_encoder", "k", "p", "templates", "classes", "tune_fraction",
             "split_seed")
-    out = {k: settings.get(k) for k in keys}
+    out = {**{k: settings.get(k) for k in keys}, "wording": asif.PROMPT_WORDING}
     if settings.get("ann_min_anchors") is not None:   # only when set: older keys stay as they were
         out["ann_min_anchors"] = settings["ann_min_anchors"]
     return json.dumps(out, sort_keys=True)
@@ -662,9 +663,7 @@ class Workspace:
         cached = self._cached
         if cached is not None and cached[0] == (last[0], last[1]):
             return cached[1]
-        if self._base_ids is None:
-            self._base_ids = frozenset(r[0] for r in con.execute("SELECT pair_id FROM pairs WHERE base=1"))
-        state = replay(self._base_ids, self._edits(con), int(last[1]))
+        state = replay(self.base_pair_ids(), self._edits(con), int(last[1]))
         self.stats["replays"] += 1
         self._cached = ((last[0], last[1]), state)
         return state
@@ -676,6 +675,14 @@ class Workspace:
 
     def active_pair_ids(self) -> frozenset:
         return self.state().active
+
+    def base_pair_ids(self) -> frozenset:
+        """The pairs the workspace was created with (the log's starting set)."""
+        with self._lock:
+            con = self._connection()
+            if self._base_ids is None:
+                self._base_ids = frozenset(r[0] for r in con.execute("SELECT pair_id FROM pairs WHERE base=1"))
+            return self._base_ids
 
     def peek_undo(self) -> Edit | None:
         """The user edit an undo would invert (``None``: nothing to undo)."""
