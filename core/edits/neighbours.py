@@ -33,6 +33,8 @@ class SharedRows:
     >>> rows[np.array([1, 2])], rows.shape[0] >= 3
     (array([[0., 1.],
            [5., 5.]], dtype=float32), True)
+    >>> np.shares_memory(rows[:2], rows.base), np.shares_memory(rows[np.array([0])], rows.base)  # a slice is a view
+    (True, False)
     """
 
     #: rows the added block holds at least when it first grows (it then doubles)
