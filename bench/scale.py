@@ -9,8 +9,9 @@ Synthetic mode writes N pairs with realistic structure — d = 768 on both sides
 (60 topics, 3,000 sub-topics; classes are groups of topics), 1–3 captions per picture (mean
 ``--captions``), text vectors sharing a per-picture offset — as a clip-retrieval layout (float16)
 in a tmp folder (or ``--out``), imports it through :func:`core.interchange.import_pairs`, then times:
-building the model with its FAISS image index (once), opening it again from the files and the saved
-index ("open from cache"), classifying ``--eval`` pictures through the ANN path and through exact
+building the model with its FAISS image index (once; "first open") and saving its arrays for
+:meth:`core.asif.AsifModel.open_mapped`, opening it again by mapping them, with the saved index and
+the caption strings ("open from cache"), classifying ``--eval`` pictures through the ANN path and through exact
 search (the named baseline: ratio and prediction agreement), classifying and explaining one picture
 (with a new prompt set, then again), the Fig. 3 histograms of an explanation (every anchor), recall@k
 of the ANN path against exact search on a 200-picture sample (``--sweep``: for other ``nprobe`` too),
@@ -43,7 +44,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.asif_common import machine  # noqa: E402
 from core.ann import AnnIndex, AnnSettings, measure, prediction_agreement  # noqa: E402
 from core.asif import AsifModel  # noqa: E402
-from core.interchange import import_pairs  # noqa: E402
+from core.interchange import import_pairs, source_key  # noqa: E402
 
 TOPICS, SUBTOPICS, CLASSES, TEMPLATES = 60, 3000, 10, 8
 
@@ -143,6 +144,28 @@ def open_model(folder: Path, settings: AnnSettings, k: int, p: float,
     return model, pairs, end - t
 
 
+def reopen_model(folder: Path, settings: AnnSettings, key: str, parts: dict) -> tuple[AsifModel, float]:
+    """A second open: the model's arrays mapped from what :meth:`AsifModel.save_mapped` wrote, its
+    saved FAISS index, and the caption strings read from the source's metadata (what the app shows):
+    ``(model, seconds)``; ``parts`` receives the seconds of each step."""
+    import pyarrow.parquet as pq
+
+    t = time.perf_counter()
+    model = AsifModel.open_mapped(folder / "index" / f"model-{key}", key)
+    if model is None:
+        raise RuntimeError("the mapped model was not found")
+    model.ann = settings
+    t_model = time.perf_counter()
+    model.search_index("image")
+    t_index = time.perf_counter()
+    captions = [c for m in sorted((folder / "source" / "metadata").glob("*.parquet"))
+                for c in pq.read_table(m, columns=["caption"]).column("caption").to_pylist()]
+    end = time.perf_counter()
+    parts.update(model_s=t_model - t, index_s=t_index - t_model, captions_s=end - t_index,
+                 captions=len(captions))
+    return model, end - t
+
+
 def run_synthetic(args) -> dict:
     from core.edits import EditSession
 
@@ -154,22 +177,25 @@ def run_synthetic(args) -> dict:
                   "eval_pictures": args.eval, "folder": str(out)}
     try:
         t = time.perf_counter()
-        data = synthesize(args.pairs, out, captions=args.captions, n_eval=args.eval)
+        data = synthesize(args.pairs, out / "source", captions=args.captions, n_eval=args.eval)
         info["distinct_images"] = data["images"]
         info["write_s"] = time.perf_counter() - t
-        info["folder_bytes"] = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+        info["folder_bytes"] = sum(f.stat().st_size for f in (out / "source").rglob("*") if f.is_file())
         settings = AnnSettings(min_anchors=args.ann_min, folder=str(out / "index"), nprobe=args.nprobe,
                                shortlist=args.shortlist)
-        model, pairs, info["build_s"] = open_model(out, settings, args.k, args.p)
+        model, pairs, info["build_s"] = open_model(out / "source", settings, args.k, args.p)
         index = model.search_index("image")
         info["index_built"] = getattr(index, "built", None)
         info["index_kind"] = type(index).__name__
         info["index_build_s"] = getattr(index, "build_seconds", None)
+        key = source_key(out / "source")
+        t = time.perf_counter()
+        model.save_mapped(out / "index" / f"model-{key}", key)
+        info["save_mapped_s"] = time.perf_counter() - t
         del model, pairs, index
         gc.collect()
         info["open_parts"] = {}
-        model, pairs, info["open_s"] = open_model(out, settings, args.k, args.p, info["open_parts"])
-        del pairs                                   # the model holds what it needs
+        model, info["open_s"] = reopen_model(out, settings, key, info["open_parts"])
         info["index_opened_from_file"] = not getattr(model.search_index("image"), "built", True)
         info["peak_gb_after_open"] = peak_gb()
         q, y = data["eval"], data["labels"]

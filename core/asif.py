@@ -586,9 +586,13 @@ class AsifModel:
     def __init__(self, image_embeddings, text_embeddings, pair_ids=None, metadata=None, *,
                  k: int = DEFAULT_K, p: float = DEFAULT_P, info: Mapping[str, Any] | None = None,
                  template_strategy: str = DEFAULT_TEMPLATE_STRATEGY,
-                 temperature: float = DEFAULT_TEMPERATURE, device: str | None = "cpu"):
-        img = as_float32_2d("anchor image embeddings", image_embeddings)
-        txt = as_float32_2d("anchor text embeddings", text_embeddings)
+                 temperature: float = DEFAULT_TEMPERATURE, device: str | None = "cpu",
+                 _mapped: tuple[np.ndarray, np.ndarray] | None = None):
+        if _mapped is None:
+            img = as_float32_2d("anchor image embeddings", image_embeddings)
+            txt = as_float32_2d("anchor text embeddings", text_embeddings)
+        else:   # open_mapped: unit rows it wrote itself, mapped from disk (not read here)
+            img, txt = image_embeddings, text_embeddings
         if img.shape[0] != txt.shape[0]:
             raise ValueError(f"{img.shape[0]} anchor images but {txt.shape[0]} anchor texts: pairs must "
                              "line up one to one.")
@@ -606,8 +610,9 @@ class AsifModel:
         self.k, self.p = _check_kp(k, p, n)
         if template_strategy not in TEMPLATE_STRATEGIES:
             raise ValueError(f"unknown template strategy {template_strategy!r}; use one of {TEMPLATE_STRATEGIES}.")
-        self.image_embeddings = l2_normalize(img)
-        self.text_embeddings = l2_normalize(txt)
+        self.image_embeddings = img if _mapped is not None else l2_normalize(img)
+        self.text_embeddings = txt if _mapped is not None else l2_normalize(txt)
+        self._distinct_images = _mapped      # (first, inverse) of the image rows, when known
         self.pair_ids = ids
         self.metadata = metadata
         self.info = dict(info or {})
@@ -653,7 +658,8 @@ class AsifModel:
         if modality not in self._indexes:
             if modality == "image":  # core.ann hook: FAISS + exact re-rank above a measured size
                 from core.ann import image_search_index
-                self._indexes[modality] = image_search_index(self.image_embeddings, self.ann)
+                self._indexes[modality] = image_search_index(self.image_embeddings, self.ann,
+                                                             distinct=self._distinct_images)
             else:
                 self._indexes[modality] = ExactIndex(self.text_embeddings)
         return self._indexes[modality]
@@ -845,6 +851,73 @@ class AsifModel:
                  pair_ids=self.pair_ids, meta_json=blob)
         os.replace(tmp, path)
         return path
+
+    def save_mapped(self, folder: str | os.PathLike, key: str) -> str:
+        """Save the anchors for :meth:`open_mapped`: a folder of ``.npy`` files (the unit-norm
+        float32 ``image.npy`` and ``text.npy``, ``pair_ids.npy``, the image rows' grouping
+        ``distinct_first.npy`` / ``distinct_inverse.npy``) and ``model.json`` (k, p, strategy,
+        temperature, info, ``key``). ``key`` names the source the anchors came from (e.g.
+        :func:`core.interchange.source_key`); a later open with another key ignores the folder. Per-pair
+        metadata is not kept. Written to a temporary folder first, then renamed. Returns ``folder``."""
+        import shutil
+
+        from core.search import distinct_rows
+
+        folder = os.fspath(folder)
+        index = self._indexes.get("image")
+        if self._distinct_images is not None:
+            first, inverse = self._distinct_images
+        elif getattr(index, "inverse", None) is not None:     # an AnnIndex has grouped them already
+            first, inverse = index.first, index.inverse
+        else:
+            first, inverse = distinct_rows(self.image_embeddings)
+        tmp = f"{folder}.tmp{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+        for name, arr in (("image", self.image_embeddings), ("text", self.text_embeddings),
+                          ("pair_ids", self.pair_ids), ("distinct_first", np.asarray(first, np.int64)),
+                          ("distinct_inverse", np.asarray(inverse, np.int64))):
+            np.save(os.path.join(tmp, f"{name}.npy"), arr, allow_pickle=False)
+        meta = {"format": "rosetta-asif-mapped", "version": FORMAT_VERSION, "key": key, "k": self.k,
+                "p": self.p, "template_strategy": self.template_strategy,
+                "temperature": self.temperature, "info": self.info}
+        with open(os.path.join(tmp, "model.json"), "w", encoding="utf-8") as f:
+            json.dump(meta, f)
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+        return folder
+
+    @classmethod
+    def open_mapped(cls, folder: str | os.PathLike, key: str, *,
+                    device: str | None = "cpu") -> "AsifModel | None":
+        """The model :meth:`save_mapped` wrote to ``folder`` for ``key``, its anchors memory-mapped
+        (read-only; pages are read on use, not at open), or ``None`` when the folder is missing, was
+        written for another key, or does not hold consistent arrays (then rebuild and save again).
+        Nothing is normalised or grouped again: a second open at 1.6M pairs maps 9.8 GB instead of
+        reading it."""
+        folder = os.fspath(folder)
+        try:
+            with open(os.path.join(folder, "model.json"), encoding="utf-8") as f:
+                meta = json.load(f)
+            if not isinstance(meta, dict) or meta.get("format") != "rosetta-asif-mapped" \
+                    or meta.get("version") != FORMAT_VERSION or meta.get("key") != key:
+                return None
+            img, txt, ids, first, inverse = (
+                np.load(os.path.join(folder, f"{name}.npy"), mmap_mode="r", allow_pickle=False)
+                for name in ("image", "text", "pair_ids", "distinct_first", "distinct_inverse"))
+        except (OSError, ValueError):
+            return None
+        n = img.shape[0] if img.ndim == 2 else -1
+        if img.dtype != np.float32 or txt.dtype != np.float32 or txt.ndim != 2 or txt.shape[0] != n \
+                or ids.shape != (n,) or inverse.shape != (n,) or first.ndim != 1 \
+                or first.size == 0 or int(first.max()) >= n or int(inverse.max()) >= first.size:
+            return None
+        try:
+            return cls(img, txt, np.asarray(ids), k=meta["k"], p=meta["p"], info=meta.get("info"),
+                       template_strategy=meta["template_strategy"], temperature=meta["temperature"],
+                       device=device, _mapped=(np.asarray(first), np.asarray(inverse)))
+        except (KeyError, TypeError, ValueError):
+            return None
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, device: str | None = "cpu") -> "AsifModel":

@@ -44,6 +44,7 @@ Public API
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -317,6 +318,20 @@ def _finish_pairs(image_vectors: np.ndarray, pair_image: np.ndarray, text: np.nd
                         image_encoder=image_encoder, text_encoder=text_encoder, pair_ids=list(range(n)),
                         skipped=skipped)
     return out if bad.size == 0 else out.subset(np.setdiff1d(np.arange(n), bad))
+
+
+def source_key(path: str | os.PathLike, **options) -> str:
+    """A short hex key naming a source's current contents and the import ``options``: the relative
+    path, size and modification time of every file under ``path``. A model saved with this key
+    (:meth:`core.asif.AsifModel.save_mapped`) is never reopened after a file is changed, added or
+    removed (only the file listing is read, not the 4.9 GB of vectors)."""
+    p = Path(path).expanduser().resolve()
+    files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+    h = hashlib.sha256(json.dumps(sorted((k, str(v)) for k, v in options.items())).encode())
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.relative_to(p) if p.is_dir() else f.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
 
 
 def import_pairs(path: str | os.PathLike, *, image_encoder: str | None = None,

@@ -126,3 +126,29 @@ def test_edit_session_shares_the_model_arrays_and_builds_its_lists_with_its_inde
     assert session.anchors.img.base is model.image_embeddings and session.n_anchors == base.shape[0] + 3
     with pytest.raises(ValueError, match="shared"):
         session.anchors.img[np.array([0])] = 0.0
+
+
+def test_a_model_saved_mapped_reopens_mapped_and_classifies_the_same(base, tmp_path):
+    text = clustered(base.shape[0], d=48, seed=6)
+    settings = AnnSettings(min_anchors=0, folder=str(tmp_path / "index"), nlist=32, nprobe=8)
+    model = AsifModel(base * 3.0, text, k=50, p=8, info={"source": "test"})   # normalised here
+    model.ann = settings
+    images, prompts = clustered(40, seed=13), text[:5]
+    before = model.classify(images, prompts)
+    folder = tmp_path / "model"
+    model.save_mapped(folder, "key-1")
+    assert AsifModel.open_mapped(folder, "key-2") is None            # another source: never read stale
+    assert AsifModel.open_mapped(tmp_path / "missing", "key-1") is None
+    again = AsifModel.open_mapped(folder, "key-1")
+    assert isinstance(again.image_embeddings, np.memmap) and isinstance(again.text_embeddings, np.memmap)
+    assert (again.k, again.p, again.info) == (50, 8.0, {"source": "test"})
+    np.testing.assert_array_equal(again.image_embeddings, model.image_embeddings)
+    again.ann = settings
+    index = again.search_index("image")
+    assert isinstance(index, AnnIndex) and not index.built            # the saved FAISS index, same grouping
+    np.testing.assert_array_equal(index.first, model.search_index("image").first)
+    after = again.classify(images, prompts)
+    np.testing.assert_array_equal(after.predictions, before.predictions)
+    np.testing.assert_array_equal(after.scores, before.scores)
+    (folder / "distinct_inverse.npy").write_bytes(b"not an array")  # a damaged folder: rebuilt, not read
+    assert AsifModel.open_mapped(folder, "key-1") is None

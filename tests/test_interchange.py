@@ -222,3 +222,20 @@ def test_cache_for_workspace_stores_the_imported_vectors_and_leaves_out_missing_
     assert np.array_equal(img, pairs.pair_image_vectors[keep]) and np.array_equal(txt, pairs.text_vectors[keep])
     with pytest.raises(ValueError, match="cannot run it"):
         cache_for_workspace(dataclasses.replace(pairs, text_encoder="ViT-L-14 (openai)"), fresh)
+
+
+def test_source_key_changes_with_any_file_and_with_the_options(anchors, tmp_path):
+    import os
+
+    from core.interchange import source_key
+
+    path = export_pairs(anchors, tmp_path / "cr", "clip-retrieval", dtype="float16")
+    key = source_key(path)
+    assert source_key(path) == key and source_key(path, limit=10) != key
+    shard = next((tmp_path / "cr" / "text_emb").glob("*.npy"))
+    st = shard.stat()
+    os.utime(shard, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))   # rewritten: another key
+    assert source_key(path) != key
+    changed = source_key(path)
+    (tmp_path / "cr" / "metadata" / "extra.parquet").write_bytes(b"x")     # a file added: another key
+    assert source_key(path) != changed
