@@ -198,3 +198,19 @@ def test_a_settings_change_after_edits_measures_the_start_again(ws, cache):
     other.update_settings(p=4)
     assert start == _fresh(other, cache).metrics().to_dict()
     assert again.ws.history(again.key)[0]["step"] == 0 and start != again.metrics().to_dict()
+
+
+def test_current_model_is_the_opened_model_until_an_edit_and_again_after_undo(ws, cache):
+    m = _fresh(ws, cache)
+    opened = m.current_model()
+    assert opened.image_embeddings is m.session.anchors.img.base            # shared with the session, no copy
+    ids = sorted(m.active_ids())
+    m.remove(ids[:2])
+    edited = m.current_model()
+    assert edited is not opened and set(edited.pair_ids.tolist()) == set(ids[2:])
+    m.undo()
+    assert m.current_model() is opened
+    q = m.vectors.item_vecs[0]
+    fresh = m.session.current_model()                                        # a copy of the same live rows
+    np.testing.assert_array_equal(m.explain(q).scores,
+                                  fresh.explain(q, m.vectors.prompts, m.vectors.prompt_classes).scores)
