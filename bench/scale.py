@@ -258,6 +258,19 @@ def run_synthetic(args) -> dict:
             info["removal_ms_median"] = 1000 * float(np.median(times))
             info["removal_ms_max"] = 1000 * float(np.max(times))
             info["peak_gb_with_session"] = peak_gb()
+            if args.edited_model:     # what core.live.LiveModel.current_model() builds after an edit
+                need = 4 * model.n_anchors * (model.image_embeddings.shape[1] + model.text_embeddings.shape[1])
+                if available_gb() < need / 1024 ** 3 + 2:
+                    info["edited_model"] = f"not run: needs ~{need / 1024 ** 3:.1f} GB, {available_gb():.1f} GB available"
+                else:
+                    t = time.perf_counter()
+                    edited = session.current_model()
+                    edited.ann = settings
+                    edited.explain(q[4], pe, pc).contributions()
+                    info["edited_model_and_explain_s"] = time.perf_counter() - t
+                    info["peak_gb_with_edited_model"] = peak_gb()
+                    del edited
+                    gc.collect()
             if args.influence:
                 t = time.perf_counter()
                 influence = session.influence()
@@ -281,6 +294,32 @@ def run_synthetic(args) -> dict:
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+    return info
+
+
+def run_reopen(args) -> dict:
+    """A fresh process opens a kept folder (``--out`` of an earlier run) as the app would the second
+    time: the mapped model, its saved index, the captions; then the image top-k of 200 anchor
+    pictures (their pages are read on use). Peak memory is this process's alone."""
+    out = Path(args.reopen)
+    settings = AnnSettings(min_anchors=args.ann_min, folder=str(out / "index"), nprobe=args.nprobe,
+                           shortlist=args.shortlist)
+    info: dict = {"machine": machine(), "folder": str(out), "load_avg_start": os.getloadavg()[0],
+                  "open_parts": {}}
+    t = time.perf_counter()
+    key = source_key(out / "source")
+    info["source_key_s"] = time.perf_counter() - t
+    model, info["open_s"] = reopen_model(out, settings, key, info["open_parts"])
+    info["open_s"] += info["source_key_s"]
+    info["pairs"] = model.n_anchors
+    info["index_opened_from_file"] = not getattr(model.search_index("image"), "built", True)
+    info["peak_gb_after_open"] = peak_gb()
+    queries = np.array(model.image_embeddings[np.random.default_rng(0).choice(model.n_anchors, 200)])
+    t = time.perf_counter()
+    model.search_index("image").topk(queries, args.k)
+    info["image_topk_200_s"] = time.perf_counter() - t
+    info["peak_gb"] = peak_gb()
+    info["load_avg_end"] = os.getloadavg()[0]
     return info
 
 
@@ -343,12 +382,17 @@ def main(argv=None) -> int:
     ap.add_argument("--sweep", type=lambda v: [int(x) for x in v.split(",") if x], default=[],
                     help="also measure these nprobe values on the same index, e.g. 8,16,64")
     ap.add_argument("--influence", type=int, default=1, help="1: time the influence table (exact leave-one-out)")
+    ap.add_argument("--edited-model", type=int, default=0,
+                    help="1: time the live pairs' model after the removals and one explanation with it "
+                         "(a copy of both sides: skipped when it would not fit)")
     ap.add_argument("--map", type=int, default=1, help="1: time the PCA map layout of the anchor pictures")
     ap.add_argument("--out", default=None, help="keep the files here (default: a tmp folder, removed)")
+    ap.add_argument("--reopen", default=None,
+                    help="a folder an earlier run kept (--out): time a fresh process opening it mapped")
     ap.add_argument("--real", action="store_true", help="float16/float32 copies of the cached demo instead")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
-    info = run_real(args) if args.real else run_synthetic(args)
+    info = run_real(args) if args.real else run_reopen(args) if args.reopen else run_synthetic(args)
     if args.json:
         print(json.dumps(info, indent=2, default=float))
     else:
