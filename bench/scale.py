@@ -261,7 +261,8 @@ def run_synthetic(args) -> dict:
             if args.edited_model:     # what core.live.LiveModel.current_model() builds after an edit
                 need = 4 * model.n_anchors * (model.image_embeddings.shape[1] + model.text_embeddings.shape[1])
                 if available_gb() < need / 1024 ** 3 + 2:
-                    info["edited_model"] = f"not run: needs ~{need / 1024 ** 3:.1f} GB, {available_gb():.1f} GB available"
+                    info["edited_model"] = (f"not run: needs ~{need / 1024 ** 3:.1f} GB, "
+                                            f"{available_gb():.1f} GB available")
                 else:
                     t = time.perf_counter()
                     edited = session.current_model()

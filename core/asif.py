@@ -19,7 +19,7 @@ Main objects
     ``build_prompts(class_names, templates)`` -> ``(prompts: list[str], prompt_classes [P])``
     ``AsifModel``: anchors (image/text embeddings, pair ids, per-pair metadata), ``k``, ``p``;
         ``classify``, ``retrieve``, ``explain``, ``with_pairs_added`` / ``with_pairs_removed``,
-        ``save`` / ``load``.
+        ``save`` / ``load``; ``save_mapped`` / ``open_mapped`` (``.npy`` files reopened memory-mapped).
     ``Classification``, ``Explanation``: result containers (plain numpy fields).
     ``softmax(scores, temperature)``, ``fit_temperature(scores, labels)``: calibrated display scores.
     Editing an evaluated model incrementally lives in :mod:`core.edits`.

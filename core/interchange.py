@@ -41,6 +41,7 @@ Public API
     ``export_pairs(pairs, dest, fmt, dtype=...)`` / ``export_labeled(labeled, dest, fmt, dtype=...)``
     ``require_encoder(name, purpose)``;  ``labeled_imagefolder(folder, split=None)`` -> ``LabeledSet``
     ``cache_for_workspace(pairs, cache)`` -> the rows of a workspace made of imported pairs
+    ``source_key(path, **options)`` -> a key naming a source's current files (for a saved model)
 """
 from __future__ import annotations
 
