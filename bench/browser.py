@@ -9,6 +9,9 @@ On the demo (default: all 7,000 Flickr8k photos = 35,000 pairs, 100 CIFAR-10 tes
   gone and no element left stale)
 * ``curate_whatif``            Curate: pick a pair in "Selected pairs" → the "What if" preview shown
 * ``curate_remove_visible`` / ``curate_remove_settled``  Curate: click "Remove 1 pair" → as above
+* ``curate_table_fresh``       … → the influence table re-measured for the new anchor set (its
+  "Updating the influence numbers" note gone) and the page settled; the next pick waits for this, so
+  that ``curate_whatif`` times the pick, not a refresh of the table that happens to overlap it
 * ``visit_<page>``             click a page in the navigation → its title shown and the page settled
 
 Each app is measured on its own server and workspaces folder, one after the other in the same run:
@@ -38,7 +41,7 @@ import app_helpers as H  # noqa: E402  (the tests' server and browser helpers)
 
 PAGES = ["Classify & explain", "Curate", "Data", "Settings", "Workspaces", "Align", "Invert"]
 TARGETS_MS = {"classify_remove_visible": 500, "classify_remove_settled": 1500, "curate_whatif": 500,
-              "curate_remove_visible": 500, "curate_remove_settled": 1500,
+              "curate_remove_visible": 500, "curate_remove_settled": 1500, "curate_table_fresh": None,
               **{f"visit_{p}": 2000 for p in PAGES}}
 
 #: True when no script run is in progress: no status widget ("Running…") and no stale element.
@@ -50,6 +53,10 @@ PAIRS_JS = """() => { for (const m of document.querySelectorAll('[data-testid="s
         const v = m.querySelector('[data-testid="stMetricValue"]');
         return v ? parseInt(v.innerText.replace(/[^0-9]/g, '')) : null; } }
     return null; }"""
+
+
+#: True when the Curate influence table describes the current anchor set (no "Updating…" note).
+FRESH_JS = """() => !document.body.innerText.includes('Updating the influence numbers')"""
 
 
 def _settle(page, timeout_ms: float = 120_000) -> None:
@@ -91,6 +98,9 @@ def _curate_once(page, out: dict) -> None:
     out.setdefault("curate_remove_visible", []).append((time.perf_counter() - t) * 1000)
     _settle(page)
     out.setdefault("curate_remove_settled", []).append((time.perf_counter() - t) * 1000)
+    page.wait_for_function(FRESH_JS, polling=50, timeout=120_000)
+    _settle(page)
+    out.setdefault("curate_table_fresh", []).append((time.perf_counter() - t) * 1000)
     page.get_by_text("Selected pairs", exact=False).first.wait_for(timeout=600_000)
 
 
@@ -183,7 +193,7 @@ def main(argv=None) -> dict:
         if r.get("curate_lost_clicks"):
             print(f"{label}: {len(r['curate_lost_clicks'])} Curate removal(s) lost (no change in 30 s)")
     for key, target in TARGETS_MS.items():
-        line = f"{key:34} {target:>7,}"
+        line = f"{key:34} {'–' if target is None else f'{target:,}':>7}"
         meds = []
         for label, r in runs.items():
             if key in r:
