@@ -7,7 +7,10 @@ On the demo (default: all 7,000 Flickr8k photos = 35,000 pairs, 100 CIFAR-10 tes
   numbers (its anchor-pair count drops by one: the accuracies sit in the same row, drawn together)
 * ``classify_remove_settled``  … → the page is settled (no run in progress: Streamlit's status widget
   gone and no element left stale)
-* ``curate_whatif``            Curate: pick a pair in "Selected pairs" → the "What if" preview shown
+* ``curate_whatif_row``        Curate: click the influence table's first row → the "What if" preview
+  shown (the row's selection cell, clicked by position: the grid is a canvas)
+* ``curate_whatif``            Curate: pick a pair in "Selected pairs" (dropdown opened, option
+  clicked) → the "What if" preview shown
 * ``curate_remove_visible`` / ``curate_remove_settled``  Curate: click "Remove 1 pair" → as above
 * ``curate_table_fresh``       … → the influence table re-measured for the new anchor set (its
   "Updating the influence numbers" note gone) and the page settled; the next pick waits for this, so
@@ -40,7 +43,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 import app_helpers as H  # noqa: E402  (the tests' server and browser helpers)
 
 PAGES = ["Classify & explain", "Curate", "Data", "Settings", "Workspaces", "Align", "Invert"]
-TARGETS_MS = {"classify_remove_visible": 500, "classify_remove_settled": 1500, "curate_whatif": 500,
+TARGETS_MS = {"classify_remove_visible": 500, "classify_remove_settled": 1500, "curate_whatif_row": 500,
+              "curate_whatif": 500,
               "curate_remove_visible": 500, "curate_remove_settled": 1500, "curate_table_fresh": None,
               **{f"visit_{p}": 2000 for p in PAGES}}
 
@@ -82,14 +86,34 @@ def _visit(page, name: str) -> None:
     _settle(page)
 
 
+def _click_first_row(page) -> None:
+    """Click the first row of Curate's influence table (its row-selection cell: the grid is a canvas)."""
+    box = page.locator('[data-testid="stDataFrame"]').first.bounding_box()
+    page.mouse.click(box["x"] + 12, box["y"] + ROW_Y)
+
+
+#: the first row's middle, in pixels below the top of the table (a 35 px header, 56 px rows)
+ROW_Y = 35 + 28
+
+
 def _curate_once(page, out: dict) -> None:
-    """Curate: pick the first pair → what-if shown; Remove it → new numbers visible → settled."""
+    """Curate: click the first row → what-if shown, click it again (deselect); pick the first pair in
+    the picker → what-if shown; Remove it → new numbers visible → settled → table refreshed."""
     n = _pairs(page)
+    what_if = page.get_by_text("What if", exact=False).first
+    t = time.perf_counter()
+    _click_first_row(page)
+    what_if.wait_for()
+    out.setdefault("curate_whatif_row", []).append((time.perf_counter() - t) * 1000)
+    _settle(page)
+    _click_first_row(page)
+    what_if.wait_for(state="detached")
+    _settle(page)
     t = time.perf_counter()
     page.locator('[data-testid="stMultiSelect"]').first.locator("input").click()
     page.get_by_role("option", name=re.compile(r"^#\d+")).first.click()
     page.keyboard.press("Escape")
-    page.get_by_text("What if", exact=False).first.wait_for()
+    what_if.wait_for()
     out.setdefault("curate_whatif", []).append((time.perf_counter() - t) * 1000)
     _settle(page)
     t = time.perf_counter()

@@ -129,7 +129,6 @@ def _with_suspicion(model, df: pd.DataFrame) -> pd.DataFrame:
 def influence_rows(model) -> pd.DataFrame | None:
     """The influence table of the live model (rows of removed pairs dropped while it is refreshed
     after an edit); ``None`` while it is first computed."""
-    state.start_influence(model)
     rows, version, _ = state.influence_snapshot(model)
     if rows is None:
         st.info("Measuring each pair's influence (exact leave-one-out on the tuning pictures)… "
@@ -501,15 +500,17 @@ def add_pairs_section(model) -> None:
 def main() -> None:
     model = state.require_model(ws)
     header(model)
-    state.start_influence(model)
     influence_panel()
-    if state.influence_snapshot(model)[1] != model.version:
-        wait_for_influence()
     charts(model)
     st.divider()
     add_pairs_section(model)
     st.divider()
     auto_curate_panel(ws, model)
+    # the influence of a new anchor set is computed in the background once the page is drawn
+    # (started earlier, its seconds of work compete with drawing the page after an edit)
+    state.start_influence(model)
+    if state.influence_snapshot(model)[1] != model.version:
+        wait_for_influence()
 
 
 main()
