@@ -16,9 +16,10 @@ On the demo (default: all 7,000 Flickr8k photos = 35,000 pairs, 100 CIFAR-10 tes
   anchor set (its "Updating the influence numbers" note gone) and the page is settled
 * ``visit_<page>``             click a page in the navigation → its title shown and the page settled
 
-Each app is measured on its own server and workspaces folder, one after the other in the same run:
-``--baseline-root`` names a checkout of the code before a change (e.g. ``git worktree add /tmp/base
-main``); the table prints both and their ratio. The targets are issue #16's.
+Each app runs on its own server and workspaces folder; ``--baseline-root`` names a checkout of the
+code before a change (e.g. ``git worktree add /tmp/base main``), and the two take turns rep by rep
+(baseline, this code, baseline, …) so that both see the same load on a shared machine; the table
+prints both and their ratio. The targets are issue #16's.
 
     .venv/bin/python -m bench.browser                                  # full demo, 20 repetitions
     .venv/bin/python -m bench.browser --images 300 --per-class 20 --reps 10 --baseline-root /tmp/base
@@ -142,59 +143,73 @@ def _curate_once(page, out: dict) -> None:
     page.get_by_text("Selected pairs", exact=False).first.wait_for(timeout=600_000)
 
 
-def measure(app_root: Path, images: int, per_class: int, reps: int, log=print) -> dict[str, list[float]]:
-    """Start the app in ``app_root`` on a fresh workspaces folder, build the demo, time everything."""
+def _ready(page, url: str, images: int, log, label: str) -> None:
+    """Open the app and wait until its model holds all ``5 * images`` pairs (a quick start grows)."""
+    t0 = time.time()
+    page.goto(url)
+    page.get_by_text("It's a", exact=False).first.wait_for(timeout=1_800_000)
+    while (_pairs(page) or 0) < 5 * images and time.time() - t0 < 3600:
+        page.wait_for_timeout(2000)
+    log(f"  {label}: model ready with {_pairs(page):,} pairs after {time.time() - t0:.0f} s")
+    _settle(page)
+
+
+def _classify_once(page, out: dict) -> None:
+    """Classify & explain: Remove the first contributing caption → visible → settled."""
+    n = _pairs(page)
+    t = time.perf_counter()
+    # one caption's Remove ("Remove" / "Remove #id"), not a photo's "Remove all N"
+    page.locator('[data-testid="stButton"] button', has_text=re.compile(r"Remove( #\d+)?$")).first.click()
+    page.wait_for_function(f"() => ({PAIRS_JS})() === {n - 1}", polling="raf")
+    out.setdefault("classify_remove_visible", []).append((time.perf_counter() - t) * 1000)
+    _settle(page)
+    out.setdefault("classify_remove_settled", []).append((time.perf_counter() - t) * 1000)
+
+
+def measure(roots: dict[str, Path], images: int, per_class: int, reps: int,
+            log=print) -> dict[str, dict[str, list[float]]]:
+    """Start each app (``{label: checkout}``) on its own server and fresh workspaces folder, build the
+    demo, then time every interaction, the apps taking turns rep by rep (A, B, A, B …) so that both
+    see the same load on a shared machine; each rep ends settled (Curate's: table refreshed)."""
     from playwright.sync_api import sync_playwright
 
-    out: dict[str, list[float]] = {}
-    with tempfile.TemporaryDirectory(prefix="rosetta-bench-") as tmp:
-        port = H.free_port()
-        proc = H.start_server(port, Path(tmp) / "ws", Path(tmp) / "server.log", app_root=app_root,
-                              images=images, per_class=per_class)
-        url = f"http://127.0.0.1:{port}"
+    outs: dict[str, dict[str, list[float]]] = {label: {} for label in roots}
+    procs = []
+    with tempfile.TemporaryDirectory(prefix="rosetta-bench-") as tmp, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=H.CHROMIUM, args=H.CHROMIUM_ARGS)
+        pages = {}
         try:
-            with sync_playwright() as p:
-                browser = p.chromium.launch(executable_path=H.CHROMIUM, args=H.CHROMIUM_ARGS)
-                page = browser.new_page(viewport={"width": 1440, "height": 1400})
+            for label, root in roots.items():
+                port = H.free_port()
+                folder = Path(tmp) / label.replace(" ", "-")
+                folder.mkdir()
+                procs.append(H.start_server(port, folder / "ws", folder / "server.log", app_root=root,
+                                            images=images, per_class=per_class))
+                page = browser.new_context(viewport={"width": 1440, "height": 1400}).new_page()
                 page.set_default_timeout(120_000)
-                t0 = time.time()
-                page.goto(url)
-                page.get_by_text("It's a", exact=False).first.wait_for(timeout=1_800_000)
-                want = 5 * images
-                while (_pairs(page) or 0) < want and time.time() - t0 < 3600:  # quick start still growing
-                    page.wait_for_timeout(2000)
-                log(f"  model ready with {_pairs(page):,} pairs after {time.time() - t0:.0f} s")
-                _settle(page)
-
-                # ---- Classify & explain: Remove the first contributing pair
-                for _ in range(reps):
-                    n = _pairs(page)
-                    t = time.perf_counter()
-                    # one caption's Remove ("Remove" / "Remove #id"), not a photo's "Remove all N"
-                    page.locator('[data-testid="stButton"] button',
-                                 has_text=re.compile(r"Remove( #\d+)?$")).first.click()
-                    page.wait_for_function(f"() => ({PAIRS_JS})() === {n - 1}", polling="raf")
-                    out.setdefault("classify_remove_visible", []).append((time.perf_counter() - t) * 1000)
-                    _settle(page)
-                    out.setdefault("classify_remove_settled", []).append((time.perf_counter() - t) * 1000)
-
-                # ---- Curate: pick a pair → what-if; Remove it
+                _ready(page, f"http://127.0.0.1:{port}", images, log, label)
+                pages[label] = page
+            for _ in range(reps):
+                for label, page in pages.items():
+                    _classify_once(page, outs[label])
+            for page in pages.values():
                 _open_curate(page)
-                for _ in range(reps):
+            for _ in range(reps):
+                for label, page in pages.items():
                     try:
-                        _curate_once(page, out)
+                        _curate_once(page, outs[label])
                     except PlaywrightTimeout:  # a click that a polling rerun swallowed: counted, not timed
-                        out.setdefault("curate_lost_clicks", []).append(1.0)
+                        outs[label].setdefault("curate_lost_clicks", []).append(1.0)
                         _open_curate(page)
-
-                # ---- page visits (each from a different page)
-                for _ in range(reps):
-                    for name in PAGES:
-                        out.setdefault(f"visit_{name}", []).append(_timed(lambda: _visit(page, name)))
-                browser.close()
+            for _ in range(reps):
+                for name in PAGES:  # each from a different page
+                    for label, page in pages.items():
+                        outs[label].setdefault(f"visit_{name}", []).append(_timed(lambda: _visit(page, name)))
+            browser.close()
         finally:
-            H.stop_server(proc)
-    return out
+            for proc in procs:
+                H.stop_server(proc)
+    return outs
 
 
 def _stats(values: list[float]) -> tuple[float, float]:
@@ -212,12 +227,11 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     print(f"sizes: {args.images:,} photos = {5 * args.images:,} pairs, {args.per_class} test pictures per "
           f"class, {args.reps} repetitions; load: {os.getloadavg()[0]:.1f}")
-    runs = {}
-    for label, root in (("baseline", args.baseline_root), ("this code", args.app_root)):
-        if root is None:
-            continue
+    roots = {label: root.resolve() for label, root in (("baseline", args.baseline_root),
+                                                          ("this code", args.app_root)) if root is not None}
+    for label, root in roots.items():
         print(f"{label}: {root}")
-        runs[label] = measure(root.resolve(), args.images, args.per_class, args.reps)
+    runs = measure(roots, args.images, args.per_class, args.reps)
     print(f"load after: {os.getloadavg()[0]:.1f}")
     head = f"{'interaction':34} {'target':>7}"
     for label in runs:
