@@ -15,35 +15,33 @@ import streamlit as st  # noqa: E402
 
 from ui import boot, state  # noqa: E402
 
-boot.mark()
-
-# an emoji favicon is inline; a :material: one would be fetched from fonts.gstatic.com
-st.set_page_config(page_title="Rosetta", page_icon="🔤", layout="wide")
-
 
 def page(file: str, title: str, icon: str, **kw):
     return st.Page(f"pages/{file}", title=title, icon=icon, **kw)
 
 
-sections = {
-    "Model": [
-        page("classify.py", "Classify & explain", ":material/image_search:", default=True),
-        page("curate.py", "Curate", ":material/tune:"),
-        page("map.py", "Map", ":material/scatter_plot:"),
-    ],
-    "Workspace": [
-        page("data.py", "Data", ":material/photo_library:"),
-        page("settings.py", "Settings", ":material/settings:"),
-        page("workspaces.py", "Workspaces", ":material/folder_open:"),
-    ],
-    "Labs": [
-        page("align.py", "Align", ":material/join:"),
-        page("invert.py", "Invert", ":material/swap_horiz:"),
-    ],
-}
-nav = st.navigation(sections)
+def sections() -> dict[str, list]:
+    """The navigation: the model pages, the workspace pages, the labs."""
+    return {
+        "Model": [
+            page("classify.py", "Classify & explain", ":material/image_search:", default=True),
+            page("curate.py", "Curate", ":material/tune:"),
+            page("map.py", "Map", ":material/scatter_plot:"),
+        ],
+        "Workspace": [
+            page("data.py", "Data", ":material/photo_library:"),
+            page("settings.py", "Settings", ":material/settings:"),
+            page("workspaces.py", "Workspaces", ":material/folder_open:"),
+        ],
+        "Labs": [
+            page("align.py", "Align", ":material/join:"),
+            page("invert.py", "Invert", ":material/swap_horiz:"),
+        ],
+    }
 
-with st.sidebar:
+
+def sidebar() -> None:
+    """The workspace picker and its summary; a broken workspace folder is said, not raised."""
     try:
         ws = state.current_workspace()
     except Exception as error:  # noqa: BLE001 - a broken workspace folder must not hide the app
@@ -61,4 +59,15 @@ with st.sidebar:
         state.sidebar_summary(ws)
     state.flash()
 
-nav.run()
+
+def main() -> None:
+    boot.mark()
+    # an emoji favicon is inline; a :material: one would be fetched from fonts.gstatic.com
+    st.set_page_config(page_title="Rosetta", page_icon="🔤", layout="wide")
+    nav = st.navigation(sections())
+    with st.sidebar:
+        sidebar()
+    nav.run()
+
+
+main()

@@ -63,7 +63,7 @@ PAIRS_JS = """() => { for (const m of document.querySelectorAll('[data-testid="s
 FRESH_JS = """() => !document.body.textContent.includes('Updating the influence numbers')"""
 
 
-def _settle(page, timeout_ms: float = 120_000) -> None:
+def settle(page, timeout_ms: float = 120_000) -> None:
     """Wait until the page has been idle for two consecutive checks 100 ms apart."""
     page.wait_for_function(IDLE_JS, timeout=timeout_ms, polling="raf")
     page.wait_for_timeout(100)
@@ -80,10 +80,10 @@ def _timed(fn) -> float:
     return (time.perf_counter() - t0) * 1000
 
 
-def _visit(page, name: str) -> None:
+def visit(page, name: str) -> None:
     page.get_by_role("link", name=name, exact=True).click()
     page.get_by_role("heading", name=name).first.wait_for(timeout=120_000)
-    _settle(page)
+    settle(page)
 
 
 def _click_first_row(page) -> None:
@@ -105,10 +105,10 @@ def _pick_first(page) -> None:
 
 def _open_curate(page) -> None:
     """Visit Curate and wait until its influence table is there and fresh."""
-    _visit(page, "Curate")
+    visit(page, "Curate")
     page.get_by_text("Selected pairs", exact=False).first.wait_for(timeout=600_000)
     page.wait_for_function(FRESH_JS, polling=200, timeout=600_000)
-    _settle(page)
+    settle(page)
 
 
 def _curate_once(page, out: dict) -> None:
@@ -121,24 +121,24 @@ def _curate_once(page, out: dict) -> None:
     _click_first_row(page)
     what_if.wait_for()
     out.setdefault("curate_whatif_row", []).append((time.perf_counter() - t) * 1000)
-    _settle(page)
+    settle(page)
     t_remove = time.perf_counter()
     page.get_by_role("button", name="Remove 1 pair").click()
     page.wait_for_function(f"() => ({PAIRS_JS})() === {n - 1}", polling="raf", timeout=30_000)
     out.setdefault("curate_remove_visible", []).append((time.perf_counter() - t_remove) * 1000)
-    _settle(page)
+    settle(page)
     out.setdefault("curate_remove_settled", []).append((time.perf_counter() - t_remove) * 1000)
     t = time.perf_counter()
     _pick_first(page)
     what_if.wait_for()
     out.setdefault("curate_whatif", []).append((time.perf_counter() - t) * 1000)
-    _settle(page)
+    settle(page)
     page.locator('[data-testid="stMultiSelect"]').first.locator("input").click()
     page.keyboard.press("Backspace")  # unpick it: the next row click starts from no selection
     page.keyboard.press("Escape")
     what_if.wait_for(state="detached")
     page.wait_for_function(FRESH_JS, polling=200, timeout=120_000)
-    _settle(page)
+    settle(page)
     out.setdefault("curate_table_fresh", []).append((time.perf_counter() - t_remove) * 1000)
     page.get_by_text("Selected pairs", exact=False).first.wait_for(timeout=600_000)
 
@@ -151,7 +151,7 @@ def _ready(page, url: str, images: int, log, label: str) -> None:
     while (_pairs(page) or 0) < 5 * images and time.time() - t0 < 3600:
         page.wait_for_timeout(2000)
     log(f"  {label}: model ready with {_pairs(page):,} pairs after {time.time() - t0:.0f} s")
-    _settle(page)
+    settle(page)
 
 
 def _classify_once(page, out: dict) -> None:
@@ -162,7 +162,7 @@ def _classify_once(page, out: dict) -> None:
     page.locator('[data-testid="stButton"] button', has_text=re.compile(r"Remove( #\d+)?$")).first.click()
     page.wait_for_function(f"() => ({PAIRS_JS})() === {n - 1}", polling="raf")
     out.setdefault("classify_remove_visible", []).append((time.perf_counter() - t) * 1000)
-    _settle(page)
+    settle(page)
     out.setdefault("classify_remove_settled", []).append((time.perf_counter() - t) * 1000)
 
 
@@ -204,7 +204,7 @@ def measure(roots: dict[str, Path], images: int, per_class: int, reps: int,
             for _ in range(reps):
                 for name in PAGES:  # each from a different page
                     for label, page in pages.items():
-                        outs[label].setdefault(f"visit_{name}", []).append(_timed(lambda: _visit(page, name)))
+                        outs[label].setdefault(f"visit_{name}", []).append(_timed(lambda: visit(page, name)))
             browser.close()
         finally:
             for proc in procs:

@@ -44,9 +44,8 @@ RECIPES = ("greedy", "influence", "suspicious", "additions", "combined")
 def load_demo(limit_anchors: int | None, per_class: int, pool_per_class: int | None,
               image_encoder: str, text_encoder: str):
     """Anchors, labeled set, pool and prompt/caption embeddings, through the embedding cache."""
-    from core.asif import DEFAULT_TEMPLATES
+    from core.asif import DEFAULT_TEMPLATES, fill_template
     from core.cache import default_cache
-    from core.curation import class_caption
     from core.data import data_dir, load_labeled, load_pairs_folder
     from core.embedded import EmbeddedLabeled, EmbeddedPairs, embed, embed_prompts
 
@@ -62,7 +61,7 @@ def load_demo(limit_anchors: int | None, per_class: int, pool_per_class: int | N
                                         image_encoder, cache=cache)
     templates = list(DEFAULT_TEMPLATES)
     prompt_emb, pc = embed_prompts(labeled.class_names, templates, text_encoder, cache=cache)
-    captions = [class_caption(templates[0], c) for c in labeled.class_names]
+    captions = [fill_template(templates[0], c) for c in labeled.class_names]
     return dict(img=anchors.pair_image_vectors, txt=anchors.text_vectors, labeled=labeled, q=labeled.vectors,
                 pool=pool, pool_emb=pool.vectors, prompt_emb=prompt_emb, prompt_classes=pc,
                 captions=captions, caption_emb=embed(text_encoder, captions, cache=cache).vectors,

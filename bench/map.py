@@ -1,6 +1,7 @@
 """Benchmark: the curator's map on the real demo (Flickr8k, 35,000 pairs / 7,000 photos).
 
     python bench/map.py --part flags      # planted near-duplicates: thresholds tuned on half A, scored on half B
+    python bench/map.py --part outliers   # planted odd pictures / captions: the same, for the outlier flags
     python bench/map.py --part layout     # UMAP / PCA of 35,000 pairs, exact k-NN vs NN-descent, cache hit
     python bench/map.py --part page       # first paint from a cached layout, lasso of 1,000 -> what-if, search
 
@@ -12,7 +13,9 @@ embedded through the real encoder and cache.
 Planting (``plant_photo``, ``paraphrase``): a near-duplicate photo is a copy of an existing photo,
 cropped 1-5 % on each side, resized to 55-90 % and re-encoded as JPEG at quality 35-75; a
 near-duplicate caption is a copy with its case changed, its final punctuation changed and one word
-swapped for a synonym (or an article for another).
+swapped for a synonym (or an article for another). An odd picture is a CIFAR-10 test picture (past
+the demo's evaluation pictures), uniform noise, or a few flat-coloured rectangles; an odd caption is
+a sentence from Python's help topics (another domain) or a real caption with its words shuffled.
 """
 from __future__ import annotations
 
@@ -241,6 +244,194 @@ def part_flags(args) -> dict:
     return out
 
 
+# ------------------------------------------------------------------------------ outliers
+ODD_PICTURES = ("cifar10", "noise", "blocks")
+ODD_CAPTIONS = ("other domain", "shuffled words")
+
+
+def odd_picture(dst: str, kind: str, rng: np.random.Generator) -> None:
+    """A generated picture unlike any photo: ``noise`` (uniform RGB noise) or ``blocks`` (a few
+    flat-coloured rectangles), 160-400 px a side, written as JPEG to ``dst``."""
+    from PIL import Image, ImageDraw
+
+    w, h = (int(v) for v in rng.integers(160, 401, size=2))
+    if kind == "noise":
+        im = Image.fromarray(rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8))
+    else:
+        im = Image.new("RGB", (w, h), tuple(int(c) for c in rng.integers(0, 256, 3)))
+        draw = ImageDraw.Draw(im)
+        for _ in range(int(rng.integers(2, 6))):
+            x0, y0 = int(rng.integers(0, w - 20)), int(rng.integers(0, h - 20))
+            draw.rectangle((x0, y0, int(rng.integers(x0 + 10, w)), int(rng.integers(y0 + 10, h))),
+                           fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
+    im.save(dst, format="JPEG", quality=90)
+
+
+def other_domain_sentences() -> list[str]:
+    """Sentences of 6-20 words from Python's own help topics (``pydoc_data``): English prose about
+    programming, a domain no photo caption is from. Sorted, distinct."""
+    import re
+
+    from pydoc_data.topics import topics
+
+    text = " ".join(topics.values())
+    out = set()
+    for s in re.split(r"(?<=[.!?])\s+", text):
+        s = " ".join(s.split())
+        if 6 <= len(s.split()) <= 20 and s[:1].isupper() and not re.search(r"[=(){}\[\]*`'\">:_|#]", s):
+            out.add(s)
+    return sorted(out)
+
+
+def shuffled_words(caption: str, rng: np.random.Generator) -> str:
+    """The caption's words in a random order (the same words, no sentence)."""
+    words = caption.split()
+    return " ".join(words[i] for i in rng.permutation(len(words)))
+
+
+def _planted_outliers(pairs, fraction: float, seed: int, tmp: Path, cifar: list[str], sentences: list[str]):
+    """Photo vectors of ``pairs`` plus planted odd pictures (CIFAR-10 pictures, noise, blocks, in
+    turn) and caption vectors plus planted odd captions (other-domain sentences, shuffled
+    captions, in turn), ``fraction`` of each side; returns ``(photos, photo kinds, captions,
+    caption kinds)`` where a kind is "" for a real row."""
+    rng = np.random.default_rng(seed)
+    photos, caps = pair_vectors(pairs)
+    n_img, n_cap = max(3, round(fraction * photos.shape[0])), max(2, round(fraction * caps.shape[0]))
+    kinds_i = [ODD_PICTURES[j % 3] for j in range(n_img)]
+    paths, picked = [], rng.choice(len(cifar), size=n_img, replace=False)
+    for j, kind in enumerate(kinds_i):
+        if kind == "cifar10":
+            paths.append(cifar[picked[j]])
+        else:
+            paths.append(str(tmp / f"odd-{seed}-{j}.jpg"))
+            odd_picture(paths[-1], kind, rng)
+    kinds_c = [ODD_CAPTIONS[j % 2] for j in range(n_cap)]
+    src = rng.choice(caps.shape[0], size=n_cap, replace=False)
+    other = rng.choice(len(sentences), size=n_cap, replace=False)
+    texts = [sentences[other[j]] if kind == "other domain" else shuffled_words(pairs.captions[src[j]], rng)
+             for j, kind in enumerate(kinds_c)]
+    return (np.concatenate([photos, vectors(IMAGE_ENCODER, paths)]), np.array([""] * photos.shape[0] + kinds_i),
+            np.concatenate([caps, vectors(TEXT_ENCODER, texts)]), np.array([""] * caps.shape[0] + kinds_c))
+
+
+def _pr(flagged: np.ndarray, kinds: np.ndarray) -> dict:
+    """Precision, recall (overall and per planted kind) of ``flagged`` rows against planted rows."""
+    planted = kinds != ""
+    tp = int((flagged & planted).sum())
+    out = {"precision": round(tp / max(1, int(flagged.sum())), 4), "recall": round(tp / max(1, int(planted.sum())), 4),
+           "flagged": int(flagged.sum()), "planted": int(planted.sum())}
+    out["recall_by_kind"] = {k: round(float(flagged[kinds == k].mean()), 3) for k in sorted(set(kinds) - {""})}
+    return out
+
+
+#: Neighbours per row tried for the outlier score (chosen on half A).
+OUTLIER_K_GRID = (10, 30, 50, 100)
+
+
+def _f1(r: dict) -> float:
+    return round(2 * r["precision"] * r["recall"] / max(1e-9, r["precision"] + r["recall"]), 4)
+
+
+def _tune_threshold(scores: np.ndarray, kinds: np.ndarray) -> float:
+    """The score threshold (flag ``score >= t``) with the best F1 on this (tuning) half, among the
+    half's own scores from its 80th percentile up (ties: the higher threshold)."""
+    best = (-1.0, 0.0)
+    for t in np.unique(scores[scores >= np.quantile(scores, 0.8)]):
+        r = _pr(scores >= t, kinds)
+        f1 = 2 * r["precision"] * r["recall"] / max(1e-9, r["precision"] + r["recall"])
+        best = max(best, (f1, float(t)))
+    return best[1]
+
+
+def _datalab_outlier_scores(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """cleanlab Datalab's outlier check on the same exact k-NN graph: ``(score [n], its own flag [n])``,
+    the score negated so that higher = more outlying, as ours."""
+    import warnings
+
+    from cleanlab import Datalab
+    from scipy.sparse import csr_matrix
+
+    from core.flags import neighbours
+
+    idx, sims = neighbours(x, k)
+    n = x.shape[0]
+    graph = csr_matrix((np.clip(1 - sims, 1e-12, None).ravel().astype(np.float64), idx.ravel(),
+                        np.arange(0, n * k + 1, k)), shape=(n, n))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lab = Datalab(data={"row": np.arange(n)}, verbosity=0)
+        lab.find_issues(knn_graph=graph, issue_types={"outlier": {}})
+    issues = lab.get_issues("outlier")
+    return -issues["outlier_score"].to_numpy(), issues["is_outlier_issue"].to_numpy()
+
+
+def part_outliers(args) -> dict:
+    """Photo and caption outliers (``core.flags.outlier_scores``) against planted odd rows: k (of
+    :data:`OUTLIER_K_GRID`) and the score threshold are chosen on half A (best F1), precision /
+    recall reported on half B; beside it the page's rank rule (top ``OUTLIER_FRACTION``) and, with
+    ``--datalab``, cleanlab Datalab's outlier check on the same k-NN graph."""
+    from core import flags as F
+    from core.data import data_dir, load_pairs_folder
+
+    root = data_dir(required=True)
+    pairs = load_pairs_folder(root / "flickr8k")
+    if args.images:
+        pairs = pairs.first_images(args.images)
+    # CIFAR-10 test pictures past the 100 per class the demo evaluates on
+    cifar = sorted(str(p) for p in (root / "cifar10" / "test").glob("*/*.jpg") if int(p.stem) >= 500)
+    sentences = other_domain_sentences()
+    out = {"fraction": args.outlier_fraction, "other_domain_sentences": len(sentences)}
+    sides = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, which, seed in (("tune", 0, 10), ("report", 1, 11)):
+            img, ki, cap, kc = _planted_outliers(_half(pairs, which), args.outlier_fraction, seed,
+                                                 Path(tmp), cifar, sentences)
+            sides[name] = {"photos": (img, ki), "captions": (cap, kc)}
+            out[name] = {"half": "AB"[which], "photos": int(img.shape[0]), "planted_photos": int((ki != "").sum()),
+                         "captions": int(cap.shape[0]), "planted_captions": int((kc != "").sum())}
+    for side in ("photos", "captions"):
+        kinds = {name: sides[name][side][1] for name in sides}
+        by_k, all_scores = {}, {}
+        for k in OUTLIER_K_GRID:  # k and the threshold are both chosen on half A
+            scores = {}
+            for name in ("tune", "report"):
+                t0 = time.perf_counter()
+                scores[name] = F.outlier_scores(sides[name][side][0], k)
+                seconds = round(time.perf_counter() - t0, 2)
+            t = _tune_threshold(scores["tune"], kinds["tune"])
+            a = _pr(scores["tune"] >= t, kinds["tune"])
+            by_k[k] = {"threshold_chosen_on_A": round(t, 4), "A": a, "f1_A": _f1(a),
+                       "B": _pr(scores["report"] >= t, kinds["report"]),
+                       "B_top_fraction_rule": _pr(F.outliers(scores["report"], F.OUTLIER_FRACTION), kinds["report"]),
+                       "seconds_B": seconds}
+            all_scores[k] = scores
+        k = max(OUTLIER_K_GRID, key=lambda kk: (by_k[kk]["f1_A"], -kk))
+        scores = all_scores[k]
+        res = {"k_chosen_on_A": k, **by_k[k],
+               "by_k": {kk: {"f1_A": v["f1_A"], "B": [v["B"]["precision"], v["B"]["recall"]],
+                             "B_recall_by_kind": v["B"]["recall_by_kind"]} for kk, v in by_k.items()}}
+        if args.datalab:
+            t0 = time.perf_counter()
+            dl = {name: _datalab_outlier_scores(sides[name][side][0], k) for name in sides}
+            td = _tune_threshold(dl["tune"][0], kinds["tune"])
+            res["datalab"] = {"own_flag_B": _pr(dl["report"][1], kinds["report"]),
+                              "threshold_chosen_on_A": round(td, 4),
+                              "tuned_B": _pr(dl["report"][0] >= td, kinds["report"]),
+                              "seconds_A_and_B": round(time.perf_counter() - t0, 2)}
+        if side == "captions":  # shuffled captions keep their words, so stay among their neighbours:
+            keep = {name: kinds[name] != "shuffled words" for name in sides}  # the flag without them
+            t2 = _tune_threshold(scores["tune"][keep["tune"]], kinds["tune"][keep["tune"]])
+            res["other_domain_only"] = {
+                "threshold_chosen_on_A": round(t2, 4),
+                "A": _pr(scores["tune"][keep["tune"]] >= t2, kinds["tune"][keep["tune"]]),
+                "B": _pr(scores["report"][keep["report"]] >= t2, kinds["report"][keep["report"]]),
+                "B_top_fraction_rule": _pr(F.outliers(scores["report"], F.OUTLIER_FRACTION)[keep["report"]],
+                                           kinds["report"][keep["report"]])}
+        out[side] = res
+        print(f"  {side}: {json.dumps(res)}", flush=True)
+    return out
+
+
 # ------------------------------------------------------------------------------ layout
 def _real_vectors(n_images: int | None):
     from core.data import data_dir, load_pairs_folder
@@ -327,8 +518,9 @@ def part_page(args) -> dict:
 
     rng = np.random.default_rng(0)
     xy = L.spread_copies(L.cached_layout(bank.img, "umap", cache), bank.pair_img)
-    walls, cpus, base_walls, deltas = [], [], [], []
-    for _ in range(3):  # three round lasso regions of 1,000 pairs
+    session = model.session
+    walls, cpus, base_walls, edit_walls, deltas, recomputed = [], [], [], [], [], []
+    for _ in range(args.lassos):  # round lasso regions of 1,000 pairs
         centre = xy[rng.integers(len(xy))]
         lasso = bank.pair_ids[np.argsort(((xy - centre) ** 2).sum(axis=1))[:1000]]
         t0, c0 = time.perf_counter(), time.process_time()
@@ -336,15 +528,36 @@ def part_page(args) -> dict:
         walls.append(time.perf_counter() - t0)
         cpus.append(time.process_time() - c0)
         deltas.append(round(100 * (what.after.tune - what.before.tune), 2))
-        t0 = time.perf_counter()
-        model.session.current_model().with_pairs_removed(lasso).classify(bank.item_vecs, bank.prompts,
-                                                                         bank.prompt_classes)
+        recomputed.append(session.what_if_remove(lasso).recomputed_queries)
+        t0 = time.perf_counter()  # baseline 1: the edit path (what the what-if did before: apply, revert)
+        session.remove(lasso)
+        session.undo()
+        edit_walls.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()  # baseline 2: classify again from scratch without the lasso
+        session.current_model().with_pairs_removed(lasso).classify(bank.item_vecs, bank.prompts,
+                                                                   bank.prompt_classes)
         base_walls.append(time.perf_counter() - t0)
     out["what_if_1000_ms_median"] = round(1000 * float(np.median(walls)), 1)
+    out["what_if_1000_ms_max"] = round(1000 * float(np.max(walls)), 1)
     out["what_if_1000_cpu_ms_median"] = round(1000 * float(np.median(cpus)), 1)
+    out["what_if_1000_lists_searched_again"] = recomputed
+    out["edit_path_remove_undo_ms_median"] = round(1000 * float(np.median(edit_walls)), 1)
     out["full_rescore_baseline_ms_median"] = round(1000 * float(np.median(base_walls)), 1)
-    out["ratio_full_rescore_vs_what_if"] = round(float(np.median(base_walls) / np.median(walls)), 2)
+    out["ratio_edit_path_vs_what_if"] = round(float(np.median(edit_walls) / np.median(walls)), 1)
+    out["ratio_full_rescore_vs_what_if"] = round(float(np.median(base_walls) / np.median(walls)), 1)
     out["what_if_tuning_delta_pts"] = deltas
+    singles, single_edits = [], []
+    for pid in rng.choice(session.pair_ids, 30, replace=False):  # one pair (the Curate page's preview)
+        t0 = time.perf_counter()
+        session.what_if_remove([pid])
+        singles.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        session.remove([pid])
+        session.undo()
+        single_edits.append(time.perf_counter() - t0)
+    out["what_if_1_ms_median"] = round(1000 * float(np.median(singles)), 2)
+    out["edit_path_1_remove_undo_ms_median"] = round(1000 * float(np.median(single_edits)), 2)
+    out["ratio_edit_path_vs_what_if_1"] = round(float(np.median(single_edits) / np.median(singles)), 1)
 
     enc = get_encoder(bank.text_encoder)
     t0 = time.perf_counter()
@@ -365,6 +578,16 @@ def part_page(args) -> dict:
     out["search_answer_cpu_ms_median"] = round(1000 * float(np.median(cpus)), 1)
     out["search_encode_query_ms_median"] = round(1000 * float(np.median(enc_times)), 1)
     out["ratio_prepare_vs_answer"] = round(out["search_prepare_s"] * 1000 / out["search_answer_ms_median"], 1)
+    # by picture: image-encoder neighbours and ASIF picture -> caption retrieval (5 anchor photos)
+    t0 = time.perf_counter()
+    search.by_image(bank.img[0])
+    out["search_picture_prepare_s"] = round(time.perf_counter() - t0, 2)
+    walls = []
+    for row in rng.choice(bank.img.shape[0], 5, replace=False):
+        t0 = time.perf_counter()
+        search.by_image(bank.img[row])
+        walls.append(time.perf_counter() - t0)
+    out["search_picture_answer_ms_median"] = round(1000 * float(np.median(walls)), 1)
     return out
 
 
@@ -372,17 +595,20 @@ def main(argv=None) -> int:
     from bench.asif_common import machine
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--part", choices=["flags", "layout", "page"], required=True)
+    ap.add_argument("--part", choices=["flags", "outliers", "layout", "page"], required=True)
     ap.add_argument("--images", type=int, default=None, help="first N Flickr8k photos (default all)")
     ap.add_argument("--per-class", type=int, default=100, help="page: CIFAR-10 test images per class")
+    ap.add_argument("--lassos", type=int, default=5, help="page: lasso regions of 1,000 pairs")
     ap.add_argument("--fraction", type=float, default=0.02, help="flags: planted fraction per side")
-    ap.add_argument("--datalab", action="store_true", help="flags: also run cleanlab Datalab")
+    ap.add_argument("--datalab", action="store_true", help="flags, outliers: also run cleanlab Datalab")
+    ap.add_argument("--outlier-fraction", type=float, default=0.01, help="outliers: planted fraction per side")
     ap.add_argument("--full", action="store_true", help="layout: also NN-descent and 35,000 distinct rows")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     info = {"machine": machine(), "part": args.part}
     t0 = time.perf_counter()
-    info.update({"flags": part_flags, "layout": part_layout, "page": part_page}[args.part](args))
+    info.update({"flags": part_flags, "outliers": part_outliers, "layout": part_layout,
+                 "page": part_page}[args.part](args))
     info["total_s"] = round(time.perf_counter() - t0, 1)
     info["load_after"] = round(os.getloadavg()[0], 1)
     print(json.dumps(info) if args.json else json.dumps(info, indent=1))

@@ -51,11 +51,9 @@ from core.search import (DEFAULT_MEMORY_BYTES, ExactIndex, canonical_order, dist
 
 ProgressFn = Callable[[float, str], None]
 
-#: Distinct anchor images from which the image side uses an :class:`AnnIndex`. Measured by
-#: ``bench/scale.py`` (docs/RESULTS.md, "## Paper scale"; d = 768, k = 800): the ANN image search is
-#: 1.6x exact at 50,000 and 75,000 distinct pictures and 2.7x at 150,000; whole classifications of
-#: 1,000 pictures 1.0x at 50,000 and 1.3x at 150,000 (exact search is compute-bound GEMM tiles, the
-#: re-rank gathers ~1,000 rows per query).
+#: Distinct anchor images from which the image side uses an :class:`AnnIndex`: below it, whole
+#: classifications gain nothing (exact search is compute-bound GEMM tiles, the re-rank gathers
+#: ~1,000 rows per query). Measured by ``bench/scale.py``: docs/RESULTS.md, "## Paper scale".
 ANN_MIN_ANCHORS = 100_000
 #: Probed lists per query and shortlist factor (shortlist = factor · distinct rows needed + 64).
 DEFAULT_NPROBE = 32
@@ -200,7 +198,7 @@ class AnnIndex:
         out_i = np.empty((q.shape[0], k), dtype=np.int64)
         out_v = np.empty((q.shape[0], k), dtype=np.float32)
         # queries of one coarse list share most of their shortlists: re-ranked side by side, the
-        # union their product covers is smaller (measured: 11,000 rows instead of 17,000 per 16)
+        # union their product covers is smaller (docs/RESULTS.md, "Figures behind code constants")
         _, lists = self.index.quantizer.search(q, 1)
         order = np.argsort(lists[:, 0], kind="stable")
         step = max(RERANK_GROUP, (2 ** 26 // max(1, r * 8)) // RERANK_GROUP * RERANK_GROUP)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
@@ -67,6 +68,9 @@ DEFAULT_TEMPLATES = (
 )
 
 FORMAT_VERSION = 1
+#: The wording :func:`build_prompts` gives templates (2: "an" before a vowel sound). Part of a
+#: workspace's settings key, so numbers measured with other prompts are never compared as equal.
+PROMPT_WORDING = 2
 
 
 # ------------------------------------------------------------------------------------------------
@@ -191,16 +195,47 @@ def argmax_tolerant(scores: np.ndarray, atol: float = 1e-9, rtol: float = 1e-7) 
 # Prompts and calibration
 # ------------------------------------------------------------------------------------------------
 
+def indefinite_article(word: str) -> str:
+    """The indefinite article before ``word``: "an" before a vowel sound, else "a".
+
+    >>> [indefinite_article(w) for w in ("airplane", "hour", "8-bit", "cat", "unicorn", "one-off")]
+    ['an', 'an', 'an', 'a', 'a', 'a']
+    """
+    w = str(word).strip().lower()
+    if w.startswith(("hour", "honest", "honou", "heir", "8", "11", "18")):
+        return "an"
+    if w.startswith(("uni", "use", "usu", "uti", "eu", "one", "once", "ewe")):
+        return "a"
+    return "an" if w[:1] in ("a", "e", "i", "o", "u") else "a"
+
+
+def fill_template(template: str, class_name: str) -> str:
+    """A prompt (or an added pair's caption): ``template`` with the class name in place of "{}",
+    "a {}" turned into "an {}" before a vowel sound; underscores become spaces; a template without
+    "{}" gets the name after a space.
+
+    >>> fill_template("a photo of a {}.", "airplane"), fill_template("a photo of a small {}.", "owl")
+    ('a photo of an airplane.', 'a photo of a small owl.')
+    >>> fill_template("A {} in the wild", "eagle"), fill_template("art:", "traffic_light")
+    ('An eagle in the wild', 'art: traffic light')
+    """
+    name = str(class_name).replace("_", " ")
+    if "{}" not in template:
+        return f"{template} {name}"
+    if indefinite_article(name) == "an":
+        template = re.sub(r"\b([Aa]) \{\}", r"\1n {}", template)
+    return template.format(name)
+
+
 def build_prompts(class_names: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES,
                   ) -> tuple[list[str], np.ndarray]:
     """Prompts for every class × template, class-major.
 
-    Returns ``(prompts, prompt_classes)``: ``prompts[c * T + t] = templates[t].format(name_c)``
-    (a template without "{}" gets the name appended after a space) and ``prompt_classes [C*T]`` int64.
-    Underscores in class names become spaces.
+    Returns ``(prompts, prompt_classes)``: ``prompts[c * T + t] = fill_template(templates[t], name_c)``
+    and ``prompt_classes [C*T]`` int64.
 
-    >>> build_prompts(["cat", "traffic_light"], ["a photo of a {}.", "art:"])
-    (['a photo of a cat.', 'art: cat', 'a photo of a traffic light.', 'art: traffic light'], array([0, 0, 1, 1]))
+    >>> build_prompts(["airplane", "traffic_light"], ["a photo of a {}.", "art:"])
+    (['a photo of an airplane.', 'art: airplane', 'a photo of a traffic light.', 'art: traffic light'], array([0, 0, 1, 1]))
     """
     names = [str(c) for c in class_names]
     if not names:
@@ -212,9 +247,8 @@ def build_prompts(class_names: Sequence[str], templates: Sequence[str] = DEFAULT
     prompts: list[str] = []
     classes: list[int] = []
     for c, name in enumerate(names):
-        shown = name.replace("_", " ")
         for template in templates:
-            prompts.append(template.format(shown) if "{}" in template else f"{template} {shown}")
+            prompts.append(fill_template(template, name))
             classes.append(c)
     return prompts, np.asarray(classes, dtype=np.int64)
 
@@ -425,7 +459,9 @@ class Explanation:
     Histograms (Fig. 3): ``all_image_similarity [N]`` the image's cosine to every anchor image
         (``positions`` are its top-k), ``all_caption_similarity [C, N]`` every anchor caption's cosine
         to each class candidate, ``caption_topk [C, k]`` positions of each candidate's top-k.
-    ``prediction`` argmax class; ``class_names`` if given.
+    ``prediction`` argmax class; ``class_names`` if given; ``metadata`` of the query side's pairs;
+    ``anchor_pair_ids [N]`` and ``anchor_metadata`` of every anchor (the model's, by position) for
+    the Fig. 7 points outside the image's top-k.
     """
     positions: np.ndarray
     pair_ids: np.ndarray
@@ -440,6 +476,8 @@ class Explanation:
     all_image_similarity: np.ndarray
     all_caption_similarity: np.ndarray
     caption_topk: np.ndarray
+    anchor_pair_ids: np.ndarray
+    anchor_metadata: list[dict] | None
     class_names: list[str] | None = None
     metadata: list[dict] | None = None
 
@@ -476,23 +514,27 @@ class Explanation:
             rows.append(row)
         return rows
 
-    def scatter_data(self) -> list[dict]:
-        """Rows for the Fig. 7 scatter: one per (class, anchor in the image's top-k) with nonzero
-        product: ``class_index, class_name, pair_id, image_similarity, caption_similarity, product``
-        (+ metadata)."""
+    def scatter_data(self, classes: Sequence[int] | None = None) -> list[dict]:
+        """Rows for the Fig. 7 scatter, for each class in ``classes`` (default: all, in order): one
+        per anchor pair in the union of the image's top-k and the class candidate's caption top-k
+        (the two sparse supports), ascending by position: ``class_index, class_name, pair_id,
+        image_similarity, caption_similarity`` (raw cosines) ``, product`` (0 off the overlap, where
+        only one side keeps the pair) + the pair's metadata."""
+        in_image_topk = dict(zip(self.positions.tolist(), range(len(self.positions))))
         rows = []
-        for c in range(self.product.shape[0]):
-            for j in np.flatnonzero(self.product[c] != 0):
+        for c in range(self.product.shape[0]) if classes is None else classes:
+            for pos in sorted(set(in_image_topk) | set(self.caption_topk[c].tolist())):
+                j = in_image_topk.get(pos)
                 row = {
-                    "class_index": c,
+                    "class_index": int(c),
                     "class_name": self.class_names[c] if self.class_names else str(c),
-                    "pair_id": int(self.pair_ids[j]),
-                    "image_similarity": float(self.image_similarity[j]),
-                    "caption_similarity": float(self.caption_similarity[c, j]),
-                    "product": float(self.product[c, j]),
+                    "pair_id": int(self.anchor_pair_ids[pos]),
+                    "image_similarity": float(self.all_image_similarity[pos]),
+                    "caption_similarity": float(self.all_caption_similarity[c, pos]),
+                    "product": 0.0 if j is None else float(self.product[c, j]),
                 }
-                if self.metadata is not None:
-                    row.update(self.metadata[j])
+                if self.anchor_metadata is not None:
+                    row.update(self.anchor_metadata[pos])
                 rows.append(row)
         return rows
 
@@ -710,7 +752,7 @@ class AsifModel:
             scores=scores[0], candidate=best, prediction=int(argmax_tolerant(scores)[0]),
             all_image_similarity=all_img.astype(np.float32), all_caption_similarity=all_cap_c,
             caption_topk=cap_topk, class_names=list(class_names) if class_names is not None else None,
-            metadata=meta)
+            metadata=meta, anchor_pair_ids=self.pair_ids, anchor_metadata=self.metadata)
 
     # ------------------------------------------------------------------ edits (new models)
     def with_pairs_removed(self, pair_ids) -> "AsifModel":

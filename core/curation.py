@@ -9,14 +9,13 @@ figure).
 * :func:`auto_curate` prunes anchor pairs greedily by exact leave-one-out influence measured on part
   of the tuning images, stopping by a held-back slice of the tuning images (:data:`STOP_RULE`).
 * :func:`suggest_additions` proposes in-domain pairs (pool images captioned with the class prompt,
-  :func:`class_caption`) for the classes the tuning part gets wrong most.
+  :func:`core.asif.fill_template`) for the classes the tuning part gets wrong most.
 
 Nothing here reads a label outside the tuning mask; callers report the test part beside it.
 """
 from __future__ import annotations
 
 import hashlib
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -265,21 +264,6 @@ def auto_curate(session: EditSession, tune_mask: np.ndarray, *, max_removals: in
 
 
 # ------------------------------------------------------------------------------- suggest additions
-
-def class_caption(template: str, class_name: str) -> str:
-    """The caption for an added pair: ``template`` with the class name, "a" turned into "an" before
-    a vowel. Underscores become spaces (as :func:`core.asif.build_prompts`).
-
-    >>> class_caption("a photo of a {}.", "airplane"), class_caption("a photo of a {}.", "cat")
-    ('a photo of an airplane.', 'a photo of a cat.')
-    """
-    name = str(class_name).replace("_", " ")
-    if "{}" not in template:
-        return f"{template} {name}"
-    if name[:1].lower() in "aeiou":
-        template = re.sub(r"\b([Aa]) \{\}", r"\1n {}", template)
-    return template.format(name)
-
 
 @dataclass
 class Suggestion:

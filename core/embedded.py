@@ -45,12 +45,15 @@ NOT_CACHED = "not in the embedding cache (embedding was not allowed to compute)"
 
 @dataclass(frozen=True)
 class Skipped:
-    """An item left out: ``index`` into the list it came from, ``item`` (a path or a text, never
-    file contents) and a one-sentence ``reason``."""
+    """An item left out: ``index`` into the list ``of`` names, ``item`` (a path or a text, never
+    file contents) and a one-sentence ``reason``. ``of``: "item" (the one list that was embedded),
+    or, in an :class:`EmbeddedPairs`, "image" (its source's distinct images) or "caption" (its
+    captions, one per pair row)."""
 
     index: int
     item: str
     reason: str
+    of: str = "item"
 
     def __str__(self) -> str:
         return self.reason if self.item in self.reason else f"{self.item}: {self.reason}"
@@ -214,10 +217,11 @@ def _missing_unique(cache: EmbeddingCache, model_id: str, keys: Sequence[bytes])
     return len({keys[i] for i in np.flatnonzero(~found).tolist()})
 
 
-def _left_out(result: EmbedResult, items: Sequence[Any]) -> list[Skipped]:
-    """Every item ``result`` has no vector for, failed or not cached, in index order."""
-    out = list(result.failed) + [Skipped(int(i), _describe(items[i], int(i)), NOT_CACHED)
-                                 for i in result.missing]
+def _left_out(result: EmbedResult, items: Sequence[Any], of: str = "item") -> list[Skipped]:
+    """Every item ``result`` has no vector for, failed or not cached, in index order, marked as
+    indexing ``of``."""
+    out = [Skipped(s.index, s.item, s.reason, of) for s in result.failed]
+    out += [Skipped(int(i), _describe(items[i], int(i)), NOT_CACHED, of) for i in result.missing]
     return sorted(out, key=lambda s: s.index)
 
 
@@ -228,8 +232,8 @@ class EmbeddedPairs:
     ``image_vectors [U, di]`` one row per distinct image; ``pair_image [P]`` int64 the image row of
     each pair; ``text_vectors [P, dt]`` caption vectors; ``captions [P]``; ``images [U]`` the image
     paths (or refs) as given; ``pair_ids [P]`` the source's id of each pair (positions when the
-    source has none); ``skipped``: images (``index`` into the source's distinct images) or captions
-    whose vector could not be had, with the reason — their pairs are left out.
+    source has none); ``skipped``: images or captions whose vector could not be had (each says
+    which, :attr:`Skipped.of`), with the reason — their pairs are left out.
     """
 
     image_vectors: np.ndarray
@@ -319,7 +323,7 @@ class EmbeddedPairs:
         img = embed(image_encoder, images, cache=cache, keys=ikeys, progress=p_img, compute=compute)
         txt = embed(text_encoder, captions, cache=cache, keys=ckeys, progress=p_txt, compute=compute)
         keep = img.ok[pair_image] & txt.ok
-        skipped = tuple(_left_out(img, images)) + tuple(_left_out(txt, captions))
+        skipped = tuple(_left_out(img, images, "image")) + tuple(_left_out(txt, captions, "caption"))
         out = cls(image_vectors=img.vectors, pair_image=pair_image, text_vectors=txt.vectors,
                   captions=captions, images=[_describe(x, i) for i, x in enumerate(images)],
                   image_encoder=_name(image_encoder), text_encoder=_name(text_encoder),

@@ -274,7 +274,8 @@ class EfficientNetLiteEncoder(Encoder):
         model = EfficientNet.from_name(variant)
         state = torch.load(weights[0], map_location="cpu", weights_only=True)
         model.load_state_dict(state)
-        # channels-last is ~1.4x faster for these depthwise convnets on CPU; same numbers (<1e-5)
+        # channels-last is faster for these depthwise convnets on CPU, same numbers
+        # (measured: docs/RESULTS.md, "Foundation")
         model.eval().to(device).to(memory_format=torch.channels_last)
         self.model = model
         self.device = device

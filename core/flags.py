@@ -15,7 +15,8 @@ Public API (``x [n, d]`` any vectors, compared by cosine similarity)
     link also needs the texts to differ by at most ``max_word_edits`` words (case and punctuation
     ignored): the embedding proposes candidates, the words confirm them.
 ``thumbnails(paths)`` -> ``[n, 256]``: tiny grey thumbnails that confirm photo near-duplicates.
-``outlier_scores(x, k)`` -> ``[n]`` float32: mean cosine distance to the k nearest other rows.
+``outlier_scores(x, k)`` -> ``[n]`` float32: mean cosine distance to the k nearest other rows
+    (:data:`OUTLIER_K` on the page).
 ``outliers(scores, top_fraction)`` -> ``[n]`` bool: the ``top_fraction`` highest scores.
 ``pair_flags(image, pair_image, caption, ...)`` -> ``{column: [P] array}``: all flags as columns per
     pair (image flags computed once per distinct photo and broadcast), including the caption-photo
@@ -51,9 +52,16 @@ MAX_WORD_EDITS = 1
 #: correlate by at least THUMB_CORR.
 THUMB = 16
 THUMB_CORR = 0.9
-#: Neighbours per row for the duplicate search and the outlier score.
+#: Neighbours per row for the duplicate search.
 K = 10
-#: Fraction of rows flagged as outliers (the highest k-NN distances).
+#: Neighbours per row for the outlier score: more than a group of odd rows holds, or its members
+#: vouch for each other (a dozen noise pictures among 3,500 photos: recall 0.06 with 10 neighbours,
+#: 0.66-0.83 with 50-100). Chosen on half A of planted odd pictures and captions, ``bench/map.py
+#: --part outliers`` (docs/RESULTS.md "Map").
+OUTLIER_K = 100
+#: Fraction of rows flagged as outliers (the highest k-NN distances). A rank rule, not a score
+#: threshold: the score grows as a workspace shrinks (fewer close neighbours), so the threshold
+#: chosen on 3,500 photos (half B: P/R 0.79/0.66; this rule 0.69/0.71) flags 77 % of 100 photos.
 OUTLIER_FRACTION = 0.01
 #: A pair whose suspicious-caption score (0 = its own caption ranks first among 1,000 others for
 #: its photo, 1 = last) is at least this is flagged as a mismatch.
@@ -190,7 +198,7 @@ def near_duplicate_captions(x, texts, threshold: float, max_word_edits: int = MA
     return _groups(idx.shape[0], rows[keep], other[keep]), sims[:, 0].copy()
 
 
-def outlier_scores(x, k: int = K) -> np.ndarray:
+def outlier_scores(x, k: int = OUTLIER_K) -> np.ndarray:
     """``[n]`` float32: mean cosine distance (1 - similarity) of each row to its ``k`` nearest other
     rows; high = far from everything else."""
     _, sims = neighbours(x, k)
@@ -210,7 +218,7 @@ def outliers(scores, top_fraction: float = OUTLIER_FRACTION) -> np.ndarray:
 
 
 def pair_flags(image, pair_image, caption, texts, *, photo_thumbs=None, image_threshold: float = IMAGE_DUPLICATE,
-               caption_threshold: float = CAPTION_DUPLICATE, k: int = K,
+               caption_threshold: float = CAPTION_DUPLICATE, k: int = K, outlier_k: int = OUTLIER_K,
                outlier_fraction: float = OUTLIER_FRACTION, mismatch: bool = True,
                progress: Progress = None) -> dict[str, np.ndarray]:
     """Every flag as a column per pair.
@@ -231,11 +239,11 @@ def pair_flags(image, pair_image, caption, texts, *, photo_thumbs=None, image_th
     report(0.0, "Near-duplicate photos")
     img_group, img_best = near_duplicates(image, image_threshold, k, thumbs=photo_thumbs)
     report(0.1, "Photo outliers")
-    img_out = outlier_scores(image, k)
+    img_out = outlier_scores(image, outlier_k)
     report(0.2, "Near-duplicate captions")
     cap_group, cap_best = near_duplicate_captions(cap, texts, caption_threshold, k=k)
     report(0.35, "Caption outliers")
-    cap_out = outlier_scores(cap, k)
+    cap_out = outlier_scores(cap, outlier_k)
     cols = {
         "photo_dup_group": img_group[pi], "photo_dup_sim": img_best[pi],
         "caption_dup_group": cap_group, "caption_dup_sim": cap_best,

@@ -305,7 +305,7 @@ def _finish_pairs(image_vectors: np.ndarray, pair_image: np.ndarray, text: np.nd
     bad = np.flatnonzero(bad_text | bad_image[pair_image])
     image_vectors[bad_image] = 0
     text[bad] = 0
-    skipped = tuple(Skipped(i, captions[i], "its image or text vector is zero, NaN or infinite")
+    skipped = tuple(Skipped(i, captions[i], "its image or text vector is zero, NaN or infinite", "caption")
                     for i in bad[:1000].tolist())
     out = EmbeddedPairs(image_vectors=_normalize_rows(image_vectors), pair_image=pair_image,
                         text_vectors=_normalize_rows(text), captions=captions, images=images,

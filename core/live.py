@@ -394,8 +394,25 @@ class LiveModel:
         self.seq = state.seq
         self.version = 0  # bumped by every change of the anchor set (caches key on it)
         self.needs_rebuild: str | None = None
-        if self.seq == 0 and ws.baseline(self.key) is None:
-            ws.set_baseline(self.metrics().to_dict(), self.key)
+        if ws.baseline(self.key) is None:
+            ws.set_baseline(self._start_metrics(state), self.key)
+
+    def _start_metrics(self, state: store.LogState) -> dict:
+        """The numbers of the unedited anchor set (the workspace's base pairs) under the current
+        settings: the timeline's first point and the headline's "vs. start". With edits in the log
+        (settings changed after editing) the base set is classified afresh, without an edit session."""
+        if state.seq == 0:
+            return self.metrics().to_dict()
+        v = self.vectors
+        base = self._modelled(self.ws.base_pair_ids())
+        if not base:
+            return Metrics.of(np.full(len(v.item_labels), -1), np.asarray(v.item_labels), self.is_tune,
+                              len(v.classes), 0, self.k).to_dict()
+        pos = v.positions(base)
+        k = store.effective_k(v.k_user, len(base))
+        start = AsifModel(v.img[v.pair_img[pos]], v.cap[pos], v.pair_ids[pos], k=k, p=v.p)
+        pred = start.classify(v.item_vecs, v.prompts, v.prompt_classes, n_classes=len(v.classes)).predictions
+        return Metrics.of(pred, np.asarray(v.item_labels), self.is_tune, len(v.classes), len(base), k).to_dict()
 
     # ------------------------------------------------------------------ state
     @property

@@ -615,9 +615,9 @@ def suspicious_pair_scores(
     captions; pool candidates from the same group as the pair are ignored (a sibling caption is not
     evidence against a pair). By default pairs with byte-identical image embeddings form a group.
     ``base_selection``: ``"random"`` (default) or ``"kmeans"`` (nearest pair to each of ``n_base``
-    centroids, as the paper picks bases; several times slower here and no better at this task:
-    ROC-AUC 0.928 vs 0.932 on 5,000 Flickr8k pairs with 5 % swapped). ``progress`` receives a fraction
-    in [0, 1].
+    centroids, as the paper picks bases; slower here and no better at this task: docs/RESULTS.md,
+    "Figures behind code constants").
+    ``progress`` receives a fraction in [0, 1].
     """
     img = _f64("image_emb", image_emb)
     txt = _f64("text_emb", text_emb)

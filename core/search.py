@@ -80,10 +80,10 @@ def _pad_rows(t: torch.Tensor, n: int = MIN_GEMM_ROWS) -> torch.Tensor:
 def similarity_block(a, b) -> np.ndarray:
     """``a [m, d] @ b [n, d].T`` as float32 numpy. Both operands are padded to at least
     ``MIN_GEMM_ROWS`` rows so the BLAS GEMM kernel (not GEMV) runs. An entry can still differ in the
-    last bit from the same entry of a product of another shape or thread count (measured with
-    MKL: about a third of the entries of a 200 x 16 product against a 200 x 500 one), so the edit
-    engine never compares such values for exact ties: duplicate anchors take their twin's stored
-    similarity (:class:`core.edits.neighbours.NeighbourLists`)."""
+    last bit from the same entry of a product of another shape or thread count (how often:
+    docs/RESULTS.md, "Figures behind code constants"), so the edit engine never compares such
+    values for exact ties: duplicate anchors take their twin's stored similarity
+    (:class:`core.edits.neighbours.NeighbourLists`)."""
     at = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
     bt = torch.from_numpy(np.ascontiguousarray(b, dtype=np.float32))
     with torch.no_grad(), _threads_for(max(a.shape[0], MIN_GEMM_ROWS) * max(b.shape[0], MIN_GEMM_ROWS) * a.shape[1]):
@@ -110,9 +110,8 @@ def _block_topk(sims: torch.Tensor, kk: int) -> tuple[torch.Tensor, torch.Tensor
     largest block maxima are kk distinct elements ≥ the kk-th block maximum t, so the kk-th element
     is ≥ t, and an element > t only lives in a block whose max is > t, all of which are kept. The
     last ``n mod B`` columns are always candidates. Exact ties at the boundary are resolved by the
-    caller's tie check. B = 8 once rows are ≥ 128·kk long and 4 from 32·kk (measured on this CPU:
-    1.3x faster than ``torch.topk`` at 256 × 262,144, kk = 816 and at 9,586 × 6,999, kk = 177);
-    shorter rows go straight to ``torch.topk``."""
+    caller's tie check. B = 8 once rows are ≥ 128·kk long and 4 from 32·kk (measured:
+    docs/RESULTS.md, "Figures behind code constants"); shorter rows go straight to ``torch.topk``."""
     qn, n = sims.shape
     blocks = 8 if n >= 128 * kk else 4 if n >= 32 * kk else 1
     if blocks == 1:
@@ -193,8 +192,8 @@ def _canonical_rows_exact(q: np.ndarray, base: np.ndarray, k: int) -> tuple[np.n
     return order.astype(np.int64), np.take_along_axis(sims, order, -1).astype(np.float32)
 
 
-#: Tiles hold at least this many query rows: thin tiles starve the GEMM kernel (measured at d = 384
-#: on this CPU: 59 GFLOP/s with 256 rows, 104 with 1,024, 113 with 2,048).
+#: Tiles hold at least this many query rows: thin tiles starve the GEMM kernel (measured:
+#: docs/RESULTS.md, "Figures behind code constants").
 MIN_QUERY_ROWS = 1024
 QUERY_TILE_ROWS = 2048
 

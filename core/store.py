@@ -383,10 +383,12 @@ def validate_settings(changes: dict, n_active: int | None = None) -> dict:
 
 
 def settings_key(settings: dict) -> str:
-    """What the model's numbers depend on: encoders, k, p, prompts, classes and the split."""
+    """What the model's numbers depend on: encoders, k, p, prompts (templates and their wording),
+    classes and the split."""
     keys = ("image_encoder", "text_encoder", "k", "p", "templates", "classes", "tune_fraction",
             "split_seed")
-    return json.dumps({k: settings.get(k) for k in keys}, sort_keys=True)
+    return json.dumps({**{k: settings.get(k) for k in keys}, "wording": asif.PROMPT_WORDING},
+                      sort_keys=True)
 
 
 # ---------------------------------------------------------------------------------- database
@@ -652,9 +654,7 @@ class Workspace:
         cached = self._cached
         if cached is not None and cached[0] == (last[0], last[1]):
             return cached[1]
-        if self._base_ids is None:
-            self._base_ids = frozenset(r[0] for r in con.execute("SELECT pair_id FROM pairs WHERE base=1"))
-        state = replay(self._base_ids, self._edits(con), int(last[1]))
+        state = replay(self.base_pair_ids(), self._edits(con), int(last[1]))
         self.stats["replays"] += 1
         self._cached = ((last[0], last[1]), state)
         return state
@@ -666,6 +666,14 @@ class Workspace:
 
     def active_pair_ids(self) -> frozenset:
         return self.state().active
+
+    def base_pair_ids(self) -> frozenset:
+        """The pairs the workspace was created with (the log's starting set)."""
+        with self._lock:
+            con = self._connection()
+            if self._base_ids is None:
+                self._base_ids = frozenset(r[0] for r in con.execute("SELECT pair_id FROM pairs WHERE base=1"))
+            return self._base_ids
 
     def peek_undo(self) -> Edit | None:
         """The user edit an undo would invert (``None``: nothing to undo)."""

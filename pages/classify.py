@@ -1,4 +1,9 @@
-"""Classify & explain: pick or upload a picture, see the prediction and the anchor pairs behind it."""
+"""Classify & explain: pick or upload a picture, see the prediction and the anchor pairs behind it.
+
+The page is one entry call, :func:`main`: the headline, the gallery and the prediction side by side,
+the pairs behind the answer (whose Remove buttons rerun the whole page: every number moves), the
+figures (a fragment: switching figure redraws only that panel) and the class/prompt form.
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -8,24 +13,16 @@ from ui import boot
 
 boot.ensure_app()
 
+from core.asif import indefinite_article
 from ui import state
 from ui.safe import plain
 from ui.charts import histogram_figure, pairs_map_figure
-from ui.widgets import article, image_path, metrics_header, pct, thumbnail_url
+from ui.widgets import image_path, metrics_header, page_header, pct, thumbnail_url
 
-st.title("Classify & explain")
-st.caption("The model has never been trained: it names a picture by finding the anchor pairs "
-           "(a photo and its caption) whose photos look like it, and whose captions read like a class "
-           "prompt. Pick a picture to see which pairs decided.")
-
-ws = state.require_workspace()
-model = state.require_model(ws)
-vec = model.vectors
-classes = vec.classes
-refs = [item.image for item in vec.items]
-labels = vec.item_labels
-
-metrics_header(model, ws)
+#: gallery pictures per page
+PER_PAGE = 8
+FIG_MAP = "Pairs map (ASIF Fig. 7)"
+FIG_HIST = "Similarity histograms (ASIF Fig. 3)"
 
 
 # ----------------------------------------------------------------------------- choose a picture
@@ -33,61 +30,70 @@ def _set_query(q: dict) -> None:
     st.session_state["query"] = q
 
 
-preds = model.session.predictions
-left, right = st.columns([1, 1.4], gap="large")
-with left:
-    st.subheader("1 · Pick a picture")
-    f1, f2 = st.columns(2)
-    only_class = f1.selectbox("True class", ["any"] + classes, key="gallery_class")
-    only = f2.radio("Show", ["all", "mistakes", "correct"], horizontal=True, key="gallery_filter")
-    pool = np.arange(len(refs))
+def _gallery_pool(vec, preds: np.ndarray, only_class: str, only: str) -> np.ndarray:
+    """The labeled pictures that pass the class and right/wrong filters."""
+    labels = vec.item_labels
+    pool = np.arange(len(vec.items))
     if only_class != "any":
-        pool = pool[labels[pool] == classes.index(only_class)]
+        pool = pool[labels[pool] == vec.classes.index(only_class)]
     if only == "mistakes":
         pool = pool[preds[pool] != labels[pool]]
     elif only == "correct":
         pool = pool[preds[pool] == labels[pool]]
+    return pool
+
+
+def _gallery_page(ws, vec, preds: np.ndarray, pool: np.ndarray) -> None:
+    """Eight pictures of ``pool`` (a class-balanced sample, stable across reruns) as pick buttons;
+    "More pictures" moves on."""
+    classes, labels = vec.classes, vec.item_labels
+    page = st.session_state.get("gallery_page", 0)
+    order = pool[np.random.default_rng(1234).permutation(len(pool))]
+    shown = np.roll(order, -((page * PER_PAGE) % len(order)))[:PER_PAGE]
+    cols = st.columns(4)
+    for j, i in enumerate(shown.tolist()):
+        with cols[j % 4]:
+            url = thumbnail_url(image_path(ws, vec.items[i].image), 112)
+            if url:
+                st.image(url, width="stretch")
+            ok = preds[i] == labels[i]
+            st.button(plain(classes[labels[i]]) + ("" if ok else " ✗"), key=f"pick_{i}",
+                      on_click=_set_query, args=({"kind": "eval", "index": int(i)},), width="stretch",
+                      help=f"Labeled picture #{i} ({'tuning' if vec.is_tune[i] else 'test'} part): "
+                           f"true class {plain(classes[labels[i]])}, predicted {plain(classes[preds[i]])}")
+    if st.button("More pictures", icon=":material/refresh:"):
+        st.session_state["gallery_page"] = page + 1
+        st.rerun()
+
+
+def gallery(ws, vec, preds: np.ndarray) -> None:
+    """Step 1: filter the labeled pictures and pick one, or upload a picture."""
+    st.subheader("1 · Pick a picture")
+    f1, f2 = st.columns(2)
+    only_class = f1.selectbox("True class", ["any"] + vec.classes, key="gallery_class")
+    only = f2.radio("Show", ["all", "mistakes", "correct"], horizontal=True, key="gallery_filter")
+    pool = _gallery_pool(vec, preds, only_class, only)
     if len(pool) == 0:
         st.info("No test picture matches these filters.")
     else:
-        # a class-balanced sample, stable across reruns; "More pictures" moves on
-        page = st.session_state.get("gallery_page", 0)
-        rng = np.random.default_rng(1234)
-        order = pool[rng.permutation(len(pool))]
-        per_page = 8
-        start = (page * per_page) % len(order)
-        shown = np.roll(order, -start)[:per_page]
-        cols = st.columns(4)
-        for j, i in enumerate(shown.tolist()):
-            with cols[j % 4]:
-                url = thumbnail_url(image_path(ws, refs[i]), 112)
-                if url:
-                    st.image(url, width="stretch")
-                ok = preds[i] == labels[i]
-                st.button(plain(classes[labels[i]]) + ("" if ok else " ✗"), key=f"pick_{i}",
-                          on_click=_set_query, args=({"kind": "eval", "index": int(i)},),
-                          width="stretch",
-                          help=f"Labeled picture #{i} ({'tuning' if vec.is_tune[i] else 'test'} part): "
-                               f"true class {plain(classes[labels[i]])}, "
-                               f"predicted {plain(classes[preds[i]])}")
-        if st.button("More pictures", icon=":material/refresh:"):
-            st.session_state["gallery_page"] = page + 1
-            st.rerun()
+        _gallery_page(ws, vec, preds, pool)
     up = st.file_uploader("…or upload your own picture", type=["jpg", "jpeg", "png", "webp", "bmp", "gif"],
                           key="query_upload")
-    if up is not None:
-        data = up.getvalue()
-        if st.session_state.get("query", {}).get("upload_id") != up.file_id:
-            _set_query({"kind": "upload", "name": up.name, "bytes": data, "upload_id": up.file_id})
-
-query = st.session_state.get("query")
-if query is None and len(refs):
-    # start with something to look at: the first test picture the model gets wrong (or any)
-    wrong = np.flatnonzero(preds != labels)
-    query = {"kind": "eval", "index": int(wrong[0] if len(wrong) else 0)}
-    st.session_state["query"] = query
+    if up is not None and st.session_state.get("query", {}).get("upload_id") != up.file_id:
+        _set_query({"kind": "upload", "name": up.name, "bytes": up.getvalue(), "upload_id": up.file_id})
 
 
+def _current_query(vec, preds: np.ndarray) -> dict | None:
+    """The picture to explain; at first the first test picture the model gets wrong (or any)."""
+    query = st.session_state.get("query")
+    if query is None and len(vec.items):
+        wrong = np.flatnonzero(preds != vec.item_labels)
+        query = {"kind": "eval", "index": int(wrong[0] if len(wrong) else 0)}
+        st.session_state["query"] = query
+    return query
+
+
+# ----------------------------------------------------------------------------- the answer
 def _explain(live, qvec):
     """The explanation of ``qvec`` under the live pairs, kept until the next edit."""
     key = (id(live), live.version, qvec.tobytes().__hash__())
@@ -98,56 +104,58 @@ def _explain(live, qvec):
     return cached[1]
 
 
-def _query_vector(q: dict):
+def _query_vector(ws, vec, q: dict):
+    """The query's vector, its picture (a path or an image) and its true class (None if unknown)."""
     if q["kind"] == "eval":
-        return vec.item_vecs[q["index"]], image_path(ws, refs[q["index"]]), \
-            classes[labels[q["index"]]]
+        i = q["index"]
+        return vec.item_vecs[i], image_path(ws, vec.items[i].image), vec.classes[vec.item_labels[i]]
     from core.encoders import load_image
 
     image = load_image(q["bytes"])  # ValueError with a readable message for a corrupt file
     return vec.embed_picture(image), image, None
 
 
-with right:
+def _verdict(model, explanation, truth: str | None) -> None:
+    """The predicted class, whether it is right, and the five most probable classes."""
+    classes = model.vectors.classes
+    probs = model.probabilities(explanation.scores)
+    pred = classes[explanation.prediction]
+    verdict = ""
+    if truth is not None:
+        verdict = " ✓ correct" if truth == pred else f" ✗ (true class: **{plain(truth)}**)"
+    st.markdown(f"### It's {indefinite_article(pred)} **{plain(pred)}**{verdict}")
+    st.caption(f"{pct(probs[explanation.prediction])} confident · ASIF score "
+               f"{explanation.scores[explanation.prediction]:.3f}")
+    for i in np.argsort(-explanation.scores, kind="stable")[:5].tolist():
+        st.progress(float(probs[i]), text=f"{plain(classes[i])} · {pct(probs[i])}")
+
+
+def prediction(ws, model, query: dict | None):
+    """Step 2: the picture and what the model says; ``(explanation, vector)``, or None (the page
+    ends: nothing picked, or an unreadable upload)."""
+    vec = model.vectors
     st.subheader("2 · What the model says")
     if query is None:
         st.info("Pick a picture on the left.")
-        st.stop()
+        return None
     try:
-        qvec, qimage, truth = _query_vector(query)
+        qvec, qimage, truth = _query_vector(ws, vec, query)
     except ValueError:
         st.error("That file could not be used as a picture: it is not a readable image, or it is over "
                  "the pixel limit.")
-        st.stop()
+        return None
     explanation = _explain(model, qvec)
-    probs = model.probabilities(explanation.scores)
-    order = np.argsort(-explanation.scores, kind="stable")
-    pred = classes[explanation.prediction]
     a, b = st.columns([1, 1.3])
-    with a:
-        st.image(qimage, width="stretch",
-                 caption=plain(query["name"]) if query.get("name") else
-                 f"labeled picture #{query['index']} ({'tuning' if vec.is_tune[query['index']] else 'test'} part)")
+    a.image(qimage, width="stretch",
+            caption=plain(query["name"]) if query.get("name") else
+            f"labeled picture #{query['index']} ({'tuning' if vec.is_tune[query['index']] else 'test'} part)")
     with b:
-        verdict = ""
-        if truth is not None:
-            verdict = " ✓ correct" if truth == pred else f" ✗ (true class: **{plain(truth)}**)"
-        st.markdown(f"### It's {article(pred)} **{plain(pred)}**{verdict}")
-        st.caption(f"{pct(probs[explanation.prediction])} confident · ASIF score "
-                   f"{explanation.scores[explanation.prediction]:.3f}")
-        for i in order[:5].tolist():  # this picture's five most probable classes, most probable first
-            st.progress(float(probs[i]), text=f"{plain(classes[i])} · {pct(probs[i])}")
+        _verdict(model, explanation, truth)
+    return explanation, qvec
 
 
 # ----------------------------------------------------------------------------- why?
-st.divider()
-st.subheader(f"3 · Why *{plain(pred)}*? The anchor pairs behind the answer")
-st.caption("Each pair scores **image weight × text weight**: how close its photo is to your picture, "
-           "times how close its caption is to the class prompt. The class with the largest total "
-           "wins. A wrong or misleading pair? Remove it and watch the accuracy move.")
-
-
-def _remove(pair_ids: list[int]) -> None:
+def _remove(ws, pair_ids: list[int]) -> None:
     """Remove pairs (one edit) before the page reruns (one script run per click: the headline,
     sidebar and figures below all show the new model)."""
     try:
@@ -157,15 +165,50 @@ def _remove(pair_ids: list[int]) -> None:
         st.session_state["classify_error"] = str(error)
 
 
-def pairs_panel(expl):
-    order = np.argsort(-expl.scores, kind="stable")
-    st.session_state["map_highlight"] = [r["pair_id"] for r in expl.contributions(int(order[0]), top=20)]
+def _photo_entry(ws, c: int, ref: str, caps: list[dict]) -> None:
+    """One anchor photo, its captions with their weights, and Remove buttons (one per caption, and
+    one for all of the photo's captions)."""
+    cols = st.columns([1, 5, 1.3])
+    url = thumbnail_url(image_path(ws, ref), 96)
+    if url:
+        cols[0].image(url, width=80)
+    for r in caps:
+        cols[1].markdown(f"**“{plain(r['caption'])}”**")
+        cols[1].caption(f"pair #{r['pair_id']} · image weight {r['image_weight']:.3f} × "
+                        f"text weight {r['text_weight']:.3f} = **{r['product']:.4f}** "
+                        f"({100 * r['share']:.0f}% of the score)")
+    buttons = [(f"rm_{c}_{r['pair_id']}", "Remove" if len(caps) == 1 else f"Remove #{r['pair_id']}",
+                [r["pair_id"]]) for r in caps]
+    if len(caps) > 1:
+        cols[1].caption(f"This photo's {len(caps)} captions together: "
+                        f"{100 * sum(r['share'] for r in caps):.0f}% of the score.")
+        buttons.insert(0, (f"rmphoto_{c}_{caps[0]['pair_id']}", f"Remove all {len(caps)}",
+                           [r["pair_id"] for r in caps]))
+    for key, label, ids in buttons:
+        cols[2].button(label, key=key, icon=":material/delete:", on_click=_remove, args=(ws, ids),
+                       help="Take these pairs out of the anchors, as one edit (undo on the Curate page)")
+
+
+def _edit_messages() -> None:
+    """The outcome of the last edit made on this page, or its error."""
     last = st.session_state.get("last_edit")
     if last and last.get("where") == "classify":
         st.success(last["message"], icon=":material/check_circle:")
     error = st.session_state.pop("classify_error", None)
     if error:
         st.error(plain(error))
+
+
+def pairs_panel(ws, classes: list[str], expl) -> None:
+    """Step 3: for each of the top 3 classes, the anchor pairs behind its score (one tab each)."""
+    st.divider()
+    st.subheader(f"3 · Why *{plain(classes[expl.prediction])}*? The anchor pairs behind the answer")
+    st.caption("Each pair scores **image weight × text weight**: how close its photo is to your picture, "
+               "times how close its caption is to the class prompt. The class with the largest total "
+               "wins. A wrong or misleading pair? Remove it and watch the accuracy move.")
+    order = np.argsort(-expl.scores, kind="stable")
+    st.session_state["map_highlight"] = [r["pair_id"] for r in expl.contributions(int(order[0]), top=20)]
+    _edit_messages()
     tabs = st.tabs([f"{plain(classes[c])} · {expl.scores[c]:.3f}" for c in order[:3]])
     for tab, c in zip(tabs, order[:3]):
         with tab:
@@ -177,59 +220,19 @@ def pairs_panel(expl):
             for r in rows:
                 photos.setdefault(r["image"], []).append(r)
             for ref, caps in list(photos.items())[:8]:
-                cols = st.columns([1, 5, 1.3])
-                url = thumbnail_url(image_path(ws, ref), 96)
-                if url:
-                    cols[0].image(url, width=80)
-                for r in caps:
-                    cols[1].markdown(f"**“{plain(r['caption'])}”**")
-                    cols[1].caption(f"pair #{r['pair_id']} · image weight {r['image_weight']:.3f} × "
-                                    f"text weight {r['text_weight']:.3f} = **{r['product']:.4f}** "
-                                    f"({100 * r['share']:.0f}% of the score)")
-                buttons = [(f"rm_{c}_{r['pair_id']}", "Remove" if len(caps) == 1 else f"Remove #{r['pair_id']}",
-                            [r["pair_id"]]) for r in caps]
-                if len(caps) > 1:
-                    cols[1].caption(f"This photo's {len(caps)} captions together: "
-                                    f"{100 * sum(r['share'] for r in caps):.0f}% of the score.")
-                    buttons.insert(0, (f"rmphoto_{c}_{caps[0]['pair_id']}", f"Remove all {len(caps)}",
-                                       [r["pair_id"] for r in caps]))
-                for key, label, ids in buttons:
-                    cols[2].button(label, key=key, icon=":material/delete:", on_click=_remove, args=(ids,),
-                                   help="Take these pairs out of the anchors, as one edit (undo on the "
-                                        "Curate page)")
+                _photo_entry(ws, int(c), ref, caps)
 
-
-pairs_panel(explanation)
 
 # ----------------------------------------------------------------------------- figures
-st.divider()
-
-
-def _pairs_map(live, e, top3) -> list[dict]:
-    """Fig. 7's points: for each of the top 3 classes, the picture's k nearest anchor pairs and the
-    class prompt's k nearest captions (the union of the two sparse supports); product 0 off the overlap."""
-    current = live.current_model()
-    meta, ids = current.metadata or [], current.pair_ids
-    rows = []
-    for c in top3:
-        prod = dict(zip(e.positions.tolist(), e.product[c].tolist()))
-        for pos in sorted(set(e.positions.tolist()) | set(e.caption_topk[c].tolist())):
-            rows.append({"class_name": classes[c], "pair_id": int(ids[pos]),
-                         "image_similarity": float(e.all_image_similarity[pos]),
-                         "caption_similarity": float(e.all_caption_similarity[c, pos]),
-                         "product": float(prod.get(pos, 0.0)),
-                         "caption": (meta[pos] if pos < len(meta) else {}).get("caption", "")})
-    return rows
-
-
 def _figures(live, e, qvec) -> dict:
-    """The explanation's figures (plotly figures cost tens of ms each to build), kept per (model
-    version, picture) like the explanation: a rerun that changes neither re-sends them as they are."""
+    """The explanation's figures (plotly figures are slow to build), kept per (model version,
+    picture) like the explanation: a rerun that changes neither re-sends them as they are."""
     key = (id(live), live.version, qvec.tobytes().__hash__())
     cached = st.session_state.get("figures_cache")
     if cached is not None and cached[0] == key:
         return cached[1]
-    rows = _pairs_map(live, e, np.argsort(-e.scores, kind="stable")[:3].tolist())
+    classes = live.vectors.classes
+    rows = e.scatter_data(np.argsort(-e.scores, kind="stable")[:3].tolist())  # Fig. 7: the top 3 classes
     n = len(e.all_image_similarity)
     topk = np.zeros(n, dtype=bool)
     topk[e.positions] = True
@@ -243,30 +246,34 @@ def _figures(live, e, qvec) -> dict:
     return figs
 
 
-figures = _figures(model, explanation, qvec)
-# one figure at a time: a hidden tab would still be drawn (and re-drawn) by the browser on every run
-shown = st.segmented_control("Figure", ["Pairs map (ASIF Fig. 7)", "Similarity histograms (ASIF Fig. 3)"],
-                             default="Pairs map (ASIF Fig. 7)", key="classify_figure",
-                             label_visibility="collapsed") or "Pairs map (ASIF Fig. 7)"
-if shown.startswith("Pairs map"):
-    if figures["map"] is not None:
-        st.plotly_chart(figures["map"], width="stretch", key="pairs_map")
-        st.caption("For each of the top 3 classes: the anchor pairs whose photo is among the picture's "
-                   "nearest (right) or whose caption is among the class prompt's nearest (top). Only "
-                   "pairs near both count (large dots: image × text weight); the class with the "
-                   "largest total area wins. Hover a dot for its pair and caption; the photos of the "
-                   "pairs that decide are listed above.")
-else:
-    c1, c2 = st.columns(2)
-    c1.plotly_chart(figures["image"], width="stretch", key="hist_image")
-    c2.plotly_chart(figures["caption"], width="stretch", key="hist_caption")
-    st.caption("Left: the picture's similarity to every anchor photo; the nearest k (orange) are the "
-               "ones ASIF uses. Right: their captions are also closer to the predicted class prompt than "
-               "the rest — captions of similar images are similar, which is why ASIF works.")
+@st.fragment
+def figures_panel(figures: dict) -> None:
+    """One figure at a time (a hidden tab would still be drawn, and re-drawn, by the browser on
+    every run); switching figure reruns only this panel."""
+    st.divider()
+    shown = st.segmented_control("Figure", [FIG_MAP, FIG_HIST], default=FIG_MAP, key="classify_figure",
+                                 label_visibility="collapsed") or FIG_MAP
+    if shown == FIG_MAP:
+        if figures["map"] is not None:
+            st.plotly_chart(figures["map"], width="stretch", key="pairs_map")
+            st.caption("For each of the top 3 classes: the anchor pairs whose photo is among the picture's "
+                       "nearest (right) or whose caption is among the class prompt's nearest (top). Only "
+                       "pairs near both count (large dots: image × text weight); the class with the "
+                       "largest total area wins. Hover a dot for its pair and caption; the photos of the "
+                       "pairs that decide are listed above.")
+    else:
+        c1, c2 = st.columns(2)
+        c1.plotly_chart(figures["image"], width="stretch", key="hist_image")
+        c2.plotly_chart(figures["caption"], width="stretch", key="hist_caption")
+        st.caption("Left: the picture's similarity to every anchor photo; the nearest k (orange) are the "
+                   "ones ASIF uses. Right: their captions are also closer to the predicted class prompt than "
+                   "the rest — captions of similar images are similar, which is why ASIF works.")
 
-with st.expander("Classes and prompt templates"):
+
+def classes_form(ws) -> None:
+    """Edit the classes and prompt templates in place (the model is rebuilt)."""
     s = ws.settings()
-    with st.form("classes_form"):
+    with st.expander("Classes and prompt templates"), st.form("classes_form"):
         cls_text = st.text_area("Classes (one per line)", "\n".join(s["classes"]), height=150)
         tpl_text = st.text_area("Prompt templates ({} is the class name)", "\n".join(s["templates"]),
                                 height=120)
@@ -277,3 +284,28 @@ with st.expander("Classes and prompt templates"):
                 st.rerun()
             except ValueError as error:
                 st.error(plain(error))
+
+
+def main() -> None:
+    page_header("Classify & explain", (
+        "The model has never been trained: it names a picture by finding the anchor pairs "
+        "(a photo and its caption) whose photos look like it, and whose captions read like a class "
+        "prompt. Pick a picture to see which pairs decided."))
+    ws = state.require_workspace()
+    model = state.require_model(ws)
+    metrics_header(model, ws)
+    preds = model.session.predictions
+    left, right = st.columns([1, 1.4], gap="large")
+    with left:
+        gallery(ws, model.vectors, preds)
+    with right:
+        shown = prediction(ws, model, _current_query(model.vectors, preds))
+    if shown is None:
+        return
+    explanation, qvec = shown
+    pairs_panel(ws, model.vectors.classes, explanation)
+    figures_panel(_figures(model, explanation, qvec))
+    classes_form(ws)
+
+
+main()

@@ -331,7 +331,7 @@ def search_panel() -> None:
             try:
                 vec = bank.embed_picture(up.getvalue())
             except ValueError as error:
-                st.error(f"That file could not be read as a picture: {error}")
+                st.error(str(error))
     if vec is None:
         st.caption("Finds pairs by meaning: the encoder's nearest neighbours on the same side, and "
                    "ASIF retrieval across sides (through the anchors' relative representations).")

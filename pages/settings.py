@@ -1,5 +1,12 @@
-"""Settings: encoders, k, p, prompt templates and classes of the current workspace."""
+"""Settings: encoders, k, p, prompt templates and classes of the current workspace.
+
+The page is one entry call, :func:`main`, which draws :data:`SECTIONS` in order; a new panel is one
+more function ``(ws) -> None`` in that list. The model's status is a fragment that follows a
+recompute every second, so the page itself shows when the model is ready.
+"""
 from __future__ import annotations
+
+import time
 
 import streamlit as st
 
@@ -7,20 +14,14 @@ from ui import boot
 
 boot.ensure_app()
 
-import time
-
 from core import encoders, store
 from core.embedded import embed
 from ui import state
 from ui.safe import plain
+from ui.widgets import page_header
 
-st.title("Settings")
-st.caption("How the model is built from the pairs. Changing a setting recomputes the model; "
-           "embeddings already computed are read from the cache, never recomputed.")
-
-ws = state.require_workspace()
-s = ws.settings()
-n_pairs = ws.counts()["pairs"]
+#: items embedded to measure an encoder's speed before a long recompute (they stay cached)
+RATE_SAMPLE = 8
 
 
 def _options(modality: str, current: str) -> list[str]:
@@ -30,23 +31,24 @@ def _options(modality: str, current: str) -> list[str]:
     return names
 
 
-#: items embedded to measure an encoder's speed before a long recompute (they stay cached)
-RATE_SAMPLE = 8
-
-
-def _estimate(changes: dict) -> str | None:
-    """A sentence with the embeddings an encoder change must compute (counted with the cache, never
-    computed) and how long that takes at a speed measured now on a few of them; ``None`` when
-    everything is cached."""
-    cache = state.embedding_cache()
+def _to_embed(ws, s: dict, changes: dict) -> list[tuple[str, str, list[str]]]:
+    """(noun, encoder, items) for each encoder the change replaces: what the new one must read."""
     todo = []
     if changes["image_encoder"] != s["image_encoder"]:
         refs = list(dict.fromkeys([p.image for p in ws.all_pairs()] + [e.image for e in ws.eval_items()]))
         todo.append(("picture", changes["image_encoder"], [str(ws.resolve(r)) for r in refs]))
     if changes["text_encoder"] != s["text_encoder"]:
         todo.append(("caption", changes["text_encoder"], list(dict.fromkeys(p.caption for p in ws.all_pairs()))))
+    return todo
+
+
+def _estimate(ws, s: dict, changes: dict) -> str | None:
+    """A sentence with the embeddings an encoder change must compute (counted with the cache, never
+    computed) and how long that takes at a speed measured now on a few of them; ``None`` when
+    everything is cached."""
+    cache = state.embedding_cache()
     parts, seconds = [], 0.0
-    for noun, name, items in todo:
+    for noun, name, items in _to_embed(ws, s, changes):
         missing = embed(name, items, cache=cache, compute=False).missing
         if missing.size == 0:
             continue
@@ -64,7 +66,7 @@ def _estimate(changes: dict) -> str | None:
             "on this machine before the model is ready. Everything else is read from the cache.")
 
 
-def _apply(changes: dict) -> None:
+def _apply(ws, changes: dict) -> None:
     try:
         ws.update_settings(**changes)
         st.session_state.pop("query", None)
@@ -74,7 +76,8 @@ def _apply(changes: dict) -> None:
         st.error(plain(exc))
 
 
-with st.form("settings"):
+def _form(s: dict, n_pairs: int) -> tuple[dict, str] | None:
+    """The settings form; on submit, the changes and the custom encoder name typed (maybe '')."""
     a, b = st.columns(2)
     img_opts = _options("image", s["image_encoder"])
     txt_opts = _options("text", s["text_encoder"])
@@ -97,48 +100,72 @@ with st.form("settings"):
     templates = st.text_area("Prompt templates, one per line ({} is the class name)",
                              "\n".join(s["templates"]), height=140)
     classes = st.text_area("Classes, one per line", "\n".join(s["classes"]), height=160)
-    if st.form_submit_button("Apply and recompute", type="primary"):
-        st.session_state.pop("settings_pending", None)
-        changes = {"image_encoder": image_encoder, "text_encoder": text_encoder, "k": int(k), "p": p,
-                   "templates": templates.splitlines(), "classes": classes.splitlines(),
-                   "tune_fraction": tune_fraction, "split_seed": int(split_seed)}
-        error = None
-        if custom.strip():
-            try:
-                enc = encoders.get_encoder(custom.strip())
-                changes["image_encoder" if enc.modality == "image" else "text_encoder"] = custom.strip()
-            except Exception:  # noqa: BLE001 - shown as a message
-                error = "That encoder name is not usable here (unknown, or its weights are not on this machine)."
-        if error:
-            st.error(plain(error))
-        elif changes["image_encoder"] != s["image_encoder"] or changes["text_encoder"] != s["text_encoder"]:
-            with st.spinner("Counting what the new encoder must embed…"):
-                try:
-                    note = _estimate(changes)
-                except Exception:  # noqa: BLE001 - e.g. the weights are missing: said once, nothing lost
-                    note = None
-                    error = "That encoder cannot be loaded here (its weights are not on this machine)."
-                    st.error(error)
-            if note:
-                st.session_state["settings_pending"] = (changes, note)
-            elif not error:
-                _apply(changes)
-        else:
-            _apply(changes)
+    if not st.form_submit_button("Apply and recompute", type="primary"):
+        return None
+    return ({"image_encoder": image_encoder, "text_encoder": text_encoder, "k": int(k), "p": p,
+             "templates": templates.splitlines(), "classes": classes.splitlines(),
+             "tune_fraction": tune_fraction, "split_seed": int(split_seed)}, custom.strip())
 
-pending = st.session_state.get("settings_pending")
-if pending:
+
+def _with_custom(changes: dict, custom: str) -> str | None:
+    """Put a typed encoder name in ``changes`` (on its modality's side); an error sentence if unusable."""
+    if not custom:
+        return None
+    try:
+        enc = encoders.get_encoder(custom)
+    except Exception:  # noqa: BLE001 - shown as a message
+        return "That encoder name is not usable here (unknown, or its weights are not on this machine)."
+    changes["image_encoder" if enc.modality == "image" else "text_encoder"] = custom
+    return None
+
+
+def _submit(ws, s: dict, changes: dict, custom: str) -> None:
+    """Apply the changes, unless a new encoder must embed much first: then ask (``settings_pending``)."""
+    st.session_state.pop("settings_pending", None)
+    error = _with_custom(changes, custom)
+    if error:
+        st.error(plain(error))
+        return
+    if changes["image_encoder"] == s["image_encoder"] and changes["text_encoder"] == s["text_encoder"]:
+        _apply(ws, changes)
+        return
+    with st.spinner("Counting what the new encoder must embed…"):
+        try:
+            note = _estimate(ws, s, changes)
+        except Exception:  # noqa: BLE001 - e.g. the weights are missing: said once, nothing lost
+            st.error("That encoder cannot be loaded here (its weights are not on this machine).")
+            return
+    if note:
+        st.session_state["settings_pending"] = (changes, note)
+    else:
+        _apply(ws, changes)
+
+
+def settings_form(ws) -> None:
+    """Encoders, k, p, the tuning/test split, templates and classes, applied together."""
+    s = ws.settings()
+    with st.form("settings"):
+        submitted = _form(s, ws.counts()["pairs"])
+        if submitted is not None:
+            _submit(ws, s, *submitted)
+
+
+def pending_change(ws) -> None:
+    """An encoder change waiting for confirmation, with what it will cost."""
+    pending = st.session_state.get("settings_pending")
+    if not pending:
+        return
     st.warning(plain(pending[1]), icon=":material/schedule:")
     y, n = st.columns(2)
     if y.button("Recompute anyway", type="primary", key="settings_confirm"):
         st.session_state.pop("settings_pending")
-        _apply(pending[0])
+        _apply(ws, pending[0])
     if n.button("Cancel", key="settings_cancel"):
         st.session_state.pop("settings_pending")
         st.rerun()
 
 
-def _status() -> None:
+def _status(ws) -> None:
     """The model's state under the saved settings."""
     job = state.model_job(ws)
     if not job.done:
@@ -153,17 +180,37 @@ def _status() -> None:
 
 
 @st.fragment(run_every=1.0)
-def _status_live() -> None:
+def _status_live(ws) -> None:
     """:func:`_status` every second while the model is computed; the page redraws once it is done."""
     if state.model_job(ws).done:
         st.rerun()
-    _status()
+    _status(ws)
 
 
-if state.model_job(ws).done:
-    _status()
-else:
-    _status_live()
+def model_status(ws) -> None:
+    """The model under the saved settings: ready (with its accuracy), failed, or its progress."""
+    if state.model_job(ws).done:
+        _status(ws)
+    else:
+        _status_live(ws)
 
-with st.expander("Encoders on this machine"):
-    st.dataframe(encoders.list_encoders(), hide_index=True, width="stretch")
+
+def encoders_list(ws) -> None:
+    """Every encoder this machine knows, and whether its weights are here."""
+    with st.expander("Encoders on this machine"):
+        st.dataframe(encoders.list_encoders(), hide_index=True, width="stretch")
+
+
+#: the page's sections, drawn in this order under the header; each is ``(ws) -> None``
+SECTIONS = (settings_form, pending_change, model_status, encoders_list)
+
+
+def main() -> None:
+    page_header("Settings", "How the model is built from the pairs. Changing a setting recomputes the model; "
+                            "embeddings already computed are read from the cache, never recomputed.")
+    ws = state.require_workspace()
+    for section in SECTIONS:
+        section(ws)
+
+
+main()

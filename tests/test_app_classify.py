@@ -7,7 +7,8 @@ import re
 from streamlit.testing.v1 import AppTest
 
 from app_helpers import APP, run_ready, texts
-from ui.widgets import article, count
+from core.asif import indefinite_article as article
+from ui.widgets import count
 from core import store
 
 

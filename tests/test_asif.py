@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from core.asif import (AsifModel, build_prompts, class_candidates, fit_temperature,
+from core.asif import (AsifModel, build_prompts, fill_template, class_candidates, fit_temperature,
                        relative_representation, softmax)
 
 
@@ -120,6 +120,17 @@ def test_classify_identical_to_naive(synth, strategy):
     np.testing.assert_allclose(res.probabilities.sum(1), 1, atol=1e-5)
 
 
+def test_fill_template_articles():
+    assert fill_template("a photo of a {}.", "automobile") == "a photo of an automobile."
+    assert fill_template("A {} in the wild", "eagle") == "An eagle in the wild"
+    assert fill_template("a photo of the {}.", "airplane") == "a photo of the airplane."
+    assert fill_template("a photo of a {}.", "traffic_light") == "a photo of a traffic light."
+
+
+# ------------------------------------------------------------------------------- choosing
+    assert build_prompts(["airplane"], ["a photo of a {}."])[0] == ["a photo of an airplane."]
+
+
 def test_build_prompts_and_candidates():
     prompts, cls = build_prompts(["cat", "fire_truck"], ["a photo of a {}.", "art of the {}"])
     assert prompts == ["a photo of a cat.", "art of the cat", "a photo of a fire truck.", "art of the fire truck"]
@@ -156,7 +167,20 @@ def test_retrieval_explanation_and_scores(synth):
         assert e.all_image_similarity.shape == (1500,) and e.all_caption_similarity.shape == (6, 1500)
         assert set(e.positions) <= set(np.argsort(-e.all_image_similarity)[:45])
         pts = e.scatter_data()
-        assert {"class_name", "image_similarity", "caption_similarity", "product"} <= set(pts[0])
+        assert {"class_name", "image_similarity", "caption_similarity", "product", "caption"} <= set(pts[0])
+        # Fig. 7: per class, the union of the image's top-k and the candidate's caption top-k; the
+        # pairs with a product are exactly the ones behind the class score
+        top2 = np.argsort(-e.scores, kind="stable")[:2].tolist()
+        pts = e.scatter_data(top2)
+        assert list(dict.fromkeys(r["class_index"] for r in pts)) == top2
+        for c in top2:
+            rows = [r for r in pts if r["class_index"] == c]
+            support = set(e.positions.tolist()) | set(e.caption_topk[c].tolist())
+            assert sorted(r["pair_id"] for r in rows) == sorted(int(m.pair_ids[i]) for i in support)
+            assert {r["pair_id"] for r in rows if r["product"] > 0} == \
+                {r["pair_id"] for r in e.contributions(c, top=None)}
+            assert sum(r["product"] for r in rows) == pytest.approx(e.scores[c], abs=1e-5)
+            assert all(r["caption"] == f"c{m.positions_of([r['pair_id']])[0]}" for r in rows)
 
 
 def test_calibration():

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.asif import DEFAULT_TEMPLATES, AsifModel, build_prompts
+from core.asif import DEFAULT_TEMPLATES, AsifModel, build_prompts, fill_template
 from core.cli.curate import split_keys
-from core.curation import (STOP_RULE, auto_curate, class_caption, holdout_split, stratified_split,
+from core.curation import (STOP_RULE, auto_curate, holdout_split, stratified_split,
                            suggest_additions)
 from core.edits import EditSession
 
@@ -71,15 +71,6 @@ def test_holdout_slice_is_inside_tuning_and_stratified(cifar_small):
     assert not (choose & hold).any() and np.array_equal(choose | hold, tune)
     assert all(int(hold[y == c].sum()) == 3 for c in range(10))
 
-
-def test_class_caption_articles():
-    assert class_caption("a photo of a {}.", "automobile") == "a photo of an automobile."
-    assert class_caption("A {} in the wild", "eagle") == "An eagle in the wild"
-    assert class_caption("a photo of the {}.", "airplane") == "a photo of the airplane."
-    assert class_caption("a photo of a {}.", "traffic_light") == "a photo of a traffic light."
-
-
-# ------------------------------------------------------------------------------- choosing
 
 def _texts(texts):
     from core.cache import default_cache
@@ -184,7 +175,7 @@ def pool(data_root, embedding_cache):
 def test_suggest_additions_reads_tuning_only_and_previews_exactly(
         flickr_embeddings, cifar_small, cifar_small_embeddings, split, pool):
     train, pool_emb = pool
-    captions = [class_caption(DEFAULT_TEMPLATES[0], c) for c in cifar_small.class_names]
+    captions = [fill_template(DEFAULT_TEMPLATES[0], c) for c in cifar_small.class_names]
     assert "a photo of an airplane." in captions
     cap_emb = _texts(captions)
     a = _session(flickr_embeddings, cifar_small, cifar_small_embeddings)

@@ -85,6 +85,31 @@ def test_an_unrelated_picture_is_the_top_outlier(photos, tmp_path):
     assert flagged[-1] and flagged.sum() == int(np.ceil(0.01 * len(x)))
 
 
+def test_planted_odd_pictures_and_captions_are_the_top_outliers(flickr_pairs, flickr_embeddings, photos, tmp_path):
+    """Six noise and six flat-colour pictures among the photos, and ten sentences from Python's
+    help topics among the captions, are the highest outlier scores with OUTLIER_K neighbours; with
+    fewer neighbours than the planted group, its members vouch for each other and hide."""
+    from bench.map import odd_picture, other_domain_sentences
+
+    rng = np.random.default_rng(3)
+    paths = []
+    for j in range(12):
+        paths.append(str(tmp_path / f"odd{j}.jpg"))
+        odd_picture(paths[-1], "noise" if j % 2 else "blocks", rng)
+    x = np.concatenate([photos, vectors("efficientnet-lite0", paths)])
+    planted = np.arange(len(photos), len(x))
+    top = np.argsort(-F.outlier_scores(x, F.OUTLIER_K), kind="stable")[:12]
+    assert np.isin(top, planted).mean() >= 10 / 12
+    hidden = np.argsort(-F.outlier_scores(x, 3), kind="stable")[:12]
+    assert np.isin(hidden, planted).mean() < np.isin(top, planted).mean()
+
+    sentences = other_domain_sentences()
+    odd = [sentences[i] for i in rng.choice(len(sentences), 10, replace=False)]
+    cap = np.concatenate([flickr_embeddings[1], vectors("minilm", odd)])
+    top = np.argsort(-F.outlier_scores(cap, F.OUTLIER_K), kind="stable")[:10]
+    assert np.isin(top, np.arange(len(cap) - 10, len(cap))).mean() >= 0.8
+
+
 def test_pair_flags_columns_and_swapped_captions(flickr_pairs, flickr_embeddings, photos):
     cap = flickr_embeddings[1].copy()
     texts = list(flickr_pairs.captions)

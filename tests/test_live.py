@@ -182,3 +182,19 @@ def test_a_separate_test_folder_is_the_test_part(data_root, tmp_path, cache):
     v = WorkspaceVectors(ws, cache)
     assert [x.part == "test" for x in v.items] == list(~v.is_tune)
     assert int((~v.is_tune).sum()) == len(held) and "separate test set" in " ".join(v.notes)
+
+
+def test_a_settings_change_after_edits_measures_the_start_again(ws, cache):
+    """The headline's "vs. start" and the timeline's first point exist for the new settings too:
+    the base pairs classified afresh under them, equal to a fresh model on a copy never edited."""
+    m = _fresh(ws, cache)
+    m.remove(sorted(m.active_ids())[:4])
+    ws.update_settings(p=4)
+    again = _fresh(ws, cache)
+    start = ws.baseline(again.key)
+    assert start is not None and start["n_anchors"] == len(ws.base_pair_ids())
+    other = demo.create_demo_workspace("never-edited", n_images=N_IMAGES, per_class=PER_CLASS,
+                                       root=ws.path.parent)
+    other.update_settings(p=4)
+    assert start == _fresh(other, cache).metrics().to_dict()
+    assert again.ws.history(again.key)[0]["step"] == 0 and start != again.metrics().to_dict()

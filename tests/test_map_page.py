@@ -131,3 +131,36 @@ def test_map_search_and_hostile_caption(demo_root):
     table = at.dataframe[-1].value if hasattr(at.dataframe[-1], "value") else None
     assert table is not None and len(table) > 0
     assert table["caption"].str.contains("dog", case=False).mean() >= 0.5
+
+
+def test_map_search_by_uploaded_picture(demo_root):
+    """Upload a real Flickr8k photo of the workspace: its own pairs come first among the image
+    encoder's neighbours (similarity ~1) and first in ASIF image -> caption retrieval; a file that is
+    not a picture gets one sentence and no results."""
+    at = run_ready(AppTest.from_file(APP, default_timeout=180))
+    ws = _ws(demo_root)
+    pairs = ws.pairs()
+    photo = pairs[len(pairs) // 2].image
+    own = {p.pair_id for p in pairs if p.image == photo}
+    at.switch_page("pages/map.py").run()
+    at.radio(key="search_how").set_value("picture").run()
+    at.file_uploader(key="search_pic").set_value(("query.jpg", ws.resolve(photo).read_bytes(), "image/jpeg")).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "pairs in" in texts(at)
+    neighbours = at.dataframe[-1].value
+    first = neighbours.iloc[:len(own)]
+    assert set(first["pair"].astype(int)) == own  # the photo's own captions, all of them, first
+    assert (first["score"] > 0.99).all() and neighbours["score"].iloc[len(own)] < 0.99
+    assert neighbours["score"].is_monotonic_decreasing
+
+    at.radio(key="search_mode").set_value("ASIF retrieval").run()
+    assert not at.exception, [e.value for e in at.exception]
+    retrieved = at.dataframe[-1].value
+    assert len(retrieved) > len(own) and retrieved["score"].is_monotonic_decreasing
+    assert int(retrieved["pair"].iloc[0]) in own  # the picture's own pair ranks first
+
+    at.file_uploader(key="search_pic").set_value(("notes.jpg", b"not a picture at all", "image/jpeg")).run()
+    assert not at.exception, [e.value for e in at.exception]
+    (error,) = [e.value for e in at.error]
+    assert error.startswith("That picture could not be read") and "not a picture at all" not in error
+    assert "pairs in" not in texts(at)

@@ -123,7 +123,8 @@ def _pool_folder():
 
 def suggest_additions_panel(ws, model, tune) -> None:
     """Propose in-domain pairs for the classes the tuning part gets wrong; accept all or some."""
-    from core.curation import class_caption, suggest_additions
+    from core.asif import fill_template
+    from core.curation import suggest_additions
     from core.embedded import embed
 
     st.subheader("Suggest additions")
@@ -147,7 +148,7 @@ def suggest_additions_panel(ws, model, tune) -> None:
         if list(pool.class_names) != list(v.classes):
             st.warning("The pool's classes differ from this workspace's classes; nothing to propose.")
             return
-        captions = [class_caption(v.templates[0], c) for c in v.classes]
+        captions = [fill_template(v.templates[0], c) for c in v.classes]
         caption_vecs = embed(v.text_encoder, captions, cache=v.cache).vectors
         known = {p.image for p in ws.all_pairs()}
         refs = [f"demo:{Path(p).relative_to(root).as_posix()}" for p in pool.paths]

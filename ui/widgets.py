@@ -30,17 +30,6 @@ def thumbs(ws, refs, size: int = 96) -> list[str]:
     return [thumbnail_url(str(ws.resolve(r)), size) for r in refs]
 
 
-def article(word: str) -> str:
-    """The indefinite article before ``word``: "an" before a vowel sound ("an airplane", "an hour",
-    "an 8-bit"), else "a" ("a cat", "a unicorn", "a one-off")."""
-    w = str(word).strip().lower()
-    if w.startswith(("hour", "honest", "honou", "heir", "8", "11", "18")):
-        return "an"
-    if w.startswith(("uni", "use", "usu", "uti", "eu", "one", "once", "ewe")):
-        return "a"
-    return "an" if w[:1] in ("a", "e", "i", "o", "u") else "a"
-
-
 def count(n: int, word: str, words: str | None = None) -> str:
     """``n`` and the noun in the right number: "1 pair", "2 pairs", "1,000 photos"."""
     return f"{n:,} {word if n == 1 else (words or word + 's')}"
@@ -110,3 +99,9 @@ def export_button(label: str, key: tuple, build, file_name: str, mime: str, what
     if ready:
         st.download_button(label, _built(key, build), file_name=file_name, mime=mime,
                            icon=":material/download:", width="stretch", help=help, key=f"download-{label}")
+
+
+def page_header(title: str, caption: str) -> None:
+    """A page's title and the one-paragraph caption that says what the page is for."""
+    st.title(title)
+    st.caption(caption)

@@ -88,9 +88,10 @@ def split_keys(labeled) -> list[str]:
 
 
 def run_curate(args) -> int:
-    from core.asif import DEFAULT_K, DEFAULT_P, DEFAULT_TEMPLATE_STRATEGY, DEFAULT_TEMPLATES, AsifModel
+    from core.asif import (DEFAULT_K, DEFAULT_P, DEFAULT_TEMPLATE_STRATEGY, DEFAULT_TEMPLATES, AsifModel,
+                           fill_template)
     from core.cache import default_cache
-    from core.curation import STOP_RULE, add_suggested, auto_curate, class_caption, stratified_split
+    from core.curation import STOP_RULE, add_suggested, auto_curate, stratified_split
     from core.data import data_dir, load_labeled, load_pairs
     from core.edits import EditSession
     from core.embedded import EmbeddedLabeled, EmbeddedPairs, embed, embed_prompts
@@ -154,7 +155,7 @@ def run_curate(args) -> int:
         pool = EmbeddedLabeled.from_labeled(pool, image_encoder, cache=cache,
                                             progress=_counts_progress("embedding the pool", quiet))
         pool_emb = pool.vectors
-        captions = [class_caption(templates[0], c) for c in lab.class_names]
+        captions = [fill_template(templates[0], c) for c in lab.class_names]
         caption_emb = embed(text_encoder, captions, cache=cache).vectors
         done = add_suggested(session, pool_emb, pool.labels, caption_emb, captions, tune, args.max_additions,
                              per_round=args.per_round, progress=_stderr_progress("additions", quiet))

@@ -15,7 +15,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from core.asif import signed_power64
-from core.search import ExactIndex, canonical_order, exact_topk, similarity_block
+from core.search import ExactIndex, canonical_order, similarity_block
 
 #: Columns whose bytes key the index of bit-identical embeddings (:meth:`AnchorRows.twins`).
 TWIN_PROBE_COLUMNS = 16
@@ -120,29 +120,38 @@ SEQUENTIAL_MAX = 8
 #: text side of an edit ask again for the columns the edit just computed.
 COLUMN_CACHE_BYTES = 32 * 1024 ** 2
 #: Up to this many anchors, :meth:`NeighbourLists.topk_similarities` computes their similarities with
-#: every holding query (one product); beyond, scanning the lists is cheaper (measured crossover
-#: ≈300 anchors at 10,000 queries × k = 800, d = 1,280: 97 ms vs 103 ms).
+#: every holding query (one product); beyond, scanning the lists is cheaper (the crossover:
+#: docs/RESULTS.md, "Figures behind code constants").
 PRODUCT_MAX_ANCHORS = 256
 
-#: How top-k sets changed: ``(query, row, signed raw weight)`` of every anchor that entered (+) or
-#: left (-) a top-k, flattened; additive across consecutive edits.
-Diff = tuple[np.ndarray, np.ndarray, np.ndarray]
+#: How top-k sets changed: ``(query, row, signed raw weight, squared-norm change)`` of every anchor
+#: that entered (weight w, norm change +w²) or left (-w, -w²) a top-k, flattened; additive across
+#: consecutive edits. (The norm change is not ``weight * |weight|``: a negative similarity's
+#: weight is negative whether it enters or leaves.)
+Diff = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def _change(qs: np.ndarray, rows: np.ndarray, sims: np.ndarray, p: float, sign: int) -> Diff:
+    """The :data:`Diff` of anchor ``rows`` entering (``sign`` +1) or leaving (-1) the top-k of
+    queries ``qs``, at similarities ``sims``."""
+    w = signed_power64(sims, p)
+    return qs, rows, sign * w, sign * w * w
 
 
 def concat_diffs(parts: Sequence[Diff]) -> Diff:
     """One :data:`Diff` of several."""
     if not parts:
         e = np.empty(0, dtype=np.int64)
-        return e, e, np.empty(0)
-    return tuple(np.concatenate([part[i] for part in parts]) for i in range(3))  # type: ignore[return-value]
+        return e, e, np.empty(0), np.empty(0)
+    return tuple(np.concatenate([part[i] for part in parts]) for i in range(4))  # type: ignore[return-value]
 
 
 def _move_in_rows(arrays: Sequence[np.ndarray], qs: np.ndarray, start: np.ndarray, stop: np.ndarray,
                   by: int) -> None:
     """In every C-contiguous 2-D array, move ``a[q, start:stop]`` to ``a[q, start + by:stop + by]``
-    for each row ``q`` of ``qs`` (overlap-safe). A byte move through a memoryview per row costs a
-    fraction of a numpy slice assignment's overhead: 14 ms instead of 24 for 10,000 rows of 1,000
-    (rows + similarities), what inserting one anchor into every list costs.
+    for each row ``q`` of ``qs`` (overlap-safe). A byte move through a memoryview per row avoids
+    most of a numpy slice assignment's overhead (measured: docs/RESULTS.md, "Figures behind code
+    constants").
 
     >>> a = np.arange(8).reshape(2, 4)
     >>> _move_in_rows([a], np.array([1]), np.array([1]), np.array([3]), 1); a
@@ -183,6 +192,7 @@ class NeighbourLists:
         self._scratch = np.zeros(0, dtype=bool)
         self._columns: dict[int, np.ndarray] = {}
         self._column_cap = max(16, COLUMN_CACHE_BYTES // (4 * queries.shape[0]))
+        self._exact: tuple | None = None  # ((array id, rows held), ExactIndex): see _index
         if state is not None and state["rows"].shape == (queries.shape[0], K):
             self.rows, self.sims, self.length = (np.array(state[f]) for f in self.STATE_FIELDS)
             self._build_postings()
@@ -300,24 +310,112 @@ class NeighbourLists:
             table[ln] = False
             gq, gj = np.nonzero(gone)
             cq, cj = np.nonzero(came)
-            parts.append((qs[s0 + gq], o[gq, gj], -signed_power64(old_s[s0 + gq, gj], self.p)))
-            parts.append((qs[s0 + cq], n[cq, cj], signed_power64(new_s[s0 + cq, cj], self.p)))
+            parts.append(_change(qs[s0 + gq], o[gq, gj], old_s[s0 + gq, gj], self.p, -1))
+            parts.append(_change(qs[s0 + cq], n[cq, cj], new_s[s0 + cq, cj], self.p, 1))
         return concat_diffs(parts)
+
+    def _index(self) -> ExactIndex:
+        """:class:`core.search.ExactIndex` over every anchor row held, live or not (built once, and
+        again after rows are appended; identical rows are searched once)."""
+        emb = self.emb()
+        key = (id(emb), self.anchors.size)
+        if self._exact is None or self._exact[0] != key:
+            self._exact = (key, ExactIndex(emb[:self.anchors.size]))
+        return self._exact[1]
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_exact"] = None  # a copy (influence works on one) rebuilds it on first use
+        return state
+
+    def _search(self, qs: np.ndarray, alive: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+        """Exact top-(k+m) of queries ``qs`` among the anchor rows ``alive`` (sorted): (rows, sims, K).
+        One search over every row held, deep enough to pass every row that is not in ``alive``,
+        which are then dropped: no copy of the live rows is gathered (180 MB at 35,000 x 1,280)."""
+        K = min(self.K, alive.size)
+        n = self.anchors.size
+        idx, sims = self._index().topk(self.q[qs], min(n, K + n - alive.size))
+        live = np.zeros(n, dtype=bool)
+        live[alive] = True
+        order = np.argsort(~live[idx], axis=1, kind="stable")[:, :K]
+        return np.take_along_axis(idx, order, 1), np.take_along_axis(sims, order, 1), K
 
     def _recompute(self, qs: np.ndarray) -> Diff:
         """Refill the lists of ``qs`` exactly from every live anchor (their slack ran out)."""
         old_r, old_s = self.topk_of(qs)
         alive = self.anchors.alive_rows()
-        K = min(self.K, alive.size)
-        idx, sims = exact_topk(self.q[qs], self.emb()[alive], K)
+        found, sims, K = self._search(qs, alive)
         self.rows[qs] = -1
         self.sims[qs] = -np.inf
-        self.rows[qs, :K] = alive[idx]
+        self.rows[qs, :K] = found
         self.sims[qs, :K] = sims
         self.length[qs] = K
-        self._note(np.repeat(qs, K), alive[idx].ravel())
+        self._note(np.repeat(qs, K), found.ravel())
         self.recomputed += qs.size
         return self._diff(qs, old_r, old_s, *self.topk_of(qs))
+
+    # ------------------------------------------------------------------ removal preview
+    def _dropped(self, removed: np.ndarray) -> np.ndarray:
+        """Boolean lookup over anchor rows, True at ``removed``; its last slot (row -1, an empty
+        list entry) stays False."""
+        dropped = np.zeros(self.anchors.img.shape[0] + 1, dtype=bool)
+        dropped[removed] = True
+        return dropped
+
+    def topk_without(self, qs: np.ndarray, removed: np.ndarray, n_alive_after: int,
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k ``(rows [n, k], sims [n, k])`` that queries ``qs`` would have if the live anchor
+        rows ``removed`` were dropped, changing nothing (-1 / -inf pad a list shorter than k).
+        A list keeps its canonical order when anchors leave it, so the new top-k is its first k
+        entries that are not removed; a list with fewer left (its slack ran out) is searched
+        again exactly among the live anchors minus ``removed``, as :meth:`remove` would."""
+        dropped = self._dropped(removed)
+        mask = dropped[self.rows[qs]]
+        order = np.argsort(mask, axis=1, kind="stable")[:, :self.k]
+        r = np.take_along_axis(self.rows[qs], order, 1)
+        s = np.take_along_axis(self.sims[qs], order, 1)
+        left = self.length[qs] - mask.sum(axis=1)
+        blank = np.arange(self.k)[None, :] >= left[:, None]
+        r[blank], s[blank] = -1, -np.inf
+        short = np.flatnonzero((left < self.k) & (left < n_alive_after))
+        if short.size:
+            alive = self.anchors.alive_rows()
+            found, sims, K = self._search(qs[short], alive[~dropped[alive]])
+            kk = min(self.k, K)
+            r[short], s[short] = -1, -np.inf
+            r[short, :kk], s[short, :kk] = found[:, :kk], sims[:, :kk]
+        return r, s
+
+    def removal_diff(self, removed: np.ndarray, n_alive_after: int) -> tuple[Diff, int]:
+        """The :data:`Diff` that :meth:`remove` would return for the live anchor rows ``removed``
+        (``n_alive_after`` live anchors would remain), computed without changing anything, and how
+        many lists would be searched again because their slack runs out.
+
+        Only lists whose top-k holds a removed anchor change. In each, the removed entries of the
+        top-k leave and the first entries of the slack that are not removed move up into it
+        (positions shift, order does not); a list left with fewer than k entries is diffed against
+        its exact top-k (:meth:`topk_without`)."""
+        dropped = self._dropped(removed)
+        qs = self.queries_holding(removed)
+        mask = dropped[self.rows[qs]]
+        hit = mask[:, :self.k].any(axis=1)
+        qs, mask = qs[hit], mask[hit]
+        length = self.length[qs]
+        left = length - mask.sum(axis=1)
+        short = (left < self.k) & (left < n_alive_after)
+        pos = np.arange(self.K)[None, :]
+        rank = np.cumsum(~mask, axis=1, dtype=np.int32) - 1  # place of a kept entry once they leave
+        regular = ~short[:, None]
+        gone = mask & (pos < self.k) & regular
+        came = ~mask & (pos >= self.k) & (rank < self.k) & (pos < length[:, None]) & regular
+        gq, gj = np.nonzero(gone)
+        cq, cj = np.nonzero(came)
+        parts = [_change(qs[gq], self.rows[qs[gq], gj], self.sims[qs[gq], gj], self.p, -1),
+                 _change(qs[cq], self.rows[qs[cq], cj], self.sims[qs[cq], cj], self.p, 1)]
+        sq = qs[short]
+        if sq.size:
+            parts.append(self._diff(sq, *self.topk_of(sq), *self.topk_without(sq, removed, n_alive_after)))
+        return concat_diffs(parts), int(sq.size)
 
     # ------------------------------------------------------------------ removal
     def remove(self, removed: np.ndarray, n_alive_after: int) -> Diff:
@@ -364,8 +462,8 @@ class NeighbourLists:
         length = self.length[qs]
         top = pos < self.k
         promoted = qs[top & (length > self.k)]
-        diff = [(qs[top], np.full(int(top.sum()), r), -signed_power64(s[top], self.p)),
-                (promoted, self.rows[promoted, self.k], signed_power64(self.sims[promoted, self.k], self.p))]
+        diff = [_change(qs[top], np.full(int(top.sum()), r), s[top], self.p, -1),
+                _change(promoted, self.rows[promoted, self.k], self.sims[promoted, self.k], self.p, 1)]
         _move_in_rows((self.rows, self.sims), qs, pos + 1, length, -1)
         self.rows[qs, length - 1] = -1
         self.sims[qs, length - 1] = -np.inf
@@ -469,8 +567,8 @@ class NeighbourLists:
         s, pos, length = s[qs], pos[qs], L[qs]
         top = pos < self.k
         demoted = qs[top & (length >= self.k)]
-        diff = [(qs[top], np.full(int(top.sum()), r), signed_power64(s[top], self.p)),
-                (demoted, self.rows[demoted, self.k - 1], -signed_power64(self.sims[demoted, self.k - 1], self.p))]
+        diff = [_change(qs[top], np.full(int(top.sum()), r), s[top], self.p, 1),
+                _change(demoted, self.rows[demoted, self.k - 1], self.sims[demoted, self.k - 1], self.p, -1)]
         end = np.minimum(length + 1, self.K)
         _move_in_rows((self.rows, self.sims), qs, pos, end - 1, 1)
         self.rows[qs, pos] = r

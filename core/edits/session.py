@@ -26,9 +26,8 @@ def _scatter_add_rows(D: np.ndarray, rows: np.ndarray, cols: np.ndarray, weights
                       table: np.ndarray) -> None:
     """``D[rows[i]] += weights[i] * table[:, cols[i]]`` for every i, repeated rows summed: what
     ``np.add.at(D, rows, (table[:, cols] * weights).T)`` does, as one sparse × dense product over the
-    distinct columns, with no ``[n, C]`` temporary. Measured on this CPU, for D of 10,000 × 80: 4 ms
-    for 20,000 updates (the edit that changes every image's top-k) where a column-by-column
-    ``np.bincount`` took 13 ms, and 183 ms instead of 407 for a million updates.
+    distinct columns, with no ``[n, C]`` temporary; faster than a column-by-column ``np.bincount``
+    (measured: docs/RESULTS.md, "Figures behind code constants").
 
     >>> D = np.zeros((3, 2)); table = np.array([[1.0, 10.0], [2.0, 20.0]])
     >>> _scatter_add_rows(D, np.array([0, 2, 0]), np.array([1, 0, 0]), np.array([1.0, 1.0, -0.5]), table); D
@@ -207,14 +206,16 @@ class EditSession:
         """Norms ``[P']`` of the text candidates' sparse vectors."""
         return np.sqrt(self.nb2)
 
-    def _rescore(self):
-        denom = self.na[:, None] * self.nb[None, :]
+    def _scores(self, D: np.ndarray, na2: np.ndarray, nb2: np.ndarray):
+        """(candidate scores, class scores, predictions) of dot products ``D`` and squared norms."""
+        denom = np.sqrt(na2)[:, None] * np.sqrt(nb2)[None, :]
         with np.errstate(invalid="ignore", divide="ignore"):
-            s = np.where(denom > 0, self.D / np.where(denom > 0, denom, 1.0), 0.0)
-        self.cand_scores = s
+            s = np.where(denom > 0, D / np.where(denom > 0, denom, 1.0), 0.0)
         cls = self.reducer(s)
-        self.class_scores = cls
-        self.predictions = argmax_tolerant(cls)
+        return s, cls, argmax_tolerant(cls)
+
+    def _rescore(self):
+        self.cand_scores, self.class_scores, self.predictions = self._scores(self.D, self.na2, self.nb2)
 
     @property
     def accuracy(self) -> float:
@@ -287,18 +288,18 @@ class EditSession:
         n_alive = self.anchors.n_alive - rows.size if kind == "remove" else self.anchors.n_alive
         self.anchors.alive[rows] = kind == "add"
         # The lists of both sides change first (the text side's: a few candidates, cheap) ...
-        pp, xt, wt = getattr(self.txt_side, kind)(rows, n_alive)
+        pp, xt, wt, nt = getattr(self.txt_side, kind)(rows, n_alive)
         changed, col = np.unique(xt, return_inverse=True)  # anchors the text side exchanged
         if kind == "add" and self.img_side.computes_similarities(changed.size):
             # the image side needs every image's similarity to the new rows, and step 2 below
             # those to the changed anchors: one pass over the images for both
             self.img_side.similarities(np.arange(self.labels.size), np.union1d(rows, changed))
-        qq, xx, ww = getattr(self.img_side, kind)(rows, n_alive)
+        qq, xx, ww, nw = getattr(self.img_side, kind)(rows, n_alive)
         # ... then 1) image side: rows of D, with the OLD text weights Bd.
         if qq.size:
             _scatter_add_rows(self.D, qq, xx, ww, self.Bd)
-            self.na2 += np.bincount(qq, weights=ww * np.abs(ww), minlength=self.na2.size)
-            self._moved_a += np.bincount(qq, weights=ww * ww, minlength=self.na2.size)
+            self.na2 += np.bincount(qq, weights=nw, minlength=self.na2.size)
+            self._moved_a += np.bincount(qq, weights=np.abs(nw), minlength=self.na2.size)
         # 2) text side: columns of D, with the NEW image side.
         if pp.size:
             delta = np.zeros((self.cand.shape[0], changed.size))
@@ -307,8 +308,8 @@ class EditSession:
             if hq.size:
                 _scatter_add_rows(self.D, hq, hj, signed_power64(hs, self.p), delta)
             np.add.at(self.Bd, (pp, xt), wt)
-            self.nb2 += np.bincount(pp, weights=wt * np.abs(wt), minlength=self.nb2.size)
-            self._moved_b += np.bincount(pp, weights=wt * wt, minlength=self.nb2.size)
+            self.nb2 += np.bincount(pp, weights=nt, minlength=self.nb2.size)
+            self._moved_b += np.bincount(pp, weights=np.abs(nt), minlength=self.nb2.size)
         self._refresh_cancelled()
         self._rescore()
         rec = self.img_side.recomputed + self.txt_side.recomputed - rec0
@@ -317,8 +318,8 @@ class EditSession:
     #: A squared norm that has moved by more than this many times its value since it was last exact
     #: (a dominant pair added, then removed) has lost digits to cancellation, and so may its scores:
     #: the row (image, cheap: one list) or column (prompt: every list holding its anchors, so only
-    #: from a larger ratio) is then recomputed exactly. Measured on 35,000 Flickr8k pairs x 10,000
-    #: CIFAR-10 pictures: the worst-case add's undo stays at ~40 ms (30-60 ms without the check).
+    #: from a larger ratio) is then recomputed exactly, which also steadies the worst-case undo
+    #: (measured: docs/RESULTS.md, "Figures behind code constants").
     CANCELLATION = 1e2
     CANCELLATION_TEXT = 1e6
 
@@ -419,8 +420,89 @@ class EditSession:
         return res
 
     def what_if_remove(self, pair_ids) -> EditResult:
-        """Accuracy if ``pair_ids`` were removed, without committing anything."""
-        return self._run("remove", self.rows_of(pair_ids, True), "remove", False)
+        """Accuracy if ``pair_ids`` were removed, without committing anything (nothing is changed
+        and nothing reverted: see :meth:`_preview_remove`)."""
+        rows = self.rows_of(pair_ids, True)
+        if self.anchors.n_alive - rows.size < self.k:
+            raise ValueError(f"removing {rows.size} pairs would leave {self.anchors.n_alive - rows.size} "
+                             f"anchors, fewer than k={self.k}; lower k first.")
+        return self._preview_remove(rows)
+
+    def _text_weights(self, cols: np.ndarray, changed: np.ndarray, delta: np.ndarray) -> np.ndarray:
+        """Raw text weights ``[P', len(cols)]`` at anchor rows ``cols`` (sorted, distinct) after a
+        change of ``delta [P', len(changed)]`` at rows ``changed`` (sorted, distinct)."""
+        table = self.Bd[:, cols]
+        at = np.minimum(np.searchsorted(cols, changed), max(cols.size - 1, 0))
+        both = cols[at] == changed if cols.size else np.zeros(changed.size, dtype=bool)
+        table[:, at[both]] += delta[:, both]
+        return table
+
+    def _preview_remove(self, rows: np.ndarray) -> EditResult:
+        """The :class:`EditResult` of removing the live anchor ``rows``, computed without changing
+        the session: both sides' lists give the change of every top-k as if the rows were gone
+        (:meth:`NeighbourLists.removal_diff`), and the dot products become
+
+            D' = A' B'ᵀ = D + ΔA B'ᵀ + A ΔBᵀ
+
+        (A, B the image and text sides' sparse vectors now, Δ their change): the changed image
+        rows against the text weights after the removal, then the changed text anchors against
+        the image lists as they are. Rows whose squared norm would lose digits to cancellation are
+        recomputed exactly from their new top-k, as :meth:`_refresh_cancelled` does; a text
+        candidate that would gets its column afresh. Equal to committing the removal, up to float round-off that
+        :func:`core.asif.argmax_tolerant` absorbs."""
+        t0 = time.perf_counter()
+        n_after = self.anchors.n_alive - rows.size
+        self._grow_B()
+        (pp, xt, wt, nt), rec_t = self.txt_side.removal_diff(rows, n_after)
+        changed, col = np.unique(xt, return_inverse=True)
+        nb2 = self.nb2 + np.bincount(pp, weights=nt, minlength=self.nb2.size)
+        moved_b = self._moved_b + np.bincount(pp, weights=np.abs(nt), minlength=self.nb2.size)
+        (qq, xx, ww, nw), rec_i = self.img_side.removal_diff(rows, n_after)
+        delta = np.zeros((self.cand.shape[0], changed.size))
+        np.add.at(delta, (pp, col), wt)
+        D = self.D.copy()
+        if qq.size:  # ΔA B'ᵀ
+            used, inv = np.unique(xx, return_inverse=True)
+            _scatter_add_rows(D, qq, inv, ww, self._text_weights(used, changed, delta))
+        if pp.size:  # A ΔBᵀ
+            hq, hj, hs = self.img_side.topk_similarities(changed)
+            if hq.size:
+                _scatter_add_rows(D, hq, hj, signed_power64(hs, self.p), delta)
+        cand = np.flatnonzero(moved_b > self.CANCELLATION_TEXT * np.maximum(nb2, 1e-300))
+        if cand.size:  # A' B'ᵀ afresh: a removed anchor's text weight is 0 in B', so A' = A + ΔA
+            Bc = self.Bd[cand]  # cancels nothing there (ΔA only takes removed anchors out)
+            Bc[:, changed] += delta[cand]
+            xs = np.flatnonzero((Bc != 0).any(axis=0))
+            fresh = np.zeros((self.D.shape[0], cand.size))
+            hq, hj, hs = self.img_side.topk_similarities(xs)
+            if hq.size:
+                _scatter_add_rows(fresh, hq, hj, signed_power64(hs, self.p), Bc[:, xs])
+            if qq.size:
+                _scatter_add_rows(fresh, qq, xx, ww, Bc)
+            D[:, cand] = fresh
+            nb2[cand] = (Bc ** 2).sum(axis=1)
+        na2 = self.na2 + np.bincount(qq, weights=nw, minlength=self.na2.size)
+        moved_a = self._moved_a + np.bincount(qq, weights=np.abs(nw), minlength=self.na2.size)
+        fresh = np.flatnonzero(moved_a > self.CANCELLATION * np.maximum(na2, 1e-300))
+        if fresh.size:
+            r, s = self.img_side.topk_without(fresh, rows, n_after)
+            live = r >= 0
+            a = np.where(live, signed_power64(s, self.p), 0.0)
+            used, inv = np.unique(np.where(live, r, 0), return_inverse=True)
+            A = sp.csr_matrix((a.ravel(), inv.ravel(), np.arange(0, fresh.size * self.k + 1, self.k)),
+                              shape=(fresh.size, used.size))
+            D[fresh] = A @ self._text_weights(used, changed, delta).T
+            na2[fresh] = (a * a).sum(axis=1)
+        predictions = self._scores(D, na2, nb2)[2]
+        before = self.predictions
+        return EditResult(kind="remove", pair_ids=self.anchors.ids[rows].copy(),
+                          accuracy=float(np.mean(predictions == self.labels)), accuracy_before=self.accuracy,
+                          per_class_accuracy=per_class_accuracy(predictions, self.labels, self.n_classes),
+                          predictions=predictions, predictions_before=before.copy(),
+                          n_changed=int((predictions != before).sum()), n_anchors=n_after,
+                          elapsed_ms=(time.perf_counter() - t0) * 1000,
+                          touched_queries=int(np.unique(qq).size), recomputed_queries=rec_i + rec_t,
+                          committed=False)
 
     def what_if_add(self, image_embeddings, text_embeddings) -> EditResult:
         """Accuracy if these pairs were added, without committing anything (temporary rows are kept
