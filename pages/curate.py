@@ -24,7 +24,7 @@ from ui.charts import per_class_figure, timeline_figure  # noqa: E402
 from ui.curation_panel import auto_curate_panel  # noqa: E402
 from ui.safe import plain  # noqa: E402
 from core.matching import suspicion_rank  # noqa: E402
-from ui.widgets import count, image_path, metrics_header, pct, thumbnail_url  # noqa: E402
+from ui.widgets import count, image_path, metrics_header, page_header, pct, thumbnail_url  # noqa: E402
 
 #: rows of the influence table sent to the browser, each with a thumbnail (search or sort for others)
 TABLE_ROWS = 100
@@ -33,10 +33,9 @@ PHOTO_ROWS = 100
 #: the tables' thumbnails: small WebP data URLs (about 1 KB each, half a JPEG's size)
 THUMB_PX, THUMB_FORMAT = 56, "WEBP"
 
-st.title("Curate")
-st.caption("Every anchor pair votes in the predictions. This page ranks them by how much the accuracy "
-           "would change if each one alone were removed — most harmful first. Select pairs, preview "
-           "the effect, remove them; undo any time. Edits are saved as you make them.")
+page_header("Curate", "Every anchor pair votes in the predictions. This page ranks them by how much the "
+            "accuracy would change if each one alone were removed — most harmful first. Select pairs, "
+            "preview the effect, remove them; undo any time. Edits are saved as you make them.")
 
 ws = state.require_workspace()
 state.require_model(ws)
