@@ -491,6 +491,22 @@ def _csv_records(f, report: ValidationReport, source: str) -> Iterator[tuple[int
             yield first, row
 
 
+#: first characters that make a spreadsheet read a cell as a formula ("CSV injection", OWASP)
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_cell(text: str) -> str:
+    """``text`` for a CSV meant for spreadsheets: a leading ``'`` when it would start a formula, so
+    the spreadsheet shows it as text and never evaluates it (:func:`from_spreadsheet_cell` undoes it)."""
+    return "'" + text if text.startswith(FORMULA_START) else text
+
+
+def from_spreadsheet_cell(text: str) -> str:
+    """The text :func:`spreadsheet_cell` guarded (its ``'`` dropped), so that an exported pair list
+    reads back as it was; any other text unchanged."""
+    return text[1:] if text.startswith("'") and text[1:].startswith(FORMULA_START) else text
+
+
 def _caption_rows(f, report: ValidationReport, source: str) -> Iterator[tuple[str, str, str]]:
     """Rows ``(item label, image, caption)`` of an ``image,caption`` CSV, streamed; problems reported.
     Stops after :data:`MAX_ROWS` rows (reported)."""
@@ -522,7 +538,7 @@ def _caption_rows(f, report: ValidationReport, source: str) -> Iterator[tuple[st
         if len(row) <= max(i_img, i_cap):
             report.add("missing_column", label, "row has too few columns; skipped")
             continue
-        image, caption = row[i_img].strip(), row[i_cap].strip()
+        image, caption = (from_spreadsheet_cell(row[i].strip()).strip() for i in (i_img, i_cap))
         if _has_surrogates(image) or _has_surrogates(caption):
             report.add("non_utf8", label, "text is not valid UTF-8; row skipped")
             continue

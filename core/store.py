@@ -719,12 +719,16 @@ class Workspace:
     # ---------------------------------------------------------------- export
     def export_pairs_csv(self) -> bytes:
         """The curated (active) pair list as CSV bytes: ``pair_id,image,caption``; demo images are
-        given relative to the data folder (``demo:`` prefix dropped), uploads by their file name."""
+        given relative to the data folder (``demo:`` prefix dropped), uploads by their file name.
+        Text that a spreadsheet would run as a formula gets a leading ``'``
+        (:func:`core.data.spreadsheet_cell`; reading the file back drops it)."""
+        from core.data import spreadsheet_cell
+
         buf = io.StringIO()
         writer = csv.writer(buf)
         writer.writerow(["pair_id", "image", "caption"])
         for p in self.pairs():
-            writer.writerow([p.pair_id, _portable(p.image), p.caption])
+            writer.writerow([p.pair_id, spreadsheet_cell(_portable(p.image)), spreadsheet_cell(p.caption)])
         return buf.getvalue().encode("utf-8")
 
 
