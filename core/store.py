@@ -728,11 +728,13 @@ class Workspace:
         writer = csv.writer(buf)
         writer.writerow(["pair_id", "image", "caption"])
         for p in self.pairs():
-            writer.writerow([p.pair_id, spreadsheet_cell(_portable(p.image)), spreadsheet_cell(p.caption)])
+            writer.writerow([p.pair_id, spreadsheet_cell(portable_ref(p.image)), spreadsheet_cell(p.caption)])
         return buf.getvalue().encode("utf-8")
 
 
-def _portable(ref: str) -> str:
+def portable_ref(ref: str) -> str:
+    """An image reference as an exported file names it: a demo image relative to the data folder
+    (``demo:`` dropped), a workspace's own file relative to the workspace (``files/…``), others as they are."""
     if ref.startswith("demo:"):
         return ref[5:]
     if ref.startswith("ws:"):

@@ -14,20 +14,10 @@ boot.ensure_app()
 from core import data, demo, interchange, store
 from ui import state
 from ui.safe import plain
-from ui.widgets import count, export_button, thumbnail_url
-
-st.title("Data")
-st.caption("Anchor pairs are photos with a caption; the model is nothing but these pairs and two "
-           "frozen encoders. Test pictures (with their true class) measure how good it is.")
-
-ws = state.current_workspace()
-
-# ------------------------------------------------------------------ embedding progress
-if ws is not None:
-    state.progress_if_building(ws)
+from ui.widgets import count, export_button, page_header, thumbnail_url
 
 
-def _grid(refs, captions, n_cols=5, size=160):
+def _grid(ws, refs, captions, n_cols=5, size=160):
     cols = st.columns(n_cols)
     for j, (ref, cap) in enumerate(zip(refs, captions)):
         with cols[j % n_cols]:
@@ -38,42 +28,45 @@ def _grid(refs, captions, n_cols=5, size=160):
             st.caption(cap)  # already made plain by the caller
 
 
-tab_pairs, tab_test, tab_new = st.tabs(["Anchor pairs", "Test pictures", "Bring your own pairs"])
-
-with tab_pairs:
+# ------------------------------------------------------------------ what the workspace holds
+def pairs_tab(ws) -> None:
+    """The anchor pairs, grouped by photo, searchable, a page at a time; the CSV download."""
     if ws is None:
         st.info("No workspace yet: bring your own pairs (third tab) or create the demo on the "
                 "Workspaces page.")
-    else:
-        pairs = ws.pairs()
-        c1, c2 = st.columns([3, 1])
-        q = c1.text_input("Search captions", key="data_search", placeholder="e.g. a dog in the snow")
-        if q:
-            pairs = [p for p in pairs if q.lower() in p.caption.lower()]
-        by_image: dict[str, list] = {}
-        for p in pairs:
-            by_image.setdefault(p.image, []).append(p)
-        images = list(by_image)
-        per_page = 15
-        n_pages = max(1, (len(images) + per_page - 1) // per_page)
-        page = c2.number_input(f"Page (of {n_pages:,})", 1, n_pages, 1, key="data_page")
-        st.caption(f"{count(len(pairs), 'pair')} from {count(len(images), 'photo')}")
-        chunk = images[(page - 1) * per_page: page * per_page]
-        _grid([str(ws.resolve(r)) for r in chunk],
-              ["  \n".join(f"#{p.pair_id} · {plain(p.caption)}" for p in by_image[r]) for r in chunk])
-        export_button("Download the curated pairs (CSV)", ("pairs.csv", str(ws.path), ws.state().seq),
-                      ws.export_pairs_csv, file_name=f"{ws.id}-pairs.csv", mime="text/csv",
-                      what="the curated pairs as CSV")
+        return
+    pairs = ws.pairs()
+    c1, c2 = st.columns([3, 1])
+    q = c1.text_input("Search captions", key="data_search", placeholder="e.g. a dog in the snow")
+    if q:
+        pairs = [p for p in pairs if q.lower() in p.caption.lower()]
+    by_image: dict[str, list] = {}
+    for p in pairs:
+        by_image.setdefault(p.image, []).append(p)
+    images = list(by_image)
+    per_page = 15
+    n_pages = max(1, (len(images) + per_page - 1) // per_page)
+    page = c2.number_input(f"Page (of {n_pages:,})", 1, n_pages, 1, key="data_page")
+    st.caption(f"{count(len(pairs), 'pair')} from {count(len(images), 'photo')}")
+    chunk = images[(page - 1) * per_page: page * per_page]
+    _grid(ws, [str(ws.resolve(r)) for r in chunk],
+          ["  \n".join(f"#{p.pair_id} · {plain(p.caption)}" for p in by_image[r]) for r in chunk])
+    export_button("Download the curated pairs (CSV)", ("pairs.csv", str(ws.path), ws.state().seq),
+                  ws.export_pairs_csv, file_name=f"{ws.id}-pairs.csv", mime="text/csv",
+                  what="the curated pairs as CSV")
 
-with tab_test:
-    if ws is not None:
-        items = ws.eval_items()
-        labels = sorted({e.label for e in items})
-        st.caption(f"{len(items):,} labeled pictures in {len(labels)} classes")
-        if items:
-            pick = st.selectbox("Class", labels, key="data_eval_class")
-            sel = [e for e in items if e.label == pick][:20]
-            _grid([str(ws.resolve(e.image)) for e in sel], [plain(e.label) for e in sel], n_cols=10, size=96)
+
+def eval_tab(ws) -> None:
+    """The labeled test pictures, a class at a time."""
+    if ws is None:
+        return
+    items = ws.eval_items()
+    labels = sorted({e.label for e in items})
+    st.caption(f"{len(items):,} labeled pictures in {len(labels)} classes")
+    if items:
+        pick = st.selectbox("Class", labels, key="data_eval_class")
+        sel = [e for e in items if e.label == pick][:20]
+        _grid(ws, [str(ws.resolve(e.image)) for e in sel], [plain(e.label) for e in sel], n_cols=10, size=96)
 
 
 # ------------------------------------------------------------------ bring your own
@@ -104,58 +97,68 @@ def show_report(pairset) -> None:
                      column_config={"kind": "problem", "item": "file / row", "message": "what happened"})
 
 
-def use_pairset(pairset, copy: bool, source: dict) -> None:
+def _create_form(pairset, copy: bool, source: dict) -> None:
+    """Form: a new workspace with ``pairset`` as its anchors and the test pictures picked here."""
+    st.markdown("**Create a new workspace** with these pairs as anchors")
+    name = st.text_input("Name", value=f"my pairs {len(store.list_workspaces()) + 1}")
+    test = st.radio("Test pictures", ["CIFAR-10 test from the demo data", "none for now"],
+                    help="A labeled set to measure accuracy; you can also point to a class-per-"
+                         "folder set below.")
+    per_class = st.number_input("CIFAR-10 pictures per class", 1, 1000, 100)
+    test_folder = st.text_input(
+        "Separate test folder (optional)", "",
+        help="A folder on this computer with one sub-folder per class. Its pictures become the "
+             "held-out test part, and the labeled set above is used for tuning only.")
+    if st.form_submit_button("Create workspace", type="primary"):
+        try:
+            items = demo.demo_labeled_items(int(per_class)) if test.startswith("CIFAR") else []
+            if test_folder.strip():
+                if not items:
+                    raise ValueError("A separate test folder needs a labeled set to tune on; "
+                                     "pick the CIFAR-10 pictures above as well.")
+                held_out = data.load_labeled(data.allowed_folder(test_folder))
+                items = items + store.eval_items_from_labeled(held_out, part="test")
+            new = store.create_from_pairset(name, pairset, items, copy=copy, source=source)
+            state.set_workspace(new.id, f"Created {plain(new.name)}; you are now working in it.")
+            st.success(f"Created **{plain(new.name)}**; its pictures are being embedded now.")
+            st.rerun()
+        except ValueError as error:
+            st.error(plain(error))
+
+
+def _add_form(ws, pairset, copy: bool, source: dict) -> None:
+    """Form: add ``pairset`` to the current workspace as extra anchors (one edit)."""
+    st.markdown("**Add them to the current workspace** as extra anchors")
+    added = st.session_state.pop("data_added", None)
+    if added:
+        st.success(added, icon=":material/check_circle:")
+    ok = st.form_submit_button("Add to current workspace", disabled=ws is None)
+    if ok and ws is not None:
+        try:
+            model = state.require_model(ws, wait_s=60)
+            rows = store.refs_from_pairset(pairset, ws, copy=copy)
+            with st.spinner(f"Embedding {count(len(rows), 'pair')}…"):
+                r = state.add_pairs(ws, model, rows, note=f"from {source['kind']}")
+            st.session_state["data_added"] = r.message()
+            st.rerun()  # the sidebar (drawn before this page) shows the new count
+        except ValueError as error:
+            st.error(plain(error))
+
+
+def use_pairset(ws, pairset, copy: bool, source: dict) -> None:
     """Preview + 'create a workspace' / 'add to the current workspace'."""
     show_report(pairset)
     if len(pairset) == 0:
         return
     st.markdown(f"**Preview** — {count(len(pairset), 'pair')} from {count(len(pairset.images), 'photo')}")
     n = min(10, len(pairset))
-    _grid([pairset.images[i] for i in pairset.pair_image[:n].tolist()],
+    _grid(ws, [pairset.images[i] for i in pairset.pair_image[:n].tolist()],
           [plain(c) for c in pairset.captions[:n]])
     a, b = st.columns(2)
     with a.form(f"create_{source['kind']}"):
-        st.markdown("**Create a new workspace** with these pairs as anchors")
-        name = st.text_input("Name", value=f"my pairs {len(store.list_workspaces()) + 1}")
-        test = st.radio("Test pictures", ["CIFAR-10 test from the demo data", "none for now"],
-                        help="A labeled set to measure accuracy; you can also point to a class-per-"
-                             "folder set below.")
-        per_class = st.number_input("CIFAR-10 pictures per class", 1, 1000, 100)
-        test_folder = st.text_input(
-            "Separate test folder (optional)", "",
-            help="A folder on this computer with one sub-folder per class. Its pictures become the "
-                 "held-out test part, and the labeled set above is used for tuning only.")
-        if st.form_submit_button("Create workspace", type="primary"):
-            try:
-                items = demo.demo_labeled_items(int(per_class)) if test.startswith("CIFAR") else []
-                if test_folder.strip():
-                    if not items:
-                        raise ValueError("A separate test folder needs a labeled set to tune on; "
-                                         "pick the CIFAR-10 pictures above as well.")
-                    held_out = data.load_labeled(data.allowed_folder(test_folder))
-                    items = items + store.eval_items_from_labeled(held_out, part="test")
-                new = store.create_from_pairset(name, pairset, items, copy=copy, source=source)
-                state.set_workspace(new.id, f"Created {plain(new.name)}; you are now working in it.")
-                st.success(f"Created **{plain(new.name)}**; its pictures are being embedded now.")
-                st.rerun()
-            except ValueError as error:
-                st.error(plain(error))
+        _create_form(pairset, copy, source)
     with b.form(f"add_{source['kind']}"):
-        st.markdown("**Add them to the current workspace** as extra anchors")
-        added = st.session_state.pop("data_added", None)
-        if added:
-            st.success(added, icon=":material/check_circle:")
-        ok = st.form_submit_button("Add to current workspace", disabled=ws is None)
-        if ok and ws is not None:
-            try:
-                model = state.require_model(ws, wait_s=60)
-                rows = store.refs_from_pairset(pairset, ws, copy=copy)
-                with st.spinner(f"Embedding {count(len(rows), 'pair')}…"):
-                    r = state.add_pairs(ws, model, rows, note=f"from {source['kind']}")
-                st.session_state["data_added"] = r.message()
-                st.rerun()  # the sidebar (drawn before this page) shows the new count
-            except ValueError as error:
-                st.error(plain(error))
+        _add_form(ws, pairset, copy, source)
 
 
 # ------------------------------------------------------------------ precomputed vectors
@@ -220,7 +223,7 @@ def create_from_vectors(pairs, source) -> None:
                 st.error(plain(error))
 
 
-def precomputed_vectors() -> None:
+def precomputed_vectors(ws) -> None:
     """Bring pairs someone already embedded: clip-retrieval output, parquet, a saved datasets folder
     or an imagefolder with vector columns; the encoders that made them are named here."""
     st.caption("Vectors someone already computed: a **clip-retrieval** output (`img_emb/`, `text_emb/`, "
@@ -247,41 +250,71 @@ def precomputed_vectors() -> None:
                    f"{plain(pairs.image_encoder)} {pairs.image_vectors.shape[1]}-d pictures, "
                    f"{plain(pairs.text_encoder)} {pairs.text_vectors.shape[1]}-d captions{dropped}.")
         n = min(10, len(pairs))
-        _grid([pairs.images[i] for i in pairs.pair_image[:n].tolist()], [plain(c) for c in pairs.captions[:n]])
+        _grid(ws, [pairs.images[i] for i in pairs.pair_image[:n].tolist()], [plain(c) for c in pairs.captions[:n]])
         if runnable(pairs):
             create_from_vectors(pairs, source)
     except ValueError as error:
         st.error(plain(error))
 
 
-with tab_new:
+# ------------------------------------------------------------------ bring your own: the tab
+def upload_files(ws) -> None:
+    """Pairs from uploaded files (a zip, or photos + captions.csv), copied into the workspace."""
+    st.caption("Either a **zip** holding photos and a `captions.csv` (columns `image,caption`), or "
+               "the **photos and the CSV** together. Bad files are listed and skipped; the rest "
+               "loads.")
+    files = st.file_uploader("Photos + captions.csv, or one zip", accept_multiple_files=True,
+                             type=["zip", "csv", "jpg", "jpeg", "png", "webp", "bmp", "gif"],
+                             key="byo_files")
+    if not files:
+        st.session_state.pop("byo_staged", None)
+        return
+    with st.spinner("Checking the files…"):
+        pairset = load_uploads(files)
+    use_pairset(ws, pairset, copy=True, source={"kind": "upload"})
+
+
+def from_folder(ws) -> None:
+    """Pairs from a folder on this computer (files stay where they are)."""
+    st.caption("A folder with the photos and a `captions.csv` (`image,caption`) or one COCO "
+               "captions JSON, inside the data location or a folder listed in "
+               "`ROSETTA_ALLOWED_ROOTS`. Files stay where they are (nothing is copied).")
+    path = st.text_input("Folder", key="byo_path", placeholder="/home/me/photos")
+    if not path:
+        return
+    try:
+        folder = data.allowed_folder(path)
+        with st.spinner("Checking the folder…"):
+            pairset = data.load_pairs_folder(folder)
+        use_pairset(ws, pairset, copy=False, source={"kind": "folder", "path": str(folder)})
+    except ValueError as error:
+        st.error(plain(error))
+
+
+def bring_your_own(ws) -> None:
     how = st.radio("From", ["Upload files", "A folder on this computer", "Precomputed vectors"],
                    horizontal=True, key="byo_how")
     if how == "Precomputed vectors":
-        precomputed_vectors()
+        precomputed_vectors(ws)
     elif how == "Upload files":
-        st.caption("Either a **zip** holding photos and a `captions.csv` (columns `image,caption`), or "
-                   "the **photos and the CSV** together. Bad files are listed and skipped; the rest "
-                   "loads.")
-        files = st.file_uploader("Photos + captions.csv, or one zip", accept_multiple_files=True,
-                                 type=["zip", "csv", "jpg", "jpeg", "png", "webp", "bmp", "gif"],
-                                 key="byo_files")
-        if files:
-            with st.spinner("Checking the files…"):
-                pairset = load_uploads(files)
-            use_pairset(pairset, copy=True, source={"kind": "upload"})
-        else:
-            st.session_state.pop("byo_staged", None)
+        upload_files(ws)
     else:
-        st.caption("A folder with the photos and a `captions.csv` (`image,caption`) or one COCO "
-                   "captions JSON, inside the data location or a folder listed in "
-                   "`ROSETTA_ALLOWED_ROOTS`. Files stay where they are (nothing is copied).")
-        path = st.text_input("Folder", key="byo_path", placeholder="/home/me/photos")
-        if path:
-            try:
-                folder = data.allowed_folder(path)
-                with st.spinner("Checking the folder…"):
-                    pairset = data.load_pairs_folder(folder)
-                use_pairset(pairset, copy=False, source={"kind": "folder", "path": str(folder)})
-            except ValueError as error:
-                st.error(plain(error))
+        from_folder(ws)
+
+
+def main() -> None:
+    page_header("Data", "Anchor pairs are photos with a caption; the model is nothing but these pairs and two "
+                "frozen encoders. Test pictures (with their true class) measure how good it is.")
+    ws = state.current_workspace()
+    if ws is not None:
+        state.progress_if_building(ws)
+    tab_pairs, tab_test, tab_new = st.tabs(["Anchor pairs", "Test pictures", "Bring your own pairs"])
+    with tab_pairs:
+        pairs_tab(ws)
+    with tab_test:
+        eval_tab(ws)
+    with tab_new:
+        bring_your_own(ws)
+
+
+main()

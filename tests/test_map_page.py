@@ -3,12 +3,16 @@ selection is previewed, removed (one edit) and undone; text search finds pairs; 
 from __future__ import annotations
 
 import base64
+import csv
+import io
 import json
 import time
 
 import numpy as np
 
+from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
+from streamlit.testing.v1 import app_test as app_test_module
 
 from app_helpers import APP, run_ready, texts
 from core import store
@@ -164,3 +168,37 @@ def test_map_search_by_uploaded_picture(demo_root):
     (error,) = [e.value for e in at.error]
     assert error.startswith("That picture could not be read") and "not a picture at all" not in error
     assert "pairs in" not in texts(at)
+
+
+def test_map_export_guards_formulas_and_names_portable_paths(demo_root, monkeypatch):
+    """The selection's "Export CSV": a caption a spreadsheet would run as a formula starts with ``'``
+    and the image is named relative to the data folder, as in the curated-pairs export."""
+    stores: list[MemoryMediaFileStorage] = []  # Streamlit's own in-memory file store, kept to read the download
+
+    class Kept(MemoryMediaFileStorage):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            stores.append(self)
+
+    monkeypatch.setattr(app_test_module, "MemoryMediaFileStorage", Kept)
+    at = run_ready(AppTest.from_file(APP, default_timeout=180))
+    ws = _ws(demo_root)
+    formula = '=HYPERLINK("http://example.invalid","a dog")'
+    image = ws.all_pairs()[0].image
+    live = LiveModel(ws, WorkspaceVectors(ws, EmbeddingCache()))
+    (pid,) = live.add([(image, formula)], note="test").op.pair_ids
+    at.switch_page("pages/map.py").run()
+    deadline = time.time() + 120
+    while not at.get("plotly_chart") and time.time() < deadline:  # the model is rebuilt with the new pair
+        assert not at.exception, [e.value for e in at.exception]
+        time.sleep(0.5)
+        at.run()
+    at.text_input(key="map_text").set_value("HYPERLINK").run()
+    _keyed(at.checkbox, "map_all").check().run()
+    assert not at.exception, [e.value for e in at.exception]
+    (button,) = [b for b in at.get("download_button") if b.proto.label == "Export CSV"]
+    data = stores[-1].get_file(button.proto.url.rsplit("/", 1)[-1]).content
+    rows = list(csv.DictReader(io.StringIO(data.decode("utf-8"))))
+    assert [int(r["pair_id"]) for r in rows] == [pid]
+    assert rows[0]["caption"] == "'" + formula
+    assert rows[0]["image"] == store.portable_ref(image) and not rows[0]["image"].startswith("demo:")

@@ -12,7 +12,7 @@ import streamlit as st
 
 from ui import state
 from ui.safe import plain
-from ui.widgets import pct
+from ui.widgets import count, pct
 
 RUN_KEY = "auto_curate_last"
 PLAN_KEY = "addition_plan"
@@ -93,7 +93,7 @@ def _show_last_run() -> None:
     c1, c2, c3 = st.columns(3)
     c1.metric("Tuning accuracy (chooses)", pct(after_tune), _pts(after_tune - run["tune_before"]))
     c2.metric("Test accuracy (held out, honest)", pct(after_test), _pts(after_test - run["test_before"]))
-    c3.metric("Pairs removed", f"{run['removed']:,}", f"{run['rounds']} round(s)", delta_color="off")
+    c3.metric("Pairs removed", f"{run['removed']:,}", count(run["rounds"], "round"), delta_color="off")
     st.caption(f"Last auto-curation: tuning {pct(run['tune_before'])} → {pct(after_tune)}, test "
                f"{pct(run['test_before'])} → {pct(after_test)}; stopped because "
                f"{run['stopped_because']}.")
@@ -184,7 +184,7 @@ def suggest_additions_panel(ws, model, tune) -> None:
                            "covers", help="Wrong tuning pictures of its class for which it is the "
                                           "nearest proposed pool picture")})
     chosen = [i for i, keep in enumerate(edited["add"].tolist()) if keep]
-    if st.button(f"Add {len(chosen)} checked pair(s)", type="primary", disabled=not chosen,
+    if st.button(f"Add {count(len(chosen), 'checked pair', 'checked pairs')}", type="primary", disabled=not chosen,
                  icon=":material/add:", key="add_suggested"):
         pairs = [(plan["rows"][i]["ref"], plan["rows"][i]["caption"]) for i in chosen]
         try:
