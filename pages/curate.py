@@ -23,6 +23,7 @@ from ui import state  # noqa: E402
 from ui.charts import per_class_figure, timeline_figure  # noqa: E402
 from ui.curation_panel import auto_curate_panel  # noqa: E402
 from ui.safe import plain  # noqa: E402
+from core.asif import DEFAULT_TEMPLATES, fill_template  # noqa: E402
 from core.matching import suspicion_rank  # noqa: E402
 from ui.widgets import count, image_path, metrics_header, page_header, pct, thumbnail_url  # noqa: E402
 
@@ -33,24 +34,16 @@ PHOTO_ROWS = 100
 #: the tables' thumbnails: small WebP data URLs (about 1 KB each, half a JPEG's size)
 THUMB_PX, THUMB_FORMAT = 56, "WEBP"
 
-page_header("Curate", "Every anchor pair votes in the predictions. This page ranks them by how much the "
-            "accuracy would change if each one alone were removed — most harmful first. Select pairs, "
-            "preview the effect, remove them; undo any time. Edits are saved as you make them.")
-
-ws = state.require_workspace()
-state.require_model(ws)
-
-
 def _fmt_pts(x: float) -> str:
     return f"{100 * x:+.1f} pts"
 
 
-def _thumbs(refs) -> list[str]:
+def _thumbs(ws, refs) -> list[str]:
     return [thumbnail_url(image_path(ws, r), THUMB_PX, THUMB_FORMAT) for r in refs]
 
 
 # ------------------------------------------------------------------------------------- edits
-def _step(direction: str, seq: int) -> None:
+def _step(ws, direction: str, seq: int) -> None:
     """Undo / redo the edit the user saw (``seq``); a newer edit on top is refused, not undone."""
     try:
         model = state.require_model(ws)
@@ -59,7 +52,7 @@ def _step(direction: str, seq: int) -> None:
         st.session_state["edit_error"] = str(error)
 
 
-def _remove(pair_ids: list[int]) -> None:
+def _remove(ws, pair_ids: list[int]) -> None:
     """Remove button's callback: one edit, then one full rerun (headline, sidebar, table, charts)."""
     try:
         state.remove_pairs(ws, state.require_model(ws), pair_ids, note="from Curate", where="curate")
@@ -69,13 +62,13 @@ def _remove(pair_ids: list[int]) -> None:
     st.rerun()
 
 
-def _history_buttons() -> None:
+def _history_buttons(ws) -> None:
     """Undo / Redo, each naming the edit it acts on (bound when drawn, so a stale view is told)."""
     c1, c2 = st.columns(2)
     for column, label, pending in ((c1, "Undo", ws.peek_undo()), (c2, "Redo", ws.peek_redo())):
         column.button(label, icon=f":material/{label.lower()}:", disabled=pending is None, width="stretch",
                       key=f"curate_{label}", on_click=_step,
-                      args=(label.lower(), None if pending is None else pending.seq))
+                      args=(ws, label.lower(), None if pending is None else pending.seq))
         column.caption("Nothing to " + label.lower() if pending is None
                        else f"{label}: {pending.describe()}")
     error = st.session_state.pop("edit_error", None)
@@ -85,8 +78,8 @@ def _history_buttons() -> None:
 
 def header(model) -> None:
     """Headline numbers, undo / redo and the last edit's message."""
-    metrics_header(model, ws)
-    _history_buttons()
+    metrics_header(model, model.ws)
+    _history_buttons(model.ws)
     last = st.session_state.get("last_edit")
     if last:
         st.success(last["message"], icon=":material/check_circle:")
@@ -117,7 +110,7 @@ def _with_suspicion(model, df: pd.DataFrame) -> pd.DataFrame:
     if not st.session_state.get("suspicion_on"):
         return df
     try:
-        scores = _suspicion(str(ws.path), model.key, len(model.vectors.pair_ids), model.vectors)
+        scores = _suspicion(str(model.ws.path), model.key, len(model.vectors.pair_ids), model.vectors)
     except ValueError as error:  # e.g. too few pairs to compare neighbourhoods
         st.caption(f"Suspicious-pair scores unavailable: {plain(error)}")
         return df
@@ -196,7 +189,7 @@ def _pair_config(with_suspicion: bool) -> dict:
     return config
 
 
-def _pair_view(df: pd.DataFrame, n_all: int) -> pd.DataFrame:
+def _pair_view(ws, df: pd.DataFrame, n_all: int) -> pd.DataFrame:
     """The table's rows as shown (thumbnails included), kept while the same rows are shown: a rerun
     that changes nothing in them rebuilds nothing."""
     key = (tuple(df["pair_id"]), tuple(df["loo_delta"]), "suspicious" in df, n_all)
@@ -204,7 +197,7 @@ def _pair_view(df: pd.DataFrame, n_all: int) -> pd.DataFrame:
     if memo is not None and memo[0] == key:
         return memo[1]
     view = pd.DataFrame({
-        "photo": _thumbs(df["image"]),
+        "photo": _thumbs(ws, df["image"]),
         "caption": df["caption"].to_numpy(),
         "Δ tuning accuracy if removed": 100 * df["loo_delta"].to_numpy(),
         "used in": df["participated"].to_numpy(),
@@ -219,14 +212,14 @@ def _pair_view(df: pd.DataFrame, n_all: int) -> pd.DataFrame:
     return view
 
 
-def pair_table(df: pd.DataFrame, n_all: int) -> list[int]:
+def pair_table(ws, df: pd.DataFrame, n_all: int) -> list[int]:
     """One row per pair (the first :data:`TABLE_ROWS` of ``df``; ranks are out of ``n_all``);
     returns the pair ids of the clicked rows."""
     if len(df) > TABLE_ROWS:
         st.caption(f"The first {TABLE_ROWS:,} of {len(df):,} pairs in this order; search or sort to see "
                    "others.")
     df = df.head(TABLE_ROWS)
-    event = st.dataframe(_pair_view(df, n_all), column_config=_pair_config("suspicious" in df),
+    event = st.dataframe(_pair_view(ws, df, n_all), column_config=_pair_config("suspicious" in df),
                          hide_index=True, height=420, on_select="rerun", selection_mode="multi-row",
                          key=state.selection_key("influence_table"), row_height=56)
     ids = df["pair_id"].to_numpy()
@@ -293,7 +286,7 @@ def photo_table(model, df: pd.DataFrame, sort: str) -> list[int]:
     photos = _photo_deltas(model, df)
     if sort in ("most harmful", "most helpful"):
         photos = photos.sort_values("exact", ascending=sort == "most helpful", kind="stable").reset_index(drop=True)
-    view = pd.DataFrame({"photo": _thumbs(photos["ref"]), "captions": photos["captions"],
+    view = pd.DataFrame({"photo": _thumbs(model.ws, photos["ref"]), "captions": photos["captions"],
                          PHOTO_DELTA: 100 * photos["exact"], "sum of its captions' single Δ": 100 * photos["summed"],
                          "captions listed": photos["n"]})
     st.caption(f"The {len(photos):,} photos with the highest-ranked captions; the Δ column is exact for "
@@ -327,7 +320,7 @@ def _what_if(model, chosen: list[int]) -> None:
 
 
 @st.fragment
-def selection_panel(picked: list[int], options: list[int] | None) -> None:
+def selection_panel(ws, picked: list[int], options: list[int] | None) -> None:
     """The selection (``picked`` in the table, plus the pairs chosen in the picker when ``options``
     is given), its what-if and the Remove button. Picking a pair reruns only this fragment."""
     chosen = list(picked)
@@ -348,7 +341,7 @@ def selection_panel(picked: list[int], options: list[int] | None) -> None:
     with c1:
         _what_if(state.require_model(ws), chosen)
     c2.button(f"Remove {count(len(chosen), 'pair')}", type="primary", icon=":material/delete:", width="stretch",
-              key=state.selection_key("remove_selected"), on_click=_remove, args=(chosen,))
+              key=state.selection_key("remove_selected"), on_click=_remove, args=(ws, chosen))
 
 
 def _suspicion_on() -> None:
@@ -356,7 +349,7 @@ def _suspicion_on() -> None:
 
 
 @st.fragment
-def influence_panel() -> None:
+def influence_panel(ws) -> None:
     """The influence table with its filters, and the selection panel under it."""
     st.subheader("Anchor pairs, most harmful first")
     model = state.require_model(ws)
@@ -370,20 +363,20 @@ def influence_panel() -> None:
     sent = _take_sent()
     df, sort, by_photo = _filtered(df)
     if by_photo:
-        selection_panel(photo_table(model, df, sort), None)
+        selection_panel(ws, photo_table(model, df, sort), None)
     else:
-        picked = pair_table(df, n_all)
+        picked = pair_table(ws, df, n_all)
         key = state.selection_key("curate_ids")
         options = list(dict.fromkeys(df["pair_id"].head(TABLE_ROWS).astype(int).tolist() + sent
                                      + [int(i) for i in st.session_state.get(key, [])]))
-        selection_panel(picked, options)
+        selection_panel(ws, picked, options)
     if not st.session_state.get("suspicion_on"):
         st.button("Also score captions that may not match their photo (label-free)", icon=":material/flag:",
                   on_click=_suspicion_on)
 
 
 @st.fragment(run_every=1.5)
-def wait_for_influence() -> None:
+def wait_for_influence(ws) -> None:
     """While the influence table is computed in the background: rerun the page when it is ready
     (this fragment holds no widget, so a selection in the panel is never lost to it)."""
     live = state.require_model(ws)
@@ -400,7 +393,7 @@ def charts(model) -> None:
         st.plotly_chart(per_class_figure(model.vectors.classes, model.metrics()), width="stretch")
     with g2:
         st.subheader("Accuracy over the edit history")
-        hist = ws.history(model.key)
+        hist = model.ws.history(model.key)
         if len(hist) <= 1:
             st.caption("Each edit you make adds a point here.")
         else:
@@ -411,13 +404,13 @@ def charts(model) -> None:
 def _add(model, pairs, note: str, spinner: str) -> None:
     try:
         with st.spinner(spinner):
-            state.add_pairs(ws, model, pairs, note=note, where="add")
+            state.add_pairs(model.ws, model, pairs, note=note, where="add")
         st.rerun()  # the headline, charts and message above show the new model
     except ValueError as error:
         st.error(plain(error))
 
 
-def _stored_uploads(files) -> list[tuple[str, str]]:
+def _stored_uploads(ws, files) -> list[tuple[str, str]]:
     """Uploaded photos stored in the workspace (unreadable ones named and skipped), as image refs."""
     from core.encoders import load_image
 
@@ -444,15 +437,15 @@ def add_uploads(model) -> None:
         template = a.text_input("Caption template", "a photo of a {}.")
         cls = b.selectbox("Class name for {}", model.vectors.classes)
         if st.form_submit_button("Add these pairs", icon=":material/add:"):
-            refs = _stored_uploads(files)
+            refs = _stored_uploads(model.ws, files)
             if not refs:
                 st.error("No readable photo to add.")
             else:
-                _add(model, [(r, template.replace("{}", cls)) for r in refs], "uploaded",
+                _add(model, [(r, fill_template(template, cls)) for r in refs], "uploaded",
                      "Embedding the new photos…")
 
 
-def _indomain_pairs(train, classes, per_class: int) -> list[tuple[str, str]]:
+def _indomain_pairs(ws, train, classes, per_class: int) -> list[tuple[str, str]]:
     """The first ``per_class`` CIFAR-10 training pictures of each class not yet in the workspace."""
     known = {p.image for p in ws.all_pairs()}
     pairs = []
@@ -460,7 +453,7 @@ def _indomain_pairs(train, classes, per_class: int) -> list[tuple[str, str]]:
         folder = train / c
         if folder.is_dir():
             refs = [f"demo:cifar10/train/{c}/{f.name}" for f in sorted(folder.iterdir())]
-            pairs += [(r, f"a photo of a {c}.") for r in [r for r in refs if r not in known][:per_class]]
+            pairs += [(r, fill_template(DEFAULT_TEMPLATES[0], c)) for r in [r for r in refs if r not in known][:per_class]]
     return pairs
 
 
@@ -478,7 +471,7 @@ def add_indomain(model) -> None:
     per_class = a.number_input("Photos per class", 1, 50, 10, key="indomain_n")
     which = b.multiselect("Classes", model.vectors.classes, default=model.vectors.classes, key="indomain_cls")
     if st.button("Add in-domain pairs", icon=":material/add:"):
-        pairs = _indomain_pairs(train, which, int(per_class))
+        pairs = _indomain_pairs(model.ws, train, which, int(per_class))
         if not pairs:
             st.warning("Nothing new to add for these classes.")
         else:
@@ -497,9 +490,13 @@ def add_pairs_section(model) -> None:
 
 
 def main() -> None:
+    page_header("Curate", "Every anchor pair votes in the predictions. This page ranks them by how much the "
+                "accuracy would change if each one alone were removed — most harmful first. Select pairs, "
+                "preview the effect, remove them; undo any time. Edits are saved as you make them.")
+    ws = state.require_workspace()
     model = state.require_model(ws)
     header(model)
-    influence_panel()
+    influence_panel(ws)
     charts(model)
     st.divider()
     add_pairs_section(model)
@@ -509,7 +506,7 @@ def main() -> None:
     # (started earlier, its seconds of work compete with drawing the page after an edit)
     state.start_influence(model)
     if state.influence_snapshot(model)[1] != model.version:
-        wait_for_influence()
+        wait_for_influence(ws)
 
 
 main()

@@ -65,9 +65,13 @@ def test_every_number_agrees_after_every_kind_of_edit(demo_root, embedding_cache
 
     # add (in-domain CIFAR-10 train pictures, from the section below the panel)
     at.number_input(key="indomain_n").set_value(2)
-    at.multiselect(key="indomain_cls").set_value(["cat"])
+    at.multiselect(key="indomain_cls").set_value(["airplane", "cat"])
     [b for b in at.button if b.label == "Add in-domain pairs"][0].click().run()
     _check(at, demo_root, embedding_cache, "add")
+    ws = store.Workspace(store.list_workspaces(demo_root)[0])
+    added = ws.edits()[-1].pair_ids
+    assert sorted({p.caption for p in ws.all_pairs() if p.pair_id in added}) == \
+        ["a photo of a cat.", "a photo of an airplane."]  # the prompts' own wording (fill_template)
 
     # undo (the add), then redo it
     at.button(key="curate_Undo").click().run()
