@@ -38,7 +38,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from core.arrays import as_float32_2d, l2_normalize
-from core.search import DEFAULT_MEMORY_BYTES, ExactIndex, exact_topk
+from core.search import DEFAULT_MEMORY_BYTES, ExactIndex, RowSubsetIndex, exact_topk
 
 ProgressFn = Callable[[float, str], None]
 
@@ -610,8 +610,10 @@ class AsifModel:
         self.k, self.p = _check_kp(k, p, n)
         if template_strategy not in TEMPLATE_STRATEGIES:
             raise ValueError(f"unknown template strategy {template_strategy!r}; use one of {TEMPLATE_STRATEGIES}.")
-        self.image_embeddings = img if _mapped is not None else l2_normalize(img)
-        self.text_embeddings = txt if _mapped is not None else l2_normalize(txt)
+        self._emb = {"image": img if _mapped is not None else l2_normalize(img),
+                     "text": txt if _mapped is not None else l2_normalize(txt)}
+        self._dims = {"image": img.shape[1], "text": txt.shape[1]}
+        self._source: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # see over_rows
         self._distinct_images = _mapped      # (first, inverse) of the image rows, when known
         self.pair_ids = ids
         self.metadata = metadata
@@ -626,7 +628,64 @@ class AsifModel:
     @property
     def n_anchors(self) -> int:
         """Number of anchor pairs N."""
-        return self.image_embeddings.shape[0]
+        return self.pair_ids.shape[0]
+
+    @classmethod
+    def over_rows(cls, base: "AsifModel", extra_image, extra_text, extra_ids, extra_metadata,
+                  rows, *, k: int, p: float, info: Mapping[str, Any] | None = None,
+                  template_strategy: str = DEFAULT_TEMPLATE_STRATEGY,
+                  temperature: float = DEFAULT_TEMPERATURE) -> "AsifModel":
+        """The model whose anchors are the rows ``rows`` (sorted, distinct) of ``base``'s pairs
+        followed by the extra pairs (unit rows, positions after ``base``'s), without a copy of them:
+        its searches go through ``base``'s indexes (:class:`core.search.RowSubsetIndex`), and its
+        ``image_embeddings`` / ``text_embeddings`` are gathered only when read (an explanation's
+        all-anchor view, ``save``). What :class:`core.live.LiveModel` hands out after an edit: at
+        1.6M pairs a copy of both sides would be 9.8 GB."""
+        rows = np.asarray(rows, dtype=np.int64)
+        n0 = base.n_anchors
+        ids = np.concatenate([base.pair_ids, np.asarray(extra_ids, np.int64)])[rows]
+        meta = None
+        if base.metadata is not None and extra_metadata is not None:
+            meta = [base.metadata[r] if r < n0 else extra_metadata[r - n0] for r in rows.tolist()]
+        new = object.__new__(cls)
+        new.k, new.p = _check_kp(k, p, rows.size)
+        new.pair_ids, new.metadata, new.info = ids, meta, dict(info or {})
+        new.template_strategy, new.temperature, new.device = template_strategy, float(temperature), base.device
+        new.ann, new._distinct_images, new._emb, new._dims = base.ann, None, {}, dict(base._dims)
+        new._source = {"image": (base.image_embeddings, np.asarray(extra_image, np.float32), rows),
+                       "text": (base.text_embeddings, np.asarray(extra_text, np.float32), rows)}
+        new._indexes = {m: RowSubsetIndex(base.search_index(m), n0, new._source[m][1], rows)
+                        for m in ("image", "text")}
+        new._text_memo = {}
+        return new
+
+    def _rows(self, modality: str, positions: np.ndarray) -> np.ndarray:
+        """The ``modality`` embeddings of anchor ``positions`` (gathered from the source rows of a
+        model made by :meth:`over_rows`)."""
+        if modality in self._emb:
+            return self._emb[modality][positions]
+        base, extra, rows = self._source[modality]
+        r = rows[positions]
+        out = np.empty(r.shape + (base.shape[1],), dtype=np.float32)
+        low = r < base.shape[0]
+        out[low] = base[r[low]]
+        out[~low] = extra[r[~low] - base.shape[0]]
+        return out
+
+    def _side(self, modality: str) -> np.ndarray:
+        if modality not in self._emb:
+            self._emb[modality] = self._rows(modality, np.arange(self.n_anchors))
+        return self._emb[modality]
+
+    @property
+    def image_embeddings(self) -> np.ndarray:
+        """``[N, d_img]`` unit anchor image embeddings."""
+        return self._side("image")
+
+    @property
+    def text_embeddings(self) -> np.ndarray:
+        """``[N, d_txt]`` unit anchor text embeddings."""
+        return self._side("text")
 
     @functools.cached_property
     def _id_to_pos(self) -> dict[int, int]:
@@ -670,7 +729,7 @@ class AsifModel:
         ``classify`` and ``explain``; at 1.6M anchors each is a pass over every caption) are kept,
         read-only, keyed by the queries' bytes, k and p."""
         index = self.search_index(modality)
-        x = l2_normalize(as_float32_2d("queries", queries, index.base.shape[1]))
+        x = l2_normalize(as_float32_2d("queries", queries, self._dims[modality]))
         key = None
         if modality == "text" and x.shape[0] <= TEXT_MEMO_ROWS:
             key = (hashlib.sha256(x.tobytes()).hexdigest(), self.k, self.p)
@@ -699,7 +758,7 @@ class AsifModel:
         ``self.template_strategy``. Returns a :class:`Classification`.
         """
         strategy = strategy or self.template_strategy
-        pe = as_float32_2d("prompt embeddings", prompt_embeddings, self.text_embeddings.shape[1])
+        pe = as_float32_2d("prompt embeddings", prompt_embeddings, self._dims["text"])
         pc = np.arange(pe.shape[0]) if prompt_classes is None else np.asarray(prompt_classes)
         cand, cand_cls = class_candidates(pe, pc, strategy, n_classes)
         n_classes = int(n_classes if n_classes is not None else cand_cls.max() + 1)
@@ -756,10 +815,10 @@ class AsifModel:
         ``explanation.scatter_data()`` the Fig. 7 points.
         """
         strategy = strategy or self.template_strategy
-        q = l2_normalize(as_float32_2d("image embedding", image_embedding, self.image_embeddings.shape[1]))
+        q = l2_normalize(as_float32_2d("image embedding", image_embedding, self._dims["image"]))
         if q.shape[0] != 1:
             raise ValueError("explain takes one image embedding; call it once per image.")
-        pe = as_float32_2d("prompt embeddings", prompt_embeddings, self.text_embeddings.shape[1])
+        pe = as_float32_2d("prompt embeddings", prompt_embeddings, self._dims["text"])
         pc = np.arange(pe.shape[0]) if prompt_classes is None else np.asarray(prompt_classes)
         cand, cand_cls = class_candidates(pe, pc, strategy, n_classes)
         n_classes = int(n_classes if n_classes is not None else cand_cls.max() + 1)
@@ -774,7 +833,7 @@ class AsifModel:
         best = best[0]
         # only the image's k anchors and the winners' top-k are read: no product with every anchor
         winners = cand[best]                                                           # [C, d_txt]
-        cap_sim = (winners @ self.text_embeddings[img_pos].T).astype(np.float32)       # [C, k]
+        cap_sim = (winners @ self._rows("text", img_pos).T).astype(np.float32)       # [C, k]
         tw = np.zeros((n_classes, self.k), dtype=np.float32)
         for c, j in enumerate(best.tolist()):
             order = np.argsort(txt_pos[j])
@@ -804,8 +863,8 @@ class AsifModel:
 
     def with_pairs_added(self, image_embeddings, text_embeddings, pair_ids=None, metadata=None) -> "AsifModel":
         """A new model with extra pairs appended (ids default to ``max(id)+1 …``)."""
-        img = as_float32_2d("new image embeddings", image_embeddings, self.image_embeddings.shape[1])
-        txt = as_float32_2d("new text embeddings", text_embeddings, self.text_embeddings.shape[1])
+        img = as_float32_2d("new image embeddings", image_embeddings, self._dims["image"])
+        txt = as_float32_2d("new text embeddings", text_embeddings, self._dims["text"])
         m = img.shape[0]
         if pair_ids is None:
             start = int(self.pair_ids.max()) + 1 if self.n_anchors else 0
@@ -977,5 +1036,5 @@ class AsifModel:
             raise bad(f"its settings are not usable ({type(error).__name__})") from None
 
     def __repr__(self) -> str:
-        return (f"AsifModel(n_anchors={self.n_anchors}, d_img={self.image_embeddings.shape[1]}, "
-                f"d_txt={self.text_embeddings.shape[1]}, k={self.k}, p={self.p})")
+        return (f"AsifModel(n_anchors={self.n_anchors}, d_img={self._dims['image']}, "
+                f"d_txt={self._dims['text']}, k={self.k}, p={self.p})")

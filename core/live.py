@@ -39,6 +39,11 @@ from core.edits import EditSession, Influence
 
 ProgressFn = Callable[[float, str], None]
 
+#: After an edit, :meth:`LiveModel.current_model` searches the opened model's indexes and drops the
+#: removed pairs while at most this many are removed (each search is that much deeper: 8,000
+#: queries × 16,384 extra columns × 12 bytes = 1.6 GB); past it the live rows are copied.
+SUBSET_MAX_LEFT_OUT = 16_384
+
 
 # ------------------------------------------------------------------------------------ vectors
 @dataclass(frozen=True)
@@ -462,17 +467,28 @@ class LiveModel:
     def current_model(self) -> AsifModel:
         """The live pairs as a :class:`core.asif.AsifModel` (cached until the next edit). While they
         are exactly the pairs the model opened with (no edit yet, or every edit undone) that is the
-        opened model itself, its arrays and image index shared with the session; otherwise the
-        session's live rows are copied (both sides: ~9.8 GB at 1.6M pairs) and indexed again."""
+        opened model itself, its arrays and image index shared with the session. After an edit it is
+        :meth:`core.asif.AsifModel.over_rows` of the opened model: the live rows are not copied (both
+        sides would be ~9.8 GB at 1.6M pairs); its searches go through the opened model's indexes,
+        ``SUBSET_MAX_LEFT_OUT`` removed pairs deep at most; with more removed the live rows are
+        copied and indexed again."""
         with self.lock:
             cached = getattr(self, "_model", None)
             if cached is None or cached[0] != self.version:
                 self._model = cached = None          # the previous copy goes before another is made
-                rows = self.session.anchors.alive_rows()
-                if self.session.anchors.size == rows.size == self._opened.n_anchors:
+                a, s, n0 = self.session.anchors, self.session, self._opened.n_anchors
+                rows = a.alive_rows()
+                left_out = n0 - int(np.searchsorted(rows, n0))
+                if a.size == rows.size == n0:
                     model = self._opened             # rows 0..n-1 of the session are the opened model's
+                elif left_out <= SUBSET_MAX_LEFT_OUT:
+                    m = a.size - n0
+                    model = AsifModel.over_rows(
+                        self._opened, a.img.extra[:m], a.txt.extra[:m], a.ids[n0:a.size],
+                        None if a.metadata is None else a.metadata[n0:a.size], rows, k=s.k, p=s.p,
+                        info=s.info, template_strategy=s.strategy, temperature=s.temperature)
                 else:
-                    model = self.session.current_model()
+                    model = s.current_model()
                     model.ann = self.ann_settings()
                 self._model = (self.version, model)
             return self._model[1]

@@ -567,3 +567,56 @@ class DedupIndex:
         if redo.size:
             out_i[redo], out_v[redo] = _exact_topk_checked(q[redo], self.base, k, dev, memory_bytes)
         return out_i, out_v
+
+
+class RowSubsetIndex:
+    """Top-k among chosen rows without a copy of them: the rows ``rows`` (sorted, distinct) of a
+    base searched by ``index`` (``n_base`` rows, positions ``0..n_base-1``) followed by the small
+    block ``extra [m, d]`` (positions ``n_base..n_base+m-1``, searched exactly). Results are
+    positions into ``rows``, in the canonical order (similarity desc, position asc), as ``index``
+    would give over the gathered rows ``concat(base, extra)[rows]``. The base is searched
+    ``k + (rows it leaves out)`` deep and the left-out rows dropped (the edit session's way,
+    :mod:`core.edits.neighbours`), so this pays while few base rows are left out.
+
+    >>> base = np.eye(3, dtype=np.float32)
+    >>> ix = RowSubsetIndex(ExactIndex(base), 3, np.array([[0.6, 0.8, 0]], np.float32), np.array([1, 2, 3]))
+    >>> ix.topk(np.array([[1, 0.5, 0]], np.float32), 2)[0]
+    array([[2, 0]])
+    """
+
+    def __init__(self, index, n_base: int, extra: np.ndarray, rows: np.ndarray):
+        self.index, self.n_base = index, int(n_base)
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.live_base = int(np.searchsorted(self.rows, self.n_base))
+        self.extra_rows = self.rows[self.live_base:] - self.n_base
+        self.extra = ExactIndex(extra[self.extra_rows]) if self.extra_rows.size else None
+        self.kept = np.zeros(self.n_base, dtype=bool)
+        self.kept[self.rows[:self.live_base]] = True
+
+    @property
+    def n(self) -> int:
+        return self.rows.size
+
+    def topk(self, queries, k: int, *, device: str | None = "cpu",
+             memory_bytes: int = DEFAULT_MEMORY_BYTES, progress: ProgressFn | None = None,
+             ) -> tuple[np.ndarray, np.ndarray]:
+        """``(positions [Q, k] into rows, similarities [Q, k] float32)``."""
+        _check_k(k, self.n)
+        k = int(k)
+        parts = []
+        if self.live_base:
+            deep = min(self.n_base, k + self.n_base - self.live_base)
+            idx, sims = self.index.topk(queries, deep, device=device, memory_bytes=memory_bytes,
+                                        progress=progress)
+            take = min(k, self.live_base)
+            order = np.argsort(~self.kept[idx], axis=1, kind="stable")[:, :take]
+            idx, sims = np.take_along_axis(idx, order, 1), np.take_along_axis(sims, order, 1)
+            parts.append((np.searchsorted(self.rows[:self.live_base], idx), sims))
+        if self.extra is not None:
+            idx, sims = self.extra.topk(queries, min(k, self.extra_rows.size), device=device,
+                                        memory_bytes=memory_bytes)
+            parts.append((idx + self.live_base, sims))
+        pos = np.concatenate([p for p, _ in parts], axis=1)
+        sims = np.concatenate([s for _, s in parts], axis=1)
+        order = np.lexsort((pos, -sims), axis=-1)[:, :k]
+        return np.take_along_axis(pos, order, 1), np.take_along_axis(sims, order, 1)

@@ -214,3 +214,33 @@ def test_current_model_is_the_opened_model_until_an_edit_and_again_after_undo(ws
     fresh = m.session.current_model()                                        # a copy of the same live rows
     np.testing.assert_array_equal(m.explain(q).scores,
                                   fresh.explain(q, m.vectors.prompts, m.vectors.prompt_classes).scores)
+
+
+def test_the_model_after_edits_equals_a_copy_of_the_live_rows(ws, cache):
+    """After removals and additions current_model() searches the opened model's indexes (no copy of
+    the live rows): the same anchors, representations, classification and explanation as a model
+    built from a copy of the live rows."""
+    m = _fresh(ws, cache)
+    ids = sorted(m.active_ids())
+    m.remove(ids[::3])
+    train = sorted(ws.resolve("demo:cifar10/train").glob("cat/*.jpg"))[:3]
+    m.add([(f"demo:cifar10/train/cat/{p.name}", "a photo of a cat.") for p in train])
+    m.remove([ids[1], len(ids) + 1])                                         # an added pair goes too
+    edited, copy = m.current_model(), m.session.current_model()
+    assert edited is m.current_model() and edited.n_anchors == copy.n_anchors == m.n_anchors
+    np.testing.assert_array_equal(edited.pair_ids, copy.pair_ids)
+    assert edited.metadata == copy.metadata
+    v = m.vectors
+    for rep in ("represent_images", "represent_texts"):
+        x = v.item_vecs if rep == "represent_images" else v.prompts
+        for a, b in zip(getattr(edited, rep)(x), getattr(copy, rep)(x)):
+            np.testing.assert_array_equal(a, b)
+    got, want = (mod.classify(v.item_vecs, v.prompts, v.prompt_classes, n_classes=len(v.classes))
+                 for mod in (edited, copy))
+    np.testing.assert_array_equal(got.scores, want.scores)
+    np.testing.assert_array_equal(got.predictions, m.session.predictions)
+    q = v.item_vecs[0]
+    e, f = (mod.explain(q, v.prompts, v.prompt_classes) for mod in (edited, copy))
+    np.testing.assert_array_equal(e.caption_similarity, f.caption_similarity)
+    np.testing.assert_array_equal(e.all_image_similarity, f.all_image_similarity)
+    np.testing.assert_array_equal(edited.image_embeddings, copy.image_embeddings)   # gathered on read

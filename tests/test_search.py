@@ -219,3 +219,28 @@ def test_later_tiles_keep_only_values_above_the_running_kth_best():
     expected = [set(np.flatnonzero(row > t)) for row, t in zip(sims[:, 18000:], kth.numpy())]
     got = [set(c[v > -np.inf].tolist()) for c, v in zip(cols.numpy(), values.numpy())]
     assert all(e <= g for e, g in zip(expected, got))  # … and keeps every value above the threshold
+
+
+@pytest.mark.parametrize("k", [1, 7, 60])
+def test_row_subset_index_equals_a_search_of_the_gathered_rows(k):
+    """Chosen rows of an indexed base (repeated rows, so ties) plus an added block (one row a copy
+    of a base row, another tie): the same positions and similarities as an exact search of the
+    gathered rows, with no base row kept, a few, or all."""
+    from core.search import ExactIndex, RowSubsetIndex
+
+    rng = np.random.default_rng(5)
+    base = np.repeat(_unit(rng, 300, 16), 5, axis=0)
+    extra = np.concatenate([_unit(rng, 9, 16), base[[3, 700]]])
+    q = np.concatenate([_unit(rng, 30, 16), base[[0, 700]]])
+    full = np.concatenate([base, extra])
+    index = ExactIndex(base)
+    for rows in (np.sort(rng.choice(full.shape[0], 1200, replace=False)),
+                 np.arange(1490, full.shape[0]), np.concatenate([np.arange(1500), [1502, 1509]])):
+        if rows.size < k:
+            continue
+        got = RowSubsetIndex(index, base.shape[0], extra, rows).topk(q, k)
+        want = exact_topk(q, full[rows], k)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+    with pytest.raises(ValueError):
+        RowSubsetIndex(index, base.shape[0], extra, np.arange(5)).topk(q, 6)
