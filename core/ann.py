@@ -319,18 +319,14 @@ def report(model, queries, prompt_embeddings, prompt_classes, *, n_classes: int 
     a seeded sample of ``queries [Q, d]`` (e.g. the labeled pictures) plus ``"agreement"``, the share
     of that sample classified the same through the index and by exact search (:func:`prediction_agreement`),
     and ``"n_distinct"`` / ``"nlist"`` / ``"nprobe"`` of the index."""
-    from core.asif import AsifModel
-
-    index = model.search_index("image")
+    index = model.image_index()         # after an edit: the opened model's index, searched over the live rows
     if not isinstance(index, AnnIndex):
         return None
     q = as_float32_2d("queries", queries, index.d)
     if q.shape[0] > sample:
         q = q[np.sort(np.random.default_rng(seed).choice(q.shape[0], sample, replace=False))]
     out = measure(index, q, model.k, sample=sample, seed=seed)
-    exact = AsifModel(model.image_embeddings, model.text_embeddings, k=model.k, p=model.p,
-                      template_strategy=model.template_strategy)        # the same arrays, searched exactly
-    exact.ann = AnnSettings(min_anchors=None)
+    exact = model.with_exact_image_search()                            # the same arrays, searched exactly
     fast = model.classify(q, prompt_embeddings, prompt_classes, n_classes=n_classes).predictions
     slow = exact.classify(q, prompt_embeddings, prompt_classes, n_classes=n_classes).predictions
     out.update(agreement=prediction_agreement(fast, slow), n_distinct=index.n_distinct)

@@ -673,9 +673,11 @@ class AsifModel:
         return out
 
     def _side(self, modality: str) -> np.ndarray:
-        if modality not in self._emb:
-            self._emb[modality] = self._rows(modality, np.arange(self.n_anchors))
-        return self._emb[modality]
+        """All anchors' ``modality`` embeddings; for a model made by :meth:`over_rows` a gathered
+        copy on each read, not kept (an export or an explanation's histograms must not hold one)."""
+        if modality in self._emb:
+            return self._emb[modality]
+        return self._rows(modality, np.arange(self.n_anchors))
 
     @property
     def image_embeddings(self) -> np.ndarray:
@@ -885,6 +887,26 @@ class AsifModel:
         new.__dict__.update(self.__dict__)
         new.k, new.p = _check_kp(self.k if k is None else k, self.p if p is None else p, self.n_anchors)
         return new
+
+    def with_exact_image_search(self) -> "AsifModel":
+        """Same anchors (shared, not copied: a model made by :meth:`over_rows` stays over its
+        rows), its images searched exactly instead of through FAISS: :func:`core.ann.report`'s
+        baseline."""
+        from core.ann import AnnSettings
+
+        new = self.with_params()
+        new.ann = AnnSettings(min_anchors=None)
+        new._indexes = {m: index for m, index in self._indexes.items() if m != "image"}
+        if "image" in self._source:
+            base, extra, rows = self._source["image"]
+            new._indexes["image"] = RowSubsetIndex(ExactIndex(base), base.shape[0], extra, rows)
+        return new
+
+    def image_index(self):
+        """The index the image searches go through in the end: :meth:`search_index` ("image"), or
+        for a model made by :meth:`over_rows` the index of its base model it searches."""
+        index = self.search_index("image")
+        return index.index if isinstance(index, RowSubsetIndex) else index
 
     def _subset(self, keep: np.ndarray) -> "AsifModel":
         meta = None if self.metadata is None else [self.metadata[i] for i in keep]

@@ -152,3 +152,31 @@ def test_a_model_saved_mapped_reopens_mapped_and_classifies_the_same(base, tmp_p
     np.testing.assert_array_equal(after.scores, before.scores)
     (folder / "distinct_inverse.npy").write_bytes(b"not an array")  # a damaged folder: rebuilt, not read
     assert AsifModel.open_mapped(folder, "key-1") is None
+
+
+def test_report_of_a_model_over_chosen_rows_measures_the_index_it_searches(base):
+    """After an edit the app's model searches its opened model's FAISS index over the live rows
+    (:meth:`AsifModel.over_rows`): the report measures that index, and its exact baseline is the
+    same rows searched exactly."""
+    from core.ann import report
+
+    text = clustered(base.shape[0], d=48, seed=6)
+    opened = AsifModel(base, text, k=50, p=8)
+    opened.ann = AnnSettings(min_anchors=0, nlist=32, nprobe=32)      # every list probed: exact
+    rng = np.random.default_rng(3)
+    rows = np.sort(np.concatenate([rng.choice(base.shape[0], base.shape[0] - 40, replace=False),
+                                   base.shape[0] + np.arange(2)]))
+    extra_img, extra_txt = clustered(2, seed=13), clustered(2, d=48, seed=14)
+    edited = AsifModel.over_rows(opened, extra_img, extra_txt, [10**6, 10**6 + 1], None, rows, k=50, p=8)
+    assert edited.image_index() is opened.search_index("image")
+    copy = AsifModel(np.concatenate([base, extra_img])[rows], np.concatenate([text, extra_txt])[rows],
+                     k=50, p=8)
+    copy.ann = AnnSettings(min_anchors=None)
+    images, prompts = clustered(30, seed=15), text[:4]
+    exact = edited.with_exact_image_search()
+    for model in (edited, exact):
+        np.testing.assert_array_equal(model.classify(images, prompts).predictions,
+                                      copy.classify(images, prompts).predictions)
+    r = report(edited, images, prompts, np.arange(4), sample=30)
+    assert r is not None and r["agreement"] == 1.0 and r["n_queries"] == 30
+    assert report(exact, images, prompts, np.arange(4)) is None
