@@ -244,3 +244,20 @@ def test_the_model_after_edits_equals_a_copy_of_the_live_rows(ws, cache):
     np.testing.assert_array_equal(e.caption_similarity, f.caption_similarity)
     np.testing.assert_array_equal(e.all_image_similarity, f.all_image_similarity)
     np.testing.assert_array_equal(edited.image_embeddings, copy.image_embeddings)   # gathered on read
+
+
+def test_the_image_search_report_after_an_edit_is_of_the_faiss_index_the_model_searches(ws, cache):
+    """Above the FAISS threshold the Settings panel's report (core.ann.report) of the edited model
+    measures the opened model's index over the live rows, not "exact search"."""
+    from core.ann import AnnIndex, report
+
+    ws.update_settings(ann_min_anchors=len({p.image for p in ws.pairs()}))
+    m = _fresh(ws, cache)
+    assert isinstance(m.current_model().search_index("image"), AnnIndex)
+    m.remove(sorted(m.active_ids())[:4])
+    edited, v = m.current_model(), m.vectors
+    assert isinstance(edited.image_index(), AnnIndex) and edited.n_anchors == m.n_anchors
+    r = report(edited, v.item_vecs, v.prompts, v.prompt_classes, n_classes=len(v.classes))
+    assert r is not None and r["recall"] == 1.0 and r["agreement"] == 1.0    # one list, probed in full
+    np.testing.assert_array_equal(edited.classify(v.item_vecs, v.prompts, v.prompt_classes,
+                                                  n_classes=len(v.classes)).predictions, m.session.predictions)
