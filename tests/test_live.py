@@ -216,7 +216,7 @@ def test_current_model_is_the_opened_model_until_an_edit_and_again_after_undo(ws
                                   fresh.explain(q, m.vectors.prompts, m.vectors.prompt_classes).scores)
 
 
-def test_the_model_after_edits_equals_a_copy_of_the_live_rows(ws, cache):
+def test_the_model_after_edits_equals_a_copy_of_the_live_rows(ws, cache, tmp_path):
     """After removals and additions current_model() searches the opened model's indexes (no copy of
     the live rows): the same anchors, representations, classification and explanation as a model
     built from a copy of the live rows."""
@@ -244,6 +244,9 @@ def test_the_model_after_edits_equals_a_copy_of_the_live_rows(ws, cache):
     np.testing.assert_array_equal(e.caption_similarity, f.caption_similarity)
     np.testing.assert_array_equal(e.all_image_similarity, f.all_image_similarity)
     np.testing.assert_array_equal(edited.image_embeddings, copy.image_embeddings)   # gathered on read
+    saved = type(copy).load(edited.save(tmp_path / "export.npz"))                  # a Workspaces export
+    for name in ("image_embeddings", "text_embeddings", "pair_ids"):
+        np.testing.assert_array_equal(getattr(saved, name), getattr(copy, name))
 
 
 def test_the_image_search_report_after_an_edit_is_of_the_faiss_index_the_model_searches(ws, cache):
