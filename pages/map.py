@@ -337,7 +337,7 @@ def _progress(v: View, source: str) -> None:
 
 # ------------------------------------------------------------------------------ search
 @st.cache_resource(show_spinner="Preparing the search (once per anchor set)…", max_entries=4)
-def _search(ws_path: str, key: str, n: int, n_ok: int, version: int, _v: View):
+def _search(ws_path: str, key: str, n: int, n_ok: int, stamp: tuple, _v: View):
     from core.anchor_search import AnchorSearch
 
     used, rows = _photos(_v)
@@ -390,7 +390,7 @@ def search_panel(v: View) -> None:
         st.caption("Finds pairs by meaning: the encoder's nearest neighbours on the same side, and "
                    "ASIF retrieval across sides (through the anchors' relative representations).")
         return
-    search = _search(str(v.ws.path), v.bank.key, len(v.bank.pair_ids), len(v.ok), v.model.version, v)
+    search = _search(str(v.ws.path), v.bank.key, len(v.bank.pair_ids), len(v.ok), v.model.stamp, v)
     t0 = time.perf_counter()
     found = search.by_text(vec) if how == "text" else search.by_image(vec)
     ms = 1000 * (time.perf_counter() - t0)

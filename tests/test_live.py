@@ -214,3 +214,15 @@ def test_current_model_is_the_opened_model_until_an_edit_and_again_after_undo(ws
     fresh = m.session.current_model()                                        # a copy of the same live rows
     np.testing.assert_array_equal(m.explain(q).scores,
                                   fresh.explain(q, m.vectors.prompts, m.vectors.prompt_classes).scores)
+
+
+def test_stamp_changes_with_every_edit_and_never_repeats_across_a_rebuild(ws, cache):
+    """Caches of a model's numbers key on ``stamp``: a rebuilt model starts its version at 0 again,
+    so the version alone would hand it the numbers of its predecessor's start."""
+    m = _fresh(ws, cache)
+    first = m.stamp
+    m.remove(sorted(m.active_ids())[:1])
+    assert m.stamp != first
+    m.undo()
+    rebuilt = _fresh(ws, cache)
+    assert rebuilt.version == 0 and rebuilt.stamp not in {first, m.stamp}
