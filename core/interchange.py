@@ -434,7 +434,7 @@ def _import_clip_retrieval(p: Path, image_encoder, text_encoder, recorded, limit
         try:
             x, y = np.load(a, mmap_mode="r", allow_pickle=False), np.load(b, mmap_mode="r", allow_pickle=False)
         except ValueError as error:
-            raise ValueError(f"{a.name} or {b.name} is not a readable .npy array ({error}).") from None
+            raise ValueError(f"{a.name} or {b.name} is not a readable .npy array.") from None
         rows = pq.read_metadata(m).num_rows
         if x.ndim != 2 or y.ndim != 2 or len(x) != len(y) or len(x) != rows:
             raise ValueError(f"{source}: shard {a.name} has {x.shape} image and {y.shape} text vectors for "
