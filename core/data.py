@@ -496,15 +496,24 @@ FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
 def spreadsheet_cell(text: str) -> str:
-    """``text`` for a CSV meant for spreadsheets: a leading ``'`` when it would start a formula, so
-    the spreadsheet shows it as text and never evaluates it (:func:`from_spreadsheet_cell` undoes it)."""
-    return "'" + text if text.startswith(FORMULA_START) else text
+    """``text`` for a CSV meant for spreadsheets: a leading ``'`` when it would start a formula (or
+    already starts with ``'`` before one), so the spreadsheet shows it as text and never evaluates
+    it; :func:`from_spreadsheet_cell` undoes it.
+
+    >>> [spreadsheet_cell(t) for t in ("=SUM(A1)", "'=SUM(A1)", "a dog", "'tis")]
+    ["'=SUM(A1)", "''=SUM(A1)", 'a dog', "'tis"]
+    """
+    return "'" + text if text.lstrip("'").startswith(FORMULA_START) else text
 
 
 def from_spreadsheet_cell(text: str) -> str:
-    """The text :func:`spreadsheet_cell` guarded (its ``'`` dropped), so that an exported pair list
-    reads back as it was; any other text unchanged."""
-    return text[1:] if text.startswith("'") and text[1:].startswith(FORMULA_START) else text
+    """The text :func:`spreadsheet_cell` guarded (one ``'`` dropped), so that an exported pair list
+    reads back exactly; any other text unchanged.
+
+    >>> all(from_spreadsheet_cell(spreadsheet_cell(t)) == t for t in ("=1", "'=1", "''+1", "'tis", "-"))
+    True
+    """
+    return text[1:] if text.startswith("'") and text.lstrip("'").startswith(FORMULA_START) else text
 
 
 def _caption_rows(f, report: ValidationReport, source: str) -> Iterator[tuple[str, str, str]]:

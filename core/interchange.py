@@ -54,7 +54,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from core.embedded import EmbeddedLabeled, EmbeddedPairs, Skipped
+from core.embedded import EmbeddedLabeled, EmbeddedPairs, Skipped, embed
 from core.search import distinct_rows
 
 Progress = Callable[[int, int], None]
@@ -434,7 +434,7 @@ def _import_clip_retrieval(p: Path, image_encoder, text_encoder, recorded, limit
         try:
             x, y = np.load(a, mmap_mode="r", allow_pickle=False), np.load(b, mmap_mode="r", allow_pickle=False)
         except ValueError as error:
-            raise ValueError(f"{a.name} or {b.name} is not a readable .npy array ({error}).") from None
+            raise ValueError(f"{a.name} or {b.name} is not a readable .npy array.") from None
         rows = pq.read_metadata(m).num_rows
         if x.ndim != 2 or y.ndim != 2 or len(x) != len(y) or len(x) != rows:
             raise ValueError(f"{source}: shard {a.name} has {x.shape} image and {y.shape} text vectors for "
@@ -705,6 +705,29 @@ def encoder_cache_id(name: str, cache: Any) -> str:
     return info.cache_id if info is not None else cache.encoders.get(name).cache_id
 
 
+#: :func:`check_made_by` re-embeds this many items per side, and wants at least this cosine for each
+#: (float16 copies of the encoder's own vectors reach 0.9999 and more)
+CHECK_SAMPLE, CHECK_MIN_COSINE = 8, 0.99
+
+
+def check_made_by(encoder: str, items: Sequence[Any], vectors: np.ndarray, cache: Any, what: str) -> None:
+    """Refuse vectors that encoder ``encoder`` did not make: :data:`CHECK_SAMPLE` of ``items``
+    (spread evenly, so the same ones every time) are embedded through ``cache`` and each must have
+    cosine ≥ :data:`CHECK_MIN_COSINE` with its given row of ``vectors`` (unit rows); otherwise one
+    sentence says so. ``what`` names an item ("picture", "caption") in that sentence."""
+    at = np.unique(np.linspace(0, len(items) - 1, num=min(CHECK_SAMPLE, len(items))).astype(np.int64))
+    res = embed(encoder, [items[i] for i in at], cache=cache)
+    given = np.asarray(vectors[at], dtype=np.float32)
+    if res.vectors.shape[1] != given.shape[1]:
+        raise ValueError(f"These vectors have {given.shape[1]} dimensions but {encoder} makes "
+                         f"{res.vectors.shape[1]}; name the encoder that made them.")
+    cos = np.sum(res.vectors[res.ok] * given[res.ok], axis=1)
+    if cos.size and float(cos.min()) < CHECK_MIN_COSINE:
+        raise ValueError(f"These {what} vectors were not made by {encoder}: embedded again here, "
+                         f"{int((cos < CHECK_MIN_COSINE).sum())} of {cos.size} checked differ (cosine as low "
+                         f"as {float(cos.min()):.2f}); name the encoder that made them.")
+
+
 def cache_for_workspace(pairs: EmbeddedPairs, cache: Any) -> tuple[list[tuple[str, str]], int]:
     """Put imported vectors into the embedding cache under the encoders that made them, keyed as a
     workspace reads them (a picture file by its bytes, a caption by its text), so a workspace of
@@ -714,7 +737,9 @@ def cache_for_workspace(pairs: EmbeddedPairs, cache: Any) -> tuple[list[tuple[st
     is a file on this computer, and how many pairs were left out because theirs is not (a
     workspace reads its pictures; ``python -m core asif eval --anchors`` works from vectors alone).
     Both encoders must run here (:func:`require_encoder`), since the workspace embeds its test
-    pictures and class prompts with them."""
+    pictures and class prompts with them. The cache is shared by every workspace, so the vectors
+    are first checked against the named encoders (:func:`check_made_by`): vectors another model
+    made, or crafted ones, are refused and nothing is written."""
     from core.cache import text_key
 
     require_encoder(pairs.image_encoder, "A workspace's test pictures")
@@ -725,6 +750,10 @@ def cache_for_workspace(pairs: EmbeddedPairs, cache: Any) -> tuple[list[tuple[st
         raise ValueError("None of these pairs names a picture file on this computer, and a workspace "
                          "needs the pictures; evaluate them with python -m core asif eval --anchors instead.")
     images = np.flatnonzero(on_disk)
+    check_made_by(pairs.image_encoder, [pairs.images[i] for i in images], pairs.image_vectors[images],
+                  cache, "picture")
+    check_made_by(pairs.text_encoder, [pairs.captions[i] for i in keep], pairs.text_vectors[keep],
+                  cache, "caption")
     cache.put(encoder_cache_id(pairs.image_encoder, cache), [cache.file_key(pairs.images[i]) for i in images],
               pairs.image_vectors[images])
     cache.put(encoder_cache_id(pairs.text_encoder, cache), [text_key(pairs.captions[i]) for i in keep],

@@ -24,6 +24,7 @@ import hashlib
 import os
 import threading
 import time
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -399,7 +400,8 @@ class LiveModel:
                                       vectors.prompt_classes, class_names=vectors.classes,
                                       neighbours=saved, progress=progress))
         self.seq = state.seq
-        self.version = 0  # bumped by every change of the anchor set (caches key on it)
+        self.version = 0  # bumped by every change of the anchor set
+        self._uid = uuid.uuid4().hex  # tells this model from a rebuilt one (whose version starts at 0 again)
         self.needs_rebuild: str | None = None
         if ws.baseline(self.key) is None:
             ws.set_baseline(self._start_metrics(state), self.key)
@@ -432,6 +434,13 @@ class LiveModel:
         """What this model's numbers are for: the settings, marked while a quick first start still
         leaves pairs pending (its numbers are for fewer pairs, so they are kept apart)."""
         return self.vectors.key + ("|first-start" if self.vectors.pending else "")
+
+    @property
+    def stamp(self) -> tuple[str, int]:
+        """What a cache of this model's numbers keys on: it changes with every change of the anchor
+        set, and a rebuilt model (another k, settings or workspace) never shares one with its
+        predecessor, whose version counted from 0 too."""
+        return self._uid, self.version
 
     @property
     def k_note(self) -> str | None:

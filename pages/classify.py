@@ -96,7 +96,7 @@ def _current_query(vec, preds: np.ndarray) -> dict | None:
 # ----------------------------------------------------------------------------- the answer
 def _explain(live, qvec):
     """The explanation of ``qvec`` under the live pairs, kept until the next edit."""
-    key = (id(live), live.version, qvec.tobytes().__hash__())
+    key = (live.stamp, qvec.tobytes().__hash__())
     cached = st.session_state.get("explain_cache")
     if cached is None or cached[0] != key:
         cached = (key, live.explain(qvec))
@@ -227,7 +227,7 @@ def pairs_panel(ws, classes: list[str], expl) -> None:
 def _figures(live, e, qvec) -> dict:
     """The explanation's figures (plotly figures are slow to build), kept per (model version,
     picture) like the explanation: a rerun that changes neither re-sends them as they are."""
-    key = (id(live), live.version, qvec.tobytes().__hash__())
+    key = (live.stamp, qvec.tobytes().__hash__())
     cached = st.session_state.get("figures_cache")
     if cached is not None and cached[0] == key:
         return cached[1]

@@ -233,18 +233,22 @@ def _photo_deltas(model, df: pd.DataFrame) -> pd.DataFrame:
     order = list(dict.fromkeys(df["image"]))[:PHOTO_ROWS]
     df = df[df["image"].isin(order)]
     cache = st.session_state.setdefault("curate_photo_delta", {})
-    if cache.get("version") != (model.key, model.version):
+    if cache.get("version") != model.stamp:
         cache.clear()
-        cache["version"] = (model.key, model.version)
+        cache["version"] = model.stamp
     rows = []
     for ref, g in df.groupby("image", sort=False):
         ids = tuple(sorted(int(i) for i in g["pair_id"]))
         if ids not in cache:
-            w = model.what_if_remove(ids)
-            cache[ids] = w.after.tune - w.before.tune
+            try:
+                w = model.what_if_remove(ids)
+                cache[ids] = w.after.tune - w.before.tune
+            except ValueError:  # e.g. fewer pairs than k would be left: no number, not a crash
+                cache[ids] = float("nan")
         rows.append({"ref": ref, "exact": cache[ids], "summed": g["loo_delta"].sum(), "n": len(g),
                      "captions": " · ".join(g["caption"])})
-    return pd.DataFrame(rows).set_index("ref").loc[order].reset_index()
+    columns = ["ref", "exact", "summed", "n", "captions"]
+    return pd.DataFrame(rows, columns=columns).set_index("ref").loc[order].reset_index()
 
 
 PHOTO_DELTA = "Δ tuning accuracy if the photo is removed"

@@ -176,8 +176,9 @@ def allowed_source(path: str):
 
 def imported(source, image_encoder: str, text_encoder: str):
     """The pairs of a precomputed source (``core.interchange``), kept for this session while the
-    same source and encoder names are asked for."""
-    stamp = (str(source), source.stat().st_mtime_ns, image_encoder, text_encoder)
+    same source (every file's size and time: :func:`core.interchange.source_key`) and encoder names
+    are asked for."""
+    stamp = (str(source), interchange.source_key(source), image_encoder, text_encoder)
     held = st.session_state.get("byo_imported")
     if held is None or held[0] != stamp:
         with st.spinner("Reading the vectors…"):

@@ -21,6 +21,7 @@ from core.live import LiveModel, WorkspaceVectors  # noqa: E402
 from core.store import Workspace, portable_ref  # noqa: E402
 from ui import state  # noqa: E402
 from ui.map_figure import COLOURS, figure  # noqa: E402
+from ui.safe import plain  # noqa: E402
 from ui.widgets import count, image_path, metrics_header, page_header, pct, thumbnail_url  # noqa: E402
 
 SOURCES = {"photos": "photo embeddings", "captions": "caption embeddings",
@@ -73,7 +74,8 @@ def _run(key: tuple, work) -> Job:
                     job.result = work(job.progress)
                 except Exception as error:  # noqa: BLE001 - shown on the page
                     traceback.print_exc()
-                    job.error = f"{type(error).__name__}: {error}"
+                    job.error = (str(error) if isinstance(error, ValueError)
+                                 else "an unexpected error (the details are in the server log)")
                 finally:
                     job.done = True
 
@@ -209,7 +211,7 @@ def _edit_bar(v: View) -> None:
                       args=(v.ws, label.lower(), None if pending is None else pending.seq))
     error = st.session_state.pop("edit_error", None)
     if error:
-        st.error(error)
+        st.error(plain(error))
     last = st.session_state.get("last_edit")
     if last:
         st.success(last["message"], icon=":material/check_circle:")
@@ -223,14 +225,14 @@ def _what_if(v: View, live: list[int], where: str, a, b) -> None:
                f"{pct(what.after.tune)}; test {pct(what.before.test)} → {pct(what.after.test)}. "
                f"{count(what.n_changed, 'prediction')} would change.")
     except ValueError as error:
-        a.warning(str(error))
+        a.warning(plain(error))
     if b.button(f"Remove {count(len(live), 'pair')}", type="primary", icon=":material/delete:",
                 width="stretch", key=state.selection_key(f"remove_{where}")):
         try:
             state.remove_pairs(v.ws, v.model, live, note=f"from Map ({where})", where="map")
             st.rerun()
         except ValueError as error:
-            st.error(str(error))
+            st.error(plain(error))
 
 
 def _thumbs(v: View, sel: pd.DataFrame, where: str) -> None:
@@ -270,7 +272,7 @@ def _layout(v: View, source: str) -> np.ndarray:
         return job.result
     xy = _pca(str(v.ws.path), v.bank.key, len(v.bank.pair_ids), len(v.ok), v)
     if job.error:
-        st.caption(f"Instant PCA layout of the photo embeddings; UMAP could not be computed: {job.error}")
+        st.caption(f"Instant PCA layout of the photo embeddings; UMAP could not be computed: {plain(job.error)}")
     return xy
 
 
@@ -298,7 +300,7 @@ def map_panel(v: View) -> None:
     xy = _layout(v, source)
     fjob = _flags(v)
     if fjob.error:
-        st.caption(f"Flags unavailable: {fjob.error}")
+        st.caption(f"Flags unavailable: {plain(fjob.error)}")
     if _computing(v):
         _progress(v, source)
     mask = _mask(df, shown_flags, text)
@@ -337,7 +339,7 @@ def _progress(v: View, source: str) -> None:
 
 # ------------------------------------------------------------------------------ search
 @st.cache_resource(show_spinner="Preparing the search (once per anchor set)…", max_entries=4)
-def _search(ws_path: str, key: str, n: int, n_ok: int, version: int, _v: View):
+def _search(ws_path: str, key: str, n: int, n_ok: int, stamp: tuple, _v: View):
     from core.anchor_search import AnchorSearch
 
     used, rows = _photos(_v)
@@ -363,7 +365,7 @@ def _query_vector(v: View, how: str):
     try:
         return v.bank.embed_picture(up.getvalue())
     except ValueError as error:
-        st.error(str(error))
+        st.error(plain(error))
         return None
 
 
@@ -390,7 +392,7 @@ def search_panel(v: View) -> None:
         st.caption("Finds pairs by meaning: the encoder's nearest neighbours on the same side, and "
                    "ASIF retrieval across sides (through the anchors' relative representations).")
         return
-    search = _search(str(v.ws.path), v.bank.key, len(v.bank.pair_ids), len(v.ok), v.model.version, v)
+    search = _search(str(v.ws.path), v.bank.key, len(v.bank.pair_ids), len(v.ok), v.model.stamp, v)
     t0 = time.perf_counter()
     found = search.by_text(vec) if how == "text" else search.by_image(vec)
     ms = 1000 * (time.perf_counter() - t0)

@@ -137,7 +137,7 @@ def _submit(ws, s: dict, changes: dict, custom: str) -> None:
             st.error("That encoder cannot be loaded here (its weights are not on this machine).")
             return
     if note:
-        st.session_state["settings_pending"] = (changes, note)
+        st.session_state["settings_pending"] = (changes, note, str(ws.path))
     else:
         _apply(ws, changes)
 
@@ -155,6 +155,9 @@ def pending_change(ws) -> None:
     """An encoder change waiting for confirmation, with what it will cost."""
     pending = st.session_state.get("settings_pending")
     if not pending:
+        return
+    if pending[2] != str(ws.path):   # asked in another workspace: never applied to this one
+        st.session_state.pop("settings_pending")
         return
     st.warning(plain(pending[1]), icon=":material/schedule:")
     y, n = st.columns(2)

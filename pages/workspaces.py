@@ -71,7 +71,7 @@ def _model_export(current, model) -> None:
             return Path(path).read_bytes()
 
     n = model.n_anchors
-    export_button("Model file (.npz)", ("model.npz", str(current.path), model.key, model.version),
+    export_button("Model file (.npz)", ("model.npz", str(current.path), model.key, model.stamp),
                   model_bytes, file_name=f"{current.id}-asif.npz", mime="application/octet-stream",
                   what=f"the model file ({n:,} anchor pairs, about {max(1, round(n * 6.8 / 1000)):,} MB)",
                   help="Anchor embeddings, pair ids, captions, k and p; load with "

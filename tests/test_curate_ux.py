@@ -63,6 +63,10 @@ def test_group_by_photo_shows_the_exact_photo_change_and_removes_all_its_caption
     assert [e.kind for e in edits] == ["remove"]  # the whole photo is one edit
     assert not set(photos[worst]) & ws.active_pair_ids()
 
+    at.text_input(key="curate_search").set_value("no caption says zqxjv").run()  # nothing matches
+    assert not at.exception, [e.value for e in at.exception]
+    assert len(_frame(at, PHOTO_DELTA)) == 0
+
 
 def test_suspicious_pairs_show_their_rank_and_go_to_curate_as_the_selection(demo_root):
     at = _open(run_ready(AppTest.from_file(APP, default_timeout=180)), "pages/align.py", "Linear CKA")

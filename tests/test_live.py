@@ -264,3 +264,15 @@ def test_the_image_search_report_after_an_edit_is_of_the_faiss_index_the_model_s
     assert r is not None and r["recall"] == 1.0 and r["agreement"] == 1.0    # one list, probed in full
     np.testing.assert_array_equal(edited.classify(v.item_vecs, v.prompts, v.prompt_classes,
                                                   n_classes=len(v.classes)).predictions, m.session.predictions)
+
+
+def test_stamp_changes_with_every_edit_and_never_repeats_across_a_rebuild(ws, cache):
+    """Caches of a model's numbers key on ``stamp``: a rebuilt model starts its version at 0 again,
+    so the version alone would hand it the numbers of its predecessor's start."""
+    m = _fresh(ws, cache)
+    first = m.stamp
+    m.remove(sorted(m.active_ids())[:1])
+    assert m.stamp != first
+    m.undo()
+    rebuilt = _fresh(ws, cache)
+    assert rebuilt.version == 0 and rebuilt.stamp not in {first, m.stamp}

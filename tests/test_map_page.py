@@ -67,6 +67,20 @@ def _open_map(at, timeout: float = 240):
     raise AssertionError(f"the UMAP map was not ready in time: {texts(at)[-500:]}")
 
 
+def _add_and_open_map(at, ws, caption: str) -> int:
+    """Add a pair (the workspace's first photo with ``caption``) from another process's view, open
+    the Map and wait until the model is rebuilt with it; its pair id."""
+    live = LiveModel(ws, WorkspaceVectors(ws, EmbeddingCache()))
+    (pid,) = live.add([(ws.all_pairs()[0].image, caption)], note="test").op.pair_ids
+    at.switch_page("pages/map.py").run()
+    deadline = time.time() + 120
+    while not at.get("plotly_chart") and time.time() < deadline:
+        assert not at.exception, [e.value for e in at.exception]
+        time.sleep(0.5)
+        at.run()
+    return pid
+
+
 def test_map_select_preview_remove_undo(demo_root):
     at = run_ready(AppTest.from_file(APP, default_timeout=180))
     at = _open_map(at)
@@ -117,15 +131,7 @@ def test_map_select_preview_remove_undo(demo_root):
 def test_map_search_and_hostile_caption(demo_root):
     at = run_ready(AppTest.from_file(APP, default_timeout=180))
     ws = _ws(demo_root)
-    hostile = "<b>bold</b> & <script>alert(1)</script> a dog"
-    live = LiveModel(ws, WorkspaceVectors(ws, EmbeddingCache()))
-    (pid,) = live.add([(ws.all_pairs()[0].image, hostile)], note="test").op.pair_ids
-    at.switch_page("pages/map.py").run()
-    deadline = time.time() + 120
-    while not at.get("plotly_chart") and time.time() < deadline:  # the model is rebuilt with the new pair
-        assert not at.exception, [e.value for e in at.exception]
-        time.sleep(0.5)
-        at.run()
+    pid = _add_and_open_map(at, ws, "<b>bold</b> & <script>alert(1)</script> a dog")
     hover = [s for t in _figure(at)["data"] for s in t["text"] if f"#{pid} " in s]
     assert hover and "<script>" not in hover[0] and "&lt;script&gt;" in hover[0]
 
@@ -184,15 +190,7 @@ def test_map_export_guards_formulas_and_names_portable_paths(demo_root, monkeypa
     at = run_ready(AppTest.from_file(APP, default_timeout=180))
     ws = _ws(demo_root)
     formula = '=HYPERLINK("http://example.invalid","a dog")'
-    image = ws.all_pairs()[0].image
-    live = LiveModel(ws, WorkspaceVectors(ws, EmbeddingCache()))
-    (pid,) = live.add([(image, formula)], note="test").op.pair_ids
-    at.switch_page("pages/map.py").run()
-    deadline = time.time() + 120
-    while not at.get("plotly_chart") and time.time() < deadline:  # the model is rebuilt with the new pair
-        assert not at.exception, [e.value for e in at.exception]
-        time.sleep(0.5)
-        at.run()
+    pid = _add_and_open_map(at, ws, formula)
     at.text_input(key="map_text").set_value("HYPERLINK").run()
     _keyed(at.checkbox, "map_all").check().run()
     assert not at.exception, [e.value for e in at.exception]
@@ -201,4 +199,4 @@ def test_map_export_guards_formulas_and_names_portable_paths(demo_root, monkeypa
     rows = list(csv.DictReader(io.StringIO(data.decode("utf-8"))))
     assert [int(r["pair_id"]) for r in rows] == [pid]
     assert rows[0]["caption"] == "'" + formula
-    assert rows[0]["image"] == store.portable_ref(image) and not rows[0]["image"].startswith("demo:")
+    assert rows[0]["image"] == store.portable_ref(ws.all_pairs()[0].image) and not rows[0]["image"].startswith("demo:")

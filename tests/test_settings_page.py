@@ -45,6 +45,18 @@ def test_an_encoder_change_is_estimated_and_waits_for_confirmation(demo_root):
     assert not at.exception, [e.value for e in at.exception]
     assert ws.settings()["text_encoder"] == "mpnet"
 
+    # a change asked in one workspace is never applied to another one switched to meanwhile
+    other = store.create_workspace("other", [(p.image, p.caption) for p in ws.all_pairs()[:40]],
+                                   [(i.image, i.label) for i in ws.eval_items()], root=demo_root)
+    at.session_state["settings_pending"] = ({**ws.settings(), "text_encoder": "minilm"},
+                                             "About a minute of embedding.", str(ws.path))
+    at.run()
+    assert [b for b in at.button if b.key == "settings_confirm"]  # asked in this workspace: shown
+    at.selectbox(key="sidebar_ws").set_value(other.id).run()
+    at.run()
+    assert not [b for b in at.button if b.key == "settings_confirm"]
+    assert other.settings()["text_encoder"] == "minilm" and ws.settings()["text_encoder"] == "mpnet"
+
 
 
 

@@ -32,7 +32,7 @@ def _threshold_form(ws, current: int) -> None:
 
 def _measured(live, model) -> dict | None:
     """:func:`core.ann.report` of ``model``, kept for this session until the anchors or settings change."""
-    stamp = (str(live.ws.path), live.key, live.version)
+    stamp = live.stamp
     held = st.session_state.get(REPORT_KEY)
     if held is None or held[0] != stamp:
         with st.spinner(f"Measuring the index against exact search on {SAMPLE} labeled pictures…"):

@@ -157,7 +157,7 @@ def suggest_additions_panel(ws, model, tune) -> None:
             plan = suggest_additions(model.session, pool.vectors, pool.labels, caption_vecs, captions, tune,
                                      int(n), exclude=exclude)
         st.session_state[PLAN_KEY] = {
-            "version": model.version, "tune_before": plan.tune_before,
+            "version": model.stamp, "tune_before": plan.tune_before,
             "tune_if_accepted": plan.tune_if_accepted,
             "rows": [{"add": True, "ref": refs[s.pool_index], "class": s.class_name, "caption": s.caption,
                       "covers": s.covers} for s in plan.suggestions]}
@@ -167,7 +167,7 @@ def suggest_additions_panel(ws, model, tune) -> None:
     if not plan["rows"]:
         st.info("Nothing to propose: every tuning picture is classified correctly, or the pool is used up.")
         return
-    if plan["version"] != model.version:
+    if plan["version"] != model.stamp:
         st.caption("The model changed since these were proposed; suggest again for fresh numbers.")
     st.info(f"If all {len(plan['rows'])} were added: tuning accuracy {pct(plan['tune_before'])} → "
             f"**{pct(plan['tune_if_accepted'])}** (a what-if; the test part is not used to choose).")
