@@ -735,15 +735,20 @@ class AsifModel:
         key = None
         if modality == "text" and x.shape[0] <= TEXT_MEMO_ROWS:
             key = (hashlib.sha256(x.tobytes()).hexdigest(), self.k, self.p)
-            if key in self._text_memo:
-                return self._text_memo[key]
+            held = self._text_memo.get(key)
+            if held is not None:
+                return held
         idx, sims = index.topk(x, self.k, device=self.device, progress=progress)
         out = idx, process_similarities(sims, self.p)
         if key is not None:
             for a in out:
                 a.flags.writeable = False
-            if len(self._text_memo) >= TEXT_MEMO_ENTRIES:
-                del self._text_memo[next(iter(self._text_memo))]
+            # several sessions may explain with one model at once: evict without assuming a key stays
+            while len(self._text_memo) >= TEXT_MEMO_ENTRIES:
+                try:
+                    self._text_memo.pop(next(iter(self._text_memo)), None)
+                except (StopIteration, RuntimeError):   # emptied or resized by another thread meanwhile
+                    break
             self._text_memo[key] = out
         return out
 
