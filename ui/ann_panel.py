@@ -65,4 +65,4 @@ def ann_panel(ws) -> None:
     a.metric(f"Recall@{r['k']:,} vs exact search", f"{r['recall']:.3f}")
     b.metric("Same prediction as exact search", pct(r["agreement"]))
     c.metric("Speed vs exact search", f"{r['speedup']:.1f}×")
-    st.caption(f"Measured just now on {r['n_queries']:,} labeled pictures.")
+    st.caption(f"Measured on {r['n_queries']:,} labeled pictures when this anchor set was first shown here.")
