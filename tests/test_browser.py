@@ -5,12 +5,34 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from pathlib import Path
 
 from app_helpers import metric_value, open_page
 from core import store
 
 
+def test_bench_times_what_is_shown_on_the_frame_it_is_shown():
+    """``bench.browser`` times an element shown 350 or 600 ms after the start within a few frames of
+    it, not at Playwright's next locator poll (0, 20, 70, 170, 270 ms, then every 500 ms: a row click
+    whose what-if came at 300 ms was timed 770+ ms, the "bimodal" row click of issue #16)."""
+    from playwright.sync_api import sync_playwright
+
+    from bench.browser import shown
+
+    with sync_playwright() as p:
+        browser, page = open_page(p)
+        page.set_content("<body><p>nothing yet</p></body>")
+        for delay in (350, 600):
+            start = time.perf_counter()
+            page_start = page.evaluate(
+                f"""() => {{ window.__at = null; const t = performance.now(); setTimeout(() => {{
+                    document.body.insertAdjacentHTML('beforeend', '<p>What if {delay}</p>');
+                    window.__at = performance.now(); }}, {delay}); return t; }}""")
+            t = shown(page, f"() => document.body.textContent.includes('What if {delay}')", 30_000)
+            late = (t - start) * 1000 - (page.evaluate("() => window.__at") - page_start)
+            assert 0 <= late < 250, f"shown {delay} ms after the start, timed {late:.0f} ms late"
+        browser.close()
 
 
 def test_demo_classify_remove_accuracy_changes(server):
