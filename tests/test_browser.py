@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
-from app_helpers import metric_value, open_page
+from app_helpers import ROOT, metric_value, open_page
 from core import store
 
 
@@ -33,6 +35,15 @@ def test_bench_times_what_is_shown_on_the_frame_it_is_shown():
             late = (t - start) * 1000 - (page.evaluate("() => window.__at") - page_start)
             assert 0 <= late < 250, f"shown {delay} ms after the start, timed {late:.0f} ms late"
         browser.close()
+
+
+def test_served_app_does_not_collect_garbage_after_every_run():
+    """The app as served from the repository (``streamlit run app.py``, ``make demo``) reads
+    ``.streamlit/config.toml``: no full ``gc.collect(2)`` after every script run, which on the demo
+    holds the GIL 120-240 ms after a fragment rerun while its last messages (the what-if) wait."""
+    code = "from streamlit import config; print(config.get_option('runner.postScriptGC'))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 def test_demo_classify_remove_accuracy_changes(server):
