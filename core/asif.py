@@ -672,6 +672,22 @@ class AsifModel:
         out[~low] = extra[r[~low] - base.shape[0]]
         return out
 
+    def _similarities(self, modality: str, queries: np.ndarray) -> np.ndarray:
+        """``queries @ E.T`` (``[q, N]``) for the ``modality`` anchor embeddings ``E``. Each entry is
+        summed in the same order whatever the rows around it (``einsum``; a BLAS product's depends on
+        the matrix shape), so a model made by :meth:`over_rows` gives a copy of its rows' numbers,
+        from the source rows without gathering ``E`` (0.4 s of copying at 35,000 pairs)."""
+        def dot(e: np.ndarray) -> np.ndarray:
+            return np.einsum("qd,nd->qn", queries, e)
+
+        if modality in self._emb:
+            return dot(self._emb[modality])
+        base, extra, rows = self._source[modality]
+        sims = dot(base)
+        if extra.size:
+            sims = np.concatenate([sims, dot(extra)], axis=1)
+        return sims[:, rows]
+
     def _side(self, modality: str) -> np.ndarray:
         """All anchors' ``modality`` embeddings; for a model made by :meth:`over_rows` a gathered
         copy on each read, not kept (an export or an explanation's histograms must not hold one)."""
@@ -856,8 +872,8 @@ class AsifModel:
             scores=scores[0], candidate=best, prediction=int(argmax_tolerant(scores)[0]),
             caption_topk=txt_pos[best], class_names=list(class_names) if class_names is not None else None,
             metadata=meta, anchor_pair_ids=self.pair_ids, anchor_metadata=self.metadata,
-            dense=lambda: ((q @ self.image_embeddings.T)[0].astype(np.float32),
-                           (winners @ self.text_embeddings.T).astype(np.float32)))
+            dense=lambda: (self._similarities("image", q)[0].astype(np.float32),
+                           self._similarities("text", winners).astype(np.float32)))
 
     # ------------------------------------------------------------------ edits (new models)
     def with_pairs_removed(self, pair_ids) -> "AsifModel":
