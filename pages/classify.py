@@ -1,8 +1,9 @@
 """Classify & explain: pick or upload a picture, see the prediction and the anchor pairs behind it.
 
 The page is one entry call, :func:`main`: the headline, the gallery and the prediction side by side,
-the pairs behind the answer (whose Remove buttons rerun the whole page: every number moves), the
-figures (a fragment: switching figure redraws only that panel) and the class/prompt form.
+the pairs behind the answer (a fragment: only the open class's tab is drawn, and switching tab
+redraws only that panel; a Remove reruns the whole page: every number moves), the figures (a
+fragment: switching figure redraws only that panel) and the class/prompt form.
 """
 from __future__ import annotations
 
@@ -163,6 +164,7 @@ def _remove(ws, pair_ids: list[int]) -> None:
                            note="from Classify & explain", where="classify")
     except ValueError as error:
         st.session_state["classify_error"] = str(error)
+    st.rerun()  # the whole page, not only the pairs panel the button is in
 
 
 def _photo_entry(ws, c: int, ref: str, caps: list[dict]) -> None:
@@ -199,8 +201,10 @@ def _edit_messages() -> None:
         st.error(plain(error))
 
 
+@st.fragment
 def pairs_panel(ws, classes: list[str], expl) -> None:
-    """Step 3: for each of the top 3 classes, the anchor pairs behind its score (one tab each)."""
+    """Step 3: for each of the top 3 classes, the anchor pairs behind its score (one tab each; only
+    the open tab is drawn: hidden panes would be sent and drawn on every run)."""
     st.divider()
     st.subheader(f"3 · Why *{plain(classes[expl.prediction])}*? The anchor pairs behind the answer")
     st.caption("Each pair scores **image weight × text weight**: how close its photo is to your picture, "
@@ -209,10 +213,14 @@ def pairs_panel(ws, classes: list[str], expl) -> None:
     order = np.argsort(-expl.scores, kind="stable")
     st.session_state["map_highlight"] = [r["pair_id"] for r in expl.contributions(int(order[0]), top=20)]
     _edit_messages()
-    tabs = st.tabs([f"{plain(classes[c])} · {expl.scores[c]:.3f}" for c in order[:3]])
-    for tab, c in zip(tabs, order[:3]):
+    # class names only: a label that changes (a score after an edit) would reset the open tab
+    tabs = st.tabs([plain(classes[c]) for c in order[:3]], key="classify_why_tab", on_change="rerun")
+    for tab, c in zip(tabs, order[:3].tolist()):
+        if not tab.open:
+            continue
         with tab:
-            rows = expl.contributions(int(c), top=24)
+            st.caption(f"ASIF score of *{plain(classes[c])}*: {expl.scores[c]:.3f}")
+            rows = expl.contributions(c, top=24)
             if not rows:
                 st.info(f"No anchor pair supports *{plain(classes[c])}* for this picture.")
                 continue
@@ -220,7 +228,7 @@ def pairs_panel(ws, classes: list[str], expl) -> None:
             for r in rows:
                 photos.setdefault(r["image"], []).append(r)
             for ref, caps in list(photos.items())[:8]:
-                _photo_entry(ws, int(c), ref, caps)
+                _photo_entry(ws, c, ref, caps)
 
 
 # ----------------------------------------------------------------------------- figures

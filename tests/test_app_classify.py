@@ -39,6 +39,26 @@ def test_first_start_creates_demo_and_explains(demo_root):
     assert before  # the metric was there before the edit
 
 
+def test_why_draws_only_the_open_class_and_keeps_it_open_after_a_remove(demo_root):
+    """Only the open tab of "Why …?" is drawn (hidden tabs' pairs would be sent and drawn on every
+    run: most of the page); another tab draws its own class's pairs; a Remove there keeps it open."""
+    at = run_ready(AppTest.from_file(APP, default_timeout=120))
+
+    def drawn() -> set[str]:  # the classes whose Remove buttons are on the page
+        return {b.key.split("_")[1] for b in at.button if (b.key or "").startswith(("rm_", "rmphoto_"))}
+
+    labels = [t.label for t in at.tabs]
+    assert len(labels) == 3 and len(drawn()) == 1, (labels, drawn())
+    first = drawn()
+    at.session_state["classify_why_tab"] = labels[1]
+    at.run()
+    second = drawn()
+    assert len(second) == 1 and second != first
+    [b for b in at.button if (b.key or "").startswith("rm_")][0].click().run()
+    assert "Removed pair #" in texts(at) and not at.exception
+    assert drawn() == second
+
+
 def test_bad_uploads_are_messages(demo_root):
     at = run_ready(AppTest.from_file(APP, default_timeout=120))
     from PIL import Image
