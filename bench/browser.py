@@ -110,6 +110,7 @@ ROW_Y = 35 + 28
 def _pick_first(page) -> None:
     """Pick the first pair in Curate's "Selected pairs" box (dropdown opened, option clicked)."""
     page.locator('[data-testid="stMultiSelect"]').first.locator("input").click()
+    shown(page, "() => !!document.querySelector('[role=\"option\"]')")  # not a locator's 500 ms polls
     page.get_by_role("option", name=re.compile(r"^#\d+")).first.click()
     page.keyboard.press("Escape")
 

@@ -112,3 +112,37 @@ def test_why_list_shows_one_entry_per_photo_and_removes_all_its_captions_at_once
     edits = ws.edits()
     assert [e.kind for e in edits] == ["remove"]
     assert not set(same) & ws.active_pair_ids()
+
+
+def test_influence_started_by_a_page_waits_until_its_run_is_over(data_root, tmp_path):
+    """The influence table's seconds of pure Python hold the GIL: started by a page (Curate after an
+    edit), it starts once that script run is over, so that the rest of the run and the sending of
+    the page do not wait for it (0.5-1 s at 35,000 pairs); then it is computed."""
+    script = f"""
+import time
+import streamlit as st
+from core import demo
+from core.cache import EmbeddingCache
+from core.live import LiveModel, WorkspaceVectors
+from ui import state
+
+ws = demo.create_demo_workspace(n_images=40, per_class=5, root={str(tmp_path)!r})
+model = LiveModel(ws, WorkspaceVectors(ws, EmbeddingCache()))
+state.start_influence(model)
+deadline = time.time() + 5  # the small demo's table takes well under a second
+while time.time() < deadline and state.influence_snapshot(model)[0] is None:
+    time.sleep(0.05)
+st.write("computed during the run" if state.influence_snapshot(model)[0] else "not during the run")
+st.session_state["model"] = model
+"""
+    at = AppTest.from_string(script, default_timeout=120).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.markdown[0].value == "not during the run"
+    from ui import state
+
+    model = at.session_state["model"]
+    deadline = time.time() + 120
+    while state.influence_snapshot(model)[0] is None and time.time() < deadline:
+        time.sleep(0.2)
+    rows, version, _ = state.influence_snapshot(model)
+    assert rows and version == model.version, "the influence table was not computed after the run"

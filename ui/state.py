@@ -193,9 +193,26 @@ def forget(ws_path) -> None:
 
 
 # ------------------------------------------------------------------------------------ influence
+#: the longest a background influence computation waits for the script run that started it
+RUN_WAIT_S = 60.0
+
+
+def _script_run_thread() -> threading.Thread | None:
+    """The thread of the script run calling this (None outside a script run)."""
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    here = threading.current_thread()
+    if get_script_run_ctx(suppress_warning=True) is None or here is threading.main_thread():
+        return None
+    return here
+
+
 def start_influence(model: LiveModel) -> None:
     """Compute the influence table of ``model``'s current version in a background thread (edits
-    stay instant meanwhile); :func:`influence_snapshot` reads it."""
+    stay instant meanwhile); :func:`influence_snapshot` reads it. Started from a page, the work
+    waits until that script run is over: its seconds of pure Python hold the GIL, and the rest of
+    the run (and the sending of the page) would wait 0.5-1 s for it."""
+    run = _script_run_thread()
     reg = _registry()
     with reg["lock"]:
         slot = reg["influence"].setdefault(str(model.ws.path), {"rows": None, "version": None,
@@ -207,6 +224,8 @@ def start_influence(model: LiveModel) -> None:
         slot["target"] = model.version
 
     def work() -> None:
+        if run is not None:
+            run.join(timeout=RUN_WAIT_S)
         try:
             inf, version = model.influence()
             rows = model.influence_rows(inf)
