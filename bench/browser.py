@@ -6,7 +6,8 @@ On the demo (default: all 7,000 Flickr8k photos = 35,000 pairs, 100 CIFAR-10 tes
 * ``classify_remove_visible``  Classify & explain: click a pair's Remove → the headline shows the new
   numbers (its anchor-pair count drops by one: the accuracies sit in the same row, drawn together)
 * ``classify_remove_settled``  … → the page is settled (no run in progress: Streamlit's status widget
-  gone and no element left stale)
+  gone and no element left stale; the widget shows only after 500 ms of a run, so the stale elements
+  decide before that), timed at the start of an idle spell that still holds 100 ms later
 * ``curate_whatif_row``        Curate: click the influence table's first row → the "What if" preview
   shown (the row's selection cell, clicked by position: the grid is a canvas; the table is fresh)
 * ``curate_remove_visible`` / ``curate_remove_settled``  Curate: click "Remove 1 pair" → as above
@@ -15,6 +16,10 @@ On the demo (default: all 7,000 Flickr8k photos = 35,000 pairs, 100 CIFAR-10 tes
 * ``curate_table_fresh``       from the Remove click until the influence table describes the new
   anchor set (its "Updating the influence numbers" note gone) and the page is settled
 * ``visit_<page>``             click a page in the navigation → its title shown and the page settled
+
+Every "shown" is checked on each animation frame (``wait_for_function(polling="raf")``), never with a
+locator's ``wait_for``: Playwright polls those at 0, 20, 70, 170, 270 ms, then every 500 ms, which
+made anything shown 270-770 ms after a click read as ~800-1,000 ms.
 
 Each app runs on its own server and workspaces folder; ``--baseline-root`` names a checkout of the
 code before a change (e.g. ``git worktree add /tmp/base main``), and the two take turns rep by rep
