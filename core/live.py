@@ -32,6 +32,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from core import store
+from core.arrays import StackedRows
 from core.ann import ANN_MIN_ANCHORS, AnnSettings
 from core.asif import AsifModel, build_prompts, softmax
 from core.cache import EmbeddingCache
@@ -60,8 +61,11 @@ class WorkspaceVectors:
     """Vectors of one workspace under its settings (immutable; grow with :meth:`extended`).
 
     ``pair_ids [P]`` every pair the workspace holds (active or not) with ``pair_refs`` / ``captions``;
-    ``img [U, di]`` unique anchor pictures and ``pair_img [P]`` each pair's picture row; ``cap [P, dt]``
-    caption vectors; ``ok [P]`` False for quarantined pairs; ``items`` the labeled pictures kept,
+    ``img [U, di]`` anchor pictures (``img_refs [U]``) and ``pair_img [P]`` each pair's picture row;
+    ``cap [P, dt]`` caption vectors (both :class:`core.arrays.StackedRows`: in a workspace of
+    imported vectors, ``imported``, its first rows are those vectors memory-mapped, one picture
+    row per imported pair, a pair pointing at its picture's first row); ``ok [P]`` False for
+    quarantined pairs; ``items`` the labeled pictures kept,
     ``item_vecs [Q, di]``, ``item_labels [Q]`` (index into ``classes``), ``is_tune [Q]``;
     ``prompts [C*T, dt]`` with ``prompt_classes [C*T]`` (``core.asif.build_prompts``).
     """
@@ -85,13 +89,21 @@ class WorkspaceVectors:
         self.pair_ids = np.array([p.pair_id for p in pairs], dtype=np.int64)
         self.captions = [p.caption for p in pairs]
         self.pair_refs = [p.image for p in pairs]
+        #: the imported anchors (memory-mapped), or None: ``core.interchange.create_vector_workspace``
+        self.imported = _imported(ws, self.pair_ids)
+        n_imp = 0 if self.imported is None else self.imported.n_anchors
         unique: dict[str, int] = {}
-        self.pair_img = np.array([unique.setdefault(r, len(unique)) for r in self.pair_refs], dtype=np.int64)
-        self.img_refs = list(unique)
+        own = np.array([unique.setdefault(r, len(unique)) for r in self.pair_refs[n_imp:]], dtype=np.int64)
+        if self.imported is None:
+            self.pair_img, self.img_refs = own, list(unique)
+        else:   # imported rows hold a picture each (rows of one picture alike): a pair's row is its
+            first, inverse = self.imported.distinct_images   # picture's first pair's
+            self.pair_img = np.concatenate([first[inverse], n_imp + own])
+            self.img_refs = self.pair_refs[:n_imp] + list(unique)
         label_index = {c: i for i, c in enumerate(self.classes)}
         items = [e for e in ws.eval_items() if e.label in label_index]
         self.notes: list[str] = []
-        n_img, n_items, n_cap = len(self.img_refs), len(items), len(self.captions)
+        n_img, n_items, n_cap = len(unique), len(items), len(self.captions) - n_imp
         total = max(1.0, n_img + n_items + n_cap / 50)  # captions are ~50x cheaper to encode
 
         def stage(offset, weight, label):
@@ -100,10 +112,11 @@ class WorkspaceVectors:
 
         report(0.0, f"Reading {n_img:,} anchor pictures from the embedding cache")
         first = np.arange(n_img) < (n_img if first_images is None else first_images)
-        res = _embed_where(self.image_encoder, [str(ws.resolve(r)) for r in self.img_refs], first, cache,
+        res = _embed_where(self.image_encoder, [str(ws.resolve(r)) for r in unique], first, cache,
                            stage(0, n_img, "Embedding anchor pictures"))
-        self.img, img_ok = res.vectors, res.ok
-        bad_img = {f.index: f.reason for f in res.failed}
+        self.img = _stacked(self.imported, "image", res.vectors)
+        img_ok = np.concatenate([np.ones(n_imp, bool), res.ok])
+        bad_img = {n_imp + f.index: f.reason for f in res.failed}
         report(n_img / total, f"Reading {n_items:,} labeled pictures")
         res = _embed_where(self.image_encoder, [str(ws.resolve(e.image)) for e in items],
                            np.ones(n_items, bool), cache, stage(n_img, n_items, "Embedding labeled pictures"))
@@ -114,11 +127,11 @@ class WorkspaceVectors:
         self.item_vecs = res.vectors[keep]
         self.item_labels = np.array([label_index[e.label] for e in self.items], dtype=np.int64)
         report((n_img + n_items) / total, f"Reading {n_cap:,} captions")
-        res = _embed_where(self.text_encoder, self.captions, first[self.pair_img], cache,
+        res = _embed_where(self.text_encoder, self.captions[n_imp:], first[own], cache,
                            stage(n_img + n_items, n_cap / 50, "Embedding captions"))
-        self.cap = res.vectors
-        self.ok = img_ok[self.pair_img] & res.ok
-        bad_cap = {f.index: f.reason for f in res.failed}
+        self.cap = _stacked(self.imported, "text", res.vectors)
+        self.ok = img_ok[self.pair_img] & np.concatenate([np.ones(n_imp, bool), res.ok])
+        bad_cap = {n_imp + f.index: f.reason for f in res.failed}
         failed = {i for i in np.flatnonzero(~self.ok) if int(self.pair_img[i]) in bad_img or i in bad_cap}
         self.quarantined = [
             Quarantined(int(self.pair_ids[i]), self.pair_refs[i],
@@ -192,23 +205,45 @@ class WorkspaceVectors:
         """A copy that also holds the new pairs ``ids`` (their vectors already computed)."""
         out = object.__new__(WorkspaceVectors)
         out.__dict__.update(self.__dict__)
-        unique = {r: i for i, r in enumerate(self.img_refs)}
+        n0 = 0 if self.imported is None else self.imported.n_anchors    # rows of imported pictures
+        unique = {r: n0 + i for i, r in enumerate(self.img_refs[n0:])}
         rows, fresh = [], []
         for (ref, _), v in zip(pairs, img):
             if ref not in unique:
-                unique[ref] = len(unique)
+                unique[ref] = n0 + len(unique)
                 fresh.append(v)
             rows.append(unique[ref])
-        out.img_refs = list(unique)
-        out.img = np.concatenate([self.img, np.asarray(fresh, np.float32).reshape(-1, self.img.shape[1])])
+        out.img_refs = self.img_refs[:n0] + list(unique)
+        out.img = self.img.appended(np.asarray(fresh, np.float32).reshape(-1, self.img.shape[1]))
         out.pair_ids = np.concatenate([self.pair_ids, np.asarray(ids, np.int64)])
         out.pair_img = np.concatenate([self.pair_img, np.asarray(rows, np.int64)])
-        out.cap = np.concatenate([self.cap, np.asarray(cap, np.float32)])
+        out.cap = self.cap.appended(np.asarray(cap, np.float32))
         out.ok = np.concatenate([self.ok, np.ones(len(ids), bool)])
         out.captions = self.captions + [c for _, c in pairs]
         out.pair_refs = self.pair_refs + [r for r, _ in pairs]
         out.pos_of = {int(pid): i for i, pid in enumerate(out.pair_ids)}
         return out
+
+
+def _imported(ws: store.Workspace, pair_ids: np.ndarray) -> AsifModel | None:
+    """The workspace's imported anchors (:func:`core.interchange.create_vector_workspace`), mapped
+    from its vectors folder; None for a workspace whose pairs are embedded here."""
+    if not ws.vectors_dir.is_dir():
+        return None
+    model = AsifModel.open_mapped(ws.vectors_dir, store.VECTORS_KEY)
+    if model is None or model.n_anchors > pair_ids.size \
+            or not np.array_equal(model.pair_ids, pair_ids[:model.n_anchors]):
+        raise ValueError("This workspace's imported vectors cannot be read (its vectors folder is damaged); "
+                         "create it again from the precomputed vectors.")
+    return model
+
+
+def _stacked(imported: AsifModel | None, side: str, own: np.ndarray) -> StackedRows:
+    """One side's rows: the imported anchors' (mapped, never copied), then those embedded here."""
+    if imported is None:
+        return StackedRows(own)
+    base = imported.image_embeddings if side == "image" else imported.text_embeddings
+    return StackedRows(base, own.reshape(-1, base.shape[1]) if own.size else None)
 
 
 def _embed_where(encoder: str, items: list, compute: np.ndarray, cache: EmbeddingCache, progress):
@@ -385,21 +420,22 @@ class LiveModel:
             raise ValueError("This workspace has no labeled pictures of its classes; add some on the Data "
                              "page or change the class list in Settings.")
         self.k = store.effective_k(vectors.k_user, len(active))
-        pos = vectors.positions(active)
-        model = AsifModel(vectors.img[vectors.pair_img[pos]], vectors.cap[pos], vectors.pair_ids[pos],
-                          vectors.metadata(pos), k=self.k, p=vectors.p,
-                          info={"image_encoder": vectors.image_encoder, "text_encoder": vectors.text_encoder})
-        model.ann = self.ann_settings()      # the session's lists come from the saved index too
+        imported = vectors.imported
+        # a workspace of imported vectors opens over all of them (mapped, not copied), then its log applies
+        opened = active if imported is None or imported.n_anchors < self.k else imported.pair_ids.tolist()
+        model = self._model_over(opened, self.k)
+        model.metadata = vectors.metadata(vectors.positions(opened))
+        model.info = {"image_encoder": vectors.image_encoder, "text_encoder": vectors.text_encoder}
         self._opened = model                 # current_model() while the live pairs are exactly these
-        key = _fingerprint(vectors.img, vectors.pair_img[pos], vectors.cap[pos], vectors.item_vecs,
-                           vectors.prompts, vectors.prompt_classes, vectors.pair_ids[pos],
-                           np.array([self.k, vectors.p]))
+        key = _fingerprint(model.image_embeddings, model.text_embeddings, vectors.item_vecs, vectors.prompts,
+                           vectors.prompt_classes, model.pair_ids, np.array([self.k, vectors.p]))
         self.session = _session_with_snapshot(
             ws.state_dir / f"neighbours-{key}.npz",
             lambda saved: EditSession(model, vectors.item_vecs, vectors.item_labels, vectors.prompts,
                                       vectors.prompt_classes, class_names=vectors.classes,
                                       neighbours=saved, progress=progress))
-        self.seq = state.seq
+        self.seq, self.version = (None if opened is not active else state.seq), 0
+        self._sync_to(state)
         self.version = 0  # bumped by every change of the anchor set
         self._uid = uuid.uuid4().hex  # tells this model from a rebuilt one (whose version starts at 0 again)
         self.needs_rebuild: str | None = None
@@ -417,11 +453,23 @@ class LiveModel:
         if not base:
             return Metrics.of(np.full(len(v.item_labels), -1), np.asarray(v.item_labels), self.is_tune,
                               len(v.classes), 0, self.k).to_dict()
-        pos = v.positions(base)
         k = store.effective_k(v.k_user, len(base))
-        start = AsifModel(v.img[v.pair_img[pos]], v.cap[pos], v.pair_ids[pos], k=k, p=v.p)
-        pred = start.classify(v.item_vecs, v.prompts, v.prompt_classes, n_classes=len(v.classes)).predictions
+        pred = self._model_over(base, k).classify(v.item_vecs, v.prompts, v.prompt_classes,
+                                                  n_classes=len(v.classes)).predictions
         return Metrics.of(pred, np.asarray(v.item_labels), self.is_tune, len(v.classes), len(base), k).to_dict()
+
+    def _model_over(self, ids: Sequence[int], k: int) -> AsifModel:
+        """An :class:`AsifModel` of the pairs ``ids`` (sorted) with the workspace's p and image
+        index settings: the imported anchors themselves (mapped, shared) when ``ids`` are exactly
+        them, else a copy of their rows."""
+        v, imported = self.vectors, self.vectors.imported
+        if imported is not None and np.array_equal(np.asarray(ids, np.int64), imported.pair_ids):
+            model = imported.with_params(k=k, p=v.p)
+        else:
+            pos = v.positions(ids)
+            model = AsifModel(v.img[v.pair_img[pos]], v.cap[pos], v.pair_ids[pos], k=k, p=v.p)
+        model.ann = self.ann_settings()      # the session's lists come from the saved index too
+        return model
 
     # ------------------------------------------------------------------ state
     @property

@@ -206,18 +206,19 @@ def runnable(pairs) -> bool:
 
 
 def create_from_vectors(pairs, source) -> None:
-    """Form: a new workspace of imported pairs (their vectors go into the embedding cache)."""
+    """Form: a new workspace of imported pairs (their vectors are kept in it)."""
     with st.form("create_precomputed"):
         st.markdown("**Create a new workspace** with these pairs as anchors")
         name = st.text_input("Name", value=f"imported {len(store.list_workspaces()) + 1}")
         per_class = st.number_input("CIFAR-10 test pictures per class (from the demo data)", 1, 1000, 100)
         if st.form_submit_button("Create workspace", type="primary"):
             try:
-                rows, left_out = interchange.cache_for_workspace(pairs, state.embedding_cache())
-                settings = {"image_encoder": pairs.image_encoder, "text_encoder": pairs.text_encoder}
-                new = store.create_workspace(name, rows, demo.demo_labeled_items(int(per_class)), settings,
-                                             source={"kind": "precomputed", "path": str(source)})
-                note = f" {count(left_out, 'pair')} left out: their pictures are not on this computer." if left_out else ""
+                with st.spinner(f"Saving {count(len(pairs), 'pair')} in the new workspace…"):
+                    new, named = interchange.create_vector_workspace(
+                        name, pairs, demo.demo_labeled_items(int(per_class)), state.embedding_cache(),
+                        source={"kind": "precomputed", "path": str(source)})
+                note = (f" {count(named, 'picture')} of {len(pairs.images):,} are not files the app may read, so "
+                        "their captions are shown alone." if named else "")
                 state.set_workspace(new.id, f"Created {plain(new.name)} from precomputed vectors.{note}")
                 st.rerun()
             except ValueError as error:
@@ -229,8 +230,8 @@ def precomputed_vectors(ws) -> None:
     or an imagefolder with vector columns; the encoders that made them are named here."""
     st.caption("Vectors someone already computed: a **clip-retrieval** output (`img_emb/`, `text_emb/`, "
                "`metadata/`), **parquet** with vector columns, a saved Hugging Face **datasets** folder, "
-               "or an **imagefolder** with `metadata.jsonl`. The pictures must be on this computer "
-               "for the app (the CLI works from vectors alone).")
+               "or an **imagefolder** with `metadata.jsonl`. The vectors are kept in the new workspace; "
+               "pictures that are files here show as thumbnails, others by their caption alone.")
     path = st.text_input("Folder or .parquet file", key="byo_vectors_path", placeholder="/data/cc3m-vectors")
     if not path:
         return

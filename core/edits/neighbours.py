@@ -14,6 +14,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from core.arrays import gather_rows
 from core.asif import signed_power64
 from core.search import ExactIndex, canonical_order, similarity_block
 
@@ -71,14 +72,15 @@ class SharedRows:
             start, stop, step = key.indices(self.shape[0])
             if step == 1 and stop <= self.n0:
                 return self.base[start:stop]                    # a view of the shared rows, no copy
-        idx = self._rows(key)
-        if idx.size == 0 or idx.max() < self.n0:
-            return self.base[idx]
-        out = np.empty(idx.shape + (self.base.shape[1],), dtype=np.float32)
-        low = idx < self.n0
-        out[low] = self.base[idx[low]]
-        out[~low] = self.extra[idx[~low] - self.n0]
-        return out
+        return gather_rows(self.base, self.extra, self._rows(key))
+
+    def __deepcopy__(self, memo) -> "SharedRows":
+        """A copy for another session (``LiveModel.influence`` works on one): the shared rows are
+        still shared (they never change), only the added block is copied."""
+        new = object.__new__(SharedRows)
+        new.base, new.n0, new.extra = self.base, self.n0, self.extra.copy()
+        memo[id(self)] = new
+        return new
 
     def __setitem__(self, key, values) -> None:
         idx = self._rows(key)
