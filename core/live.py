@@ -579,17 +579,17 @@ class LiveModel:
     def _activate(self, ids: Sequence[int]) -> None:
         """Make pairs live: restore those the session knows, add those whose vectors it lacks (a
         pair another process added is read from the store and embedded first, usually cached)."""
-        known = set(int(i) for i in self.session.known_pair_ids())
-        fresh = [i for i in ids if i not in known and i not in self.vectors.pos_of]
+        known = self.session.knows
+        fresh = [i for i in ids if not known(i) and i not in self.vectors.pos_of]
         if fresh:
             rows = {p.pair_id: p for p in self.ws.all_pairs()}
             pairs = [(rows[i].image, rows[i].caption) for i in fresh]
             img, cap = self.vectors.embed_pairs(pairs, self.ws.resolve)
             self.vectors = self.vectors.extended(fresh, pairs, img, cap)
-        back = [i for i in ids if i in known]
+        back = [i for i in ids if known(i)]
         if back:
             self.session.restore(back)
-        new = [i for i in ids if i not in known]
+        new = [i for i in ids if not known(i)]
         if new:
             v = self.vectors
             pos = v.positions(new)
@@ -634,8 +634,7 @@ class LiveModel:
     def _apply(self, op: store.Operation) -> None:
         ids = [int(i) for i in op.pair_ids]
         if op.effect == "remove":
-            live = self.active_ids()
-            ids = [i for i in ids if i in live]  # quarantined pairs are not in the model
+            ids = self.session.live_among(ids)  # quarantined pairs are not in the model
             if ids:
                 self.session.remove(ids)
         else:
@@ -649,10 +648,10 @@ class LiveModel:
         try:
             ids = [int(i) for i in op.pair_ids]
             if op.effect == "remove":
-                self.session.restore([i for i in ids if i in set(self.session.known_pair_ids())
-                                      and i not in self.active_ids()])
+                live = set(self.session.live_among(ids))
+                self.session.restore([i for i in ids if self.session.knows(i) and i not in live])
             else:
-                self.session.remove([i for i in ids if i in self.active_ids()])
+                self.session.remove(self.session.live_among(ids))
                 if op.new_pairs:
                     # the rolled-back ids may be given to other pairs later: start afresh
                     self.needs_rebuild = "The model is being rebuilt after a failed addition."
@@ -693,8 +692,7 @@ class LiveModel:
     def what_if_remove(self, pair_ids: Iterable[int]) -> WhatIf:
         """Metrics if these pairs were removed (nothing committed)."""
         with self.lock:
-            live = self.active_ids()
-            ids = [int(i) for i in pair_ids if int(i) in live]
+            ids = self.session.live_among(pair_ids)
             if not ids:
                 raise ValueError("None of the selected pairs is in the current anchor set.")
             r = self.session.what_if_remove(ids)

@@ -28,6 +28,9 @@ SOURCES = {"photos": "photo embeddings", "captions": "caption embeddings",
            "relative": "ASIF relative representation"}
 HIGHLIGHT = "map_highlight"  # pair ids set by Classify & explain: the anchors behind its last picture
 MAX_THUMBS = 48
+#: The map lays out at most this many pairs: above it, a fixed random sample of whole photos
+#: (``core.layout.sample_groups``; a 100,000-pair UMAP takes minutes here, 1.6M would take hours).
+MAP_MAX_PAIRS = 100_000
 
 
 @dataclass(frozen=True)
@@ -407,13 +410,24 @@ def search_panel(v: View) -> None:
 
 
 # ------------------------------------------------------------------------------ the page
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _shown(ws_path: str, key: str, n_pairs: int, _bank: WorkspaceVectors) -> np.ndarray:
+    """Positions of the pairs the map shows: those with vectors, sampled down to ``MAP_MAX_PAIRS``."""
+    ok = np.flatnonzero(_bank.ok)
+    return ok[L.sample_groups(_bank.pair_img[ok], MAP_MAX_PAIRS)]
+
+
 def main() -> None:
     page_header("Map", "Every anchor pair on one map: pairs that look alike sit together. Lasso or box-select a "
                 "region to preview the accuracy without those pairs, remove them (one undoable edit) or "
                 "export them; colour and filter by influence, suspicious captions, duplicates and outliers.")
     ws = state.require_workspace()
     model = state.require_model(ws)
-    v = View(ws, model, model.vectors, np.flatnonzero(model.vectors.ok))
+    v = View(ws, model, model.vectors, _shown(str(ws.path), model.vectors.key, len(model.vectors.pair_ids),
+                                              model.vectors))
+    if len(v.ok) < int(model.vectors.ok.sum()):
+        st.caption(f"The map shows a fixed random sample of whole photos: {count(len(v.ok), 'pair')} of "
+                   f"{int(model.vectors.ok.sum()):,} (at most {MAP_MAX_PAIRS:,}); the other pages reach all.")
     _edit_bar(v)
     tab_map, tab_search = st.tabs(["Map", "Search anchors"])
     with tab_map:

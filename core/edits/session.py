@@ -519,6 +519,16 @@ class EditSession:
         res = self._run("add", rows, "add", False)
         return res
 
+    def live_among(self, pair_ids) -> list[int]:
+        """The ids among ``pair_ids`` that are live pairs, in their order (no set of every live id:
+        at 1.6M pairs that costs 0.2 s)."""
+        rows, alive = self.anchors.id_to_row, self.anchors.alive
+        return [int(i) for i in pair_ids if int(i) in rows and alive[rows[int(i)]]]
+
+    def knows(self, pair_id: int) -> bool:
+        """Whether the session holds pair ``pair_id`` (live or removed)."""
+        return int(pair_id) in self.anchors.id_to_row
+
     def known_pair_ids(self) -> np.ndarray:
         """Ids of every pair the session holds, live or removed, in anchor-row order."""
         ids = self.anchors.ids[:self.anchors.size]
