@@ -474,7 +474,12 @@ def run_app_open(args) -> dict:
     timed("curate_page_with_influence_s", lambda: H.open_curate(at))
     at.switch_page("pages/map.py")
     timed("map_page_first_run_s", lambda: at.run(timeout=1800))
-    info["map_page_says"] = [str(e.value)[:200] for e in list(at.info) + list(at.warning) + list(at.error)][:4]
+    info["map_page_says"] = ([str(e.value)[:200] for e in at.caption if "sample" in str(e.value)]
+                             + [str(e.value)[:200] for e in list(at.warning) + list(at.error)])[:4]
+    for page in ("data", "settings", "workspaces", "align"):
+        at.switch_page(f"pages/{page}.py")
+        timed(f"{page}_page_s", lambda: at.run(timeout=1800))
+        info[f"{page}_page_errors"] = [str(e.value)[:200] for e in list(at.error) + list(at.exception)][:2]
     ws = store.open_workspace(store.list_workspaces()[0].name)
     model = state.model_job(ws).model
     v = model.vectors

@@ -1,4 +1,5 @@
-"""Input checks and L2 normalisation for embedding arrays: the one place every core module gets them.
+"""Array helpers: input checks and L2 normalisation for embedding arrays (the one place every core
+module gets them), rows of a shared array read without copying it, a sample of whole groups of rows.
 
 A user hands ``core`` embeddings as lists, numpy arrays or torch tensors; each public function
 checks them once, here, with a one-sentence message naming the argument, and works on a plain
@@ -18,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["StackedRows", "as_2d", "as_float32_2d", "as_float64_2d", "check_same_rows", "gather_rows",
-           "l2_normalize"]
+           "l2_normalize", "sample_groups"]
 
 
 def as_2d(name: str, array, dim: int | None = None, *, dtype: type | None = np.float32,
@@ -171,3 +172,22 @@ class StackedRows:
         """A new array with ``rows`` added at the end (``base`` shared)."""
         return StackedRows(self.base, np.concatenate([self.extra, np.asarray(rows, self.base.dtype)
                                                       .reshape((-1,) + self.base.shape[1:])]))
+
+
+def sample_groups(groups: np.ndarray, limit: int, seed: int = 0) -> np.ndarray:
+    """Sorted positions ``[m]`` of ``groups [n]`` (e.g. each pair's photo) in whole groups, picked
+    in a seeded random order while they add up to at most ``limit`` rows (all of them when ``n <=
+    limit``): a map of a paper-scale collection shows a fixed random sample of its photos, each
+    with all its captions.
+
+    >>> sample_groups(np.array([0, 0, 1, 2, 2, 2]), 3).tolist()
+    [3, 4, 5]
+    """
+    groups = np.asarray(groups, dtype=np.int64)
+    if groups.size <= limit:
+        return np.arange(groups.size)
+    ids, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
+    order = np.random.default_rng(seed).permutation(ids.size)
+    keep = np.zeros(ids.size, dtype=bool)
+    keep[order[np.cumsum(counts[order]) <= limit]] = True
+    return np.flatnonzero(keep[inverse.ravel()])

@@ -674,6 +674,20 @@ class AsifModel:
             return self._emb[modality]
         return self._rows(modality, np.arange(self.n_anchors))
 
+    def similarities_to_anchors(self, modality: str, queries: np.ndarray) -> np.ndarray:
+        """``[m, N]`` float32: unit ``queries [m, d]`` against every anchor's ``modality``
+        embedding (an explanation's Fig. 3 histograms), :data:`MAPPED_BLOCK_ROWS` anchors at a
+        time: never a copy of a side (8 GB at 1.6M pairs of 1,280-d pictures)."""
+        queries = np.asarray(queries, dtype=np.float32)
+        n = self.n_anchors
+        out = np.empty((queries.shape[0], n), dtype=np.float32)
+        for start in range(0, n, MAPPED_BLOCK_ROWS):
+            stop = min(n, start + MAPPED_BLOCK_ROWS)
+            block = (self._emb[modality][start:stop] if modality in self._emb
+                     else self._rows(modality, np.arange(start, stop)))
+            out[:, start:stop] = queries @ block.T
+        return out
+
     @property
     def image_embeddings(self) -> np.ndarray:
         """``[N, d_img]`` unit anchor image embeddings."""
@@ -857,8 +871,8 @@ class AsifModel:
             scores=scores[0], candidate=best, prediction=int(argmax_tolerant(scores)[0]),
             caption_topk=txt_pos[best], class_names=list(class_names) if class_names is not None else None,
             metadata=meta, anchor_pair_ids=self.pair_ids, anchor_metadata=self.metadata,
-            dense=lambda: ((q @ self.image_embeddings.T)[0].astype(np.float32),
-                           (winners @ self.text_embeddings.T).astype(np.float32)))
+            dense=lambda: (self.similarities_to_anchors("image", q)[0],
+                           self.similarities_to_anchors("text", winners)))
 
     # ------------------------------------------------------------------ edits (new models)
     def with_pairs_removed(self, pair_ids) -> "AsifModel":

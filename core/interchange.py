@@ -41,6 +41,7 @@ Public API
     ``export_pairs(pairs, dest, fmt, dtype=...)`` / ``export_labeled(labeled, dest, fmt, dtype=...)``
     ``require_encoder(name, purpose)``;  ``labeled_imagefolder(folder, split=None)`` -> ``LabeledSet``
     ``create_vector_workspace(name, pairs, eval_items, cache, ...)`` -> a workspace of imported pairs
+    ``picture_refs(refs, roots)`` -> the references the app may read, the others named only
     ``source_key(path, **options)`` -> a key naming a source's current files (for a saved model)
 """
 from __future__ import annotations
@@ -728,6 +729,29 @@ def check_made_by(encoder: str, items: Sequence[Any], vectors: np.ndarray, cache
                          f"as {float(cos.min()):.2f}); name the encoder that made them.")
 
 
+def picture_refs(refs: Sequence[str], roots: Sequence[str | os.PathLike] | None = None) -> list[str]:
+    """Picture references of imported pairs as the app may use them: a file inside ``roots``
+    (default :func:`core.data.allowed_roots`, the folders the app may read; links resolved) as
+    given, anything else (a URL, a relative path, a file elsewhere, a stored-reference escape such
+    as ``ws:../x``) named only, ``core.store.EXTERNAL_REF`` + the reference: never read.
+
+    >>> picture_refs(["https://example.org/a.jpg", "../b.jpg"], roots=["/nowhere"])
+    ['external:https://example.org/a.jpg', 'external:../b.jpg']
+    """
+    from core import store
+    from core.data import allowed_roots
+
+    where = [os.path.realpath(r).rstrip(os.sep) + os.sep for r in (allowed_roots() if roots is None else roots)]
+
+    def readable(ref: str) -> bool:
+        if "://" in ref or not os.path.isabs(ref):
+            return False
+        real = os.path.realpath(ref)
+        return any(real.startswith(r) for r in where) and os.path.isfile(real)
+
+    return [ref if readable(ref) else store.EXTERNAL_REF + ref for ref in refs]
+
+
 def create_vector_workspace(name: str, pairs: EmbeddedPairs, eval_items: Sequence[tuple], cache: Any, *,
                             settings: dict | None = None, roots: Sequence[str | os.PathLike] | None = None,
                             root: str | os.PathLike | None = None, source: dict | None = None) -> tuple[Any, int]:
@@ -747,19 +771,10 @@ def create_vector_workspace(name: str, pairs: EmbeddedPairs, eval_items: Sequenc
     created. ``settings`` / ``root`` / ``source`` as :func:`core.store.create_workspace`."""
     from core import store
     from core.asif import save_mapped_pairs
-    from core.data import allowed_roots
 
     require_encoder(pairs.image_encoder, "A workspace's test pictures")
     require_encoder(pairs.text_encoder, "A workspace's class prompts")
-    where = [os.path.realpath(r) for r in (allowed_roots() if roots is None else roots)]
-
-    def readable(ref: str) -> bool:
-        if "://" in ref or not os.path.isabs(ref):
-            return False
-        real = os.path.realpath(ref)
-        return any(real.startswith(r.rstrip(os.sep) + os.sep) for r in where) and os.path.isfile(real)
-
-    refs = [ref if readable(ref) else store.EXTERNAL_REF + ref for ref in pairs.images]
+    refs = picture_refs(pairs.images, roots)
     sample = np.unique(np.linspace(0, len(refs) - 1, num=min(len(refs), 8 * CHECK_SAMPLE)).astype(np.int64))
     shown = [i for i in sample.tolist() if not refs[i].startswith(store.EXTERNAL_REF)]
     if shown:

@@ -15,8 +15,6 @@ Public API
 ``relative_features(image [n, di], caption [n, dt], k, p, dims)`` -> ``[n, dims]``
     The ASIF relative representation of each pair (its image's and its caption's sparse similarity
     vectors to all pairs, summed), reduced by truncated SVD: input for a map "as ASIF sees it".
-``sample_groups(groups, limit, seed)`` -> positions
-    A fixed random sample of whole groups (photos with their captions) of at most ``limit`` rows.
 ``layout(x, method, cache_dir=None, progress=None, **params)`` -> ``[n, 2]``
     Either method on the *distinct* rows of ``x`` (a photo with five captions is laid out once),
     broadcast back to every row, copies spread on a small ring so each pair stays selectable; cached
@@ -167,25 +165,6 @@ def spread_copies(xy: np.ndarray, inverse: np.ndarray, radius: float = SPREAD) -
     out[:, 0] += (r * np.cos(angle)).astype(np.float32)
     out[:, 1] += (r * np.sin(angle)).astype(np.float32)
     return out
-
-
-def sample_groups(groups: np.ndarray, limit: int, seed: int = 0) -> np.ndarray:
-    """Sorted positions ``[m]`` of ``groups [n]`` (e.g. each pair's photo) in whole groups, picked
-    in a seeded random order while they add up to at most ``limit`` rows (all of them when ``n <=
-    limit``): a map of a paper-scale collection shows a fixed random sample of its photos, each
-    with all its captions.
-
-    >>> sample_groups(np.array([0, 0, 1, 2, 2, 2]), 3).tolist()
-    [3, 4, 5]
-    """
-    groups = np.asarray(groups, dtype=np.int64)
-    if groups.size <= limit:
-        return np.arange(groups.size)
-    ids, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
-    order = np.random.default_rng(seed).permutation(ids.size)
-    keep = np.zeros(ids.size, dtype=bool)
-    keep[order[np.cumsum(counts[order]) <= limit]] = True
-    return np.flatnonzero(keep[inverse.ravel()])
 
 
 def content_key(x, method: str, **params) -> str:

@@ -717,6 +717,11 @@ class LiveModel:
             snapshot, version = copy.deepcopy(self.session), self.version
         return snapshot.influence(progress=progress, eval_mask=self.is_tune), version
 
-    def influence_rows(self, inf: Influence) -> list[dict]:
-        """Table rows of ``inf``, most harmful first, with each pair's picture and caption."""
-        return inf.rows(inf.order_most_harmful(), self.session.metadata_by_id())
+    def influence_rows(self, inf: Influence) -> dict[str, np.ndarray | list]:
+        """The table of ``inf`` as columns (``Influence.COLUMNS`` plus each pair's ``image`` and
+        ``caption``), most harmful first (``pandas.DataFrame`` takes it as it is)."""
+        cols: dict[str, np.ndarray | list] = dict(inf.columns())
+        pos = self.vectors.positions(cols["pair_id"])
+        cols["image"] = [self.vectors.pair_refs[i] for i in pos.tolist()]
+        cols["caption"] = [self.vectors.captions[i] for i in pos.tolist()]
+        return cols

@@ -252,7 +252,8 @@ def precomputed_vectors(ws) -> None:
                    f"{plain(pairs.image_encoder)} {pairs.image_vectors.shape[1]}-d pictures, "
                    f"{plain(pairs.text_encoder)} {pairs.text_vectors.shape[1]}-d captions{dropped}.")
         n = min(10, len(pairs))
-        _grid(ws, [pairs.images[i] for i in pairs.pair_image[:n].tolist()], [plain(c) for c in pairs.captions[:n]])
+        _grid(ws, interchange.picture_refs([pairs.images[i] for i in pairs.pair_image[:n].tolist()]),
+              [plain(c) for c in pairs.captions[:n]])
         if runnable(pairs):
             create_from_vectors(pairs, source)
     except ValueError as error:

@@ -16,6 +16,7 @@ boot.ensure_app()
 
 from core import flags as F  # noqa: E402
 from core import layout as L  # noqa: E402
+from core.arrays import sample_groups  # noqa: E402
 from core.data import spreadsheet_cell  # noqa: E402
 from core.live import LiveModel, WorkspaceVectors  # noqa: E402
 from core.store import Workspace, portable_ref  # noqa: E402
@@ -29,7 +30,7 @@ SOURCES = {"photos": "photo embeddings", "captions": "caption embeddings",
 HIGHLIGHT = "map_highlight"  # pair ids set by Classify & explain: the anchors behind its last picture
 MAX_THUMBS = 48
 #: The map lays out at most this many pairs: above it, a fixed random sample of whole photos
-#: (``core.layout.sample_groups``; a 100,000-pair UMAP takes minutes here, 1.6M would take hours).
+#: (``core.arrays.sample_groups``; a 100,000-pair UMAP takes minutes here, 1.6M would take hours).
 MAP_MAX_PAIRS = 100_000
 
 
@@ -152,7 +153,7 @@ def _table(v: View) -> pd.DataFrame:
     ids = bank.pair_ids[ok]
     state.start_influence(v.model)  # the Curate page's table, computed in the background; NaN until then
     rows, _, _ = state.influence_snapshot(v.model)
-    influence = {r["pair_id"]: r["loo_delta"] for r in rows or []}
+    influence = dict(zip(rows["pair_id"].tolist(), rows["loo_delta"].tolist())) if rows is not None else {}
     prompts = bank.prompts / np.linalg.norm(bank.prompts, axis=1, keepdims=True)
     nearest = np.asarray(bank.prompt_classes)[np.argmax(bank.cap[ok] @ prompts.T, axis=1)]
     df = pd.DataFrame({
@@ -414,7 +415,7 @@ def search_panel(v: View) -> None:
 def _shown(ws_path: str, key: str, n_pairs: int, _bank: WorkspaceVectors) -> np.ndarray:
     """Positions of the pairs the map shows: those with vectors, sampled down to ``MAP_MAX_PAIRS``."""
     ok = np.flatnonzero(_bank.ok)
-    return ok[L.sample_groups(_bank.pair_img[ok], MAP_MAX_PAIRS)]
+    return ok[sample_groups(_bank.pair_img[ok], MAP_MAX_PAIRS)]
 
 
 def main() -> None:

@@ -99,6 +99,9 @@ def test_settings_shows_exact_search_then_the_faiss_index_recall_after_lowering_
     assert ws.settings()["ann_min_anchors"] == distinct
     shown = _settings_page(at)
     assert f"FAISS IVF-SQ8 over {distinct} distinct anchor pictures" in shown, shown[-1500:]
+    assert not [m for m in at.metric if m.label.startswith("Recall@")]   # measured on request only
+    [b for b in at.button if b.label.startswith("Measure its recall")][0].click()
+    at.run()
     metrics = {m.label: m.value for m in at.metric}
     recall = [v for label, v in metrics.items() if label.startswith("Recall@")]
     assert recall and float(recall[0]) == 1.0      # one list, probed in full: the shortlist holds every row

@@ -96,14 +96,3 @@ def test_unknown_method_or_parameter(photos):
         L.layout(x, "tsne")
     with pytest.raises(ValueError, match="parameters"):
         L.layout(x, "umap", neighbours=5)
-
-
-def test_sample_groups_keeps_whole_photos_within_the_limit_the_same_each_time():
-    rng = np.random.default_rng(5)
-    groups = np.repeat(np.arange(3000), rng.integers(1, 6, 3000))          # photos with 1-5 captions
-    rows = L.sample_groups(groups, 2000)
-    assert rows.size <= 2000 and rows.size > 1900                           # nearly full: greedy by photo
-    kept = np.unique(groups[rows])
-    assert np.isin(groups, kept).sum() == rows.size                         # every caption of a kept photo
-    np.testing.assert_array_equal(rows, L.sample_groups(groups, 2000))      # the same sample each time
-    np.testing.assert_array_equal(L.sample_groups(groups, groups.size), np.arange(groups.size))

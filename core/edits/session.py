@@ -152,11 +152,11 @@ class EditSession:
         saved = _split_state(neighbours)
         # the model's own indexes (FAISS + exact re-rank above core.ann's threshold): no copy, no rebuild
         self.img_side = NeighbourLists(q, "img", self.anchors, self.k, K, self.p, saved.get("img"),
-                                       search=None if "img" in saved else model.search_index("image"))
+                                       search=lambda: model.search_index("image"))
         if progress:
             progress(0.8, "neighbours of the class prompts")
         self.txt_side = NeighbourLists(self.cand, "txt", self.anchors, self.k, K, self.p, saved.get("txt"),
-                                       search=None if "txt" in saved else model.search_index("text"))
+                                       search=lambda: model.search_index("text"))
         self._full_scores()
         self.history: list[tuple[str, np.ndarray]] = []   # committed edits: (kind, anchor rows)
         self._redo: list[tuple[str, np.ndarray]] = []
