@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import os
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -29,28 +30,34 @@ def _grid(ws, refs, captions, n_cols=5, size=160):
 
 
 # ------------------------------------------------------------------ what the workspace holds
+PER_PAGE = 15   # photos per page of the pairs tab
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _photo_order(ws_path: str, seq: int, query: str, _ws) -> tuple[np.ndarray, np.ndarray]:
+    """:meth:`core.store.Workspace.photo_order`, kept server-wide until the next edit."""
+    return _ws.photo_order(query)
+
+
 def pairs_tab(ws) -> None:
     """The anchor pairs, grouped by photo, searchable, a page at a time; the CSV download."""
     if ws is None:
         st.info("No workspace yet: bring your own pairs (third tab) or create the demo on the "
                 "Workspaces page.")
         return
-    pairs = ws.pairs()
     c1, c2 = st.columns([3, 1])
     q = c1.text_input("Search captions", key="data_search", placeholder="e.g. a dog in the snow")
-    if q:
-        pairs = [p for p in pairs if q.lower() in p.caption.lower()]
-    by_image: dict[str, list] = {}
-    for p in pairs:
-        by_image.setdefault(p.image, []).append(p)
-    images = list(by_image)
-    per_page = 15
-    n_pages = max(1, (len(images) + per_page - 1) // per_page)
+    photo, ids = _photo_order(str(ws.path), ws.state().seq, q, ws)
+    n_photos = int(photo[-1]) + 1 if photo.size else 0
+    n_pages = max(1, (n_photos + PER_PAGE - 1) // PER_PAGE)
     page = c2.number_input(f"Page (of {n_pages:,})", 1, n_pages, 1, key="data_page")
-    st.caption(f"{count(len(pairs), 'pair')} from {count(len(images), 'photo')}")
-    chunk = images[(page - 1) * per_page: page * per_page]
-    _grid(ws, [str(ws.resolve(r)) for r in chunk],
-          ["  \n".join(f"#{p.pair_id} · {plain(p.caption)}" for p in by_image[r]) for r in chunk])
+    st.caption(f"{count(len(ids), 'pair')} from {count(n_photos, 'photo')}")
+    lo, hi = np.searchsorted(photo, [(page - 1) * PER_PAGE, page * PER_PAGE])
+    by_image: dict[str, list] = {}
+    for p in ws.pairs_by_id(ids[lo:hi]):
+        by_image.setdefault(p.image, []).append(p)
+    _grid(ws, [str(ws.resolve(r)) for r in by_image],
+          ["  \n".join(f"#{p.pair_id} · {plain(p.caption)}" for p in group) for group in by_image.values()])
     export_button("Download the curated pairs (CSV)", ("pairs.csv", str(ws.path), ws.state().seq),
                   ws.export_pairs_csv, file_name=f"{ws.id}-pairs.csv", mime="text/csv",
                   what="the curated pairs as CSV")
