@@ -97,8 +97,8 @@ class WorkspaceVectors:
         if self.imported is None:
             self.pair_img, self.img_refs = own, list(unique)
         else:   # imported rows hold a picture each (rows of one picture alike): a pair's row is its
-            first, inverse = self.imported.distinct_images   # picture's first pair's
-            self.pair_img = np.concatenate([first[inverse], n_imp + own])
+            leader, inverse = self.imported.distinct_images   # picture's first pair's
+            self.pair_img = np.concatenate([leader[inverse], n_imp + own])
             self.img_refs = self.pair_refs[:n_imp] + list(unique)
         label_index = {c: i for i, c in enumerate(self.classes)}
         items = [e for e in ws.eval_items() if e.label in label_index]

@@ -140,9 +140,8 @@ def _flags(v: View) -> Job:
 # ------------------------------------------------------------------------------ the pair table
 def _status(v: View, ids: np.ndarray) -> np.ndarray:
     """Each pair's status: removed (not in the current anchor set), kept (a base pair) or added."""
-    base = {p.pair_id: p.base for p in v.ws.all_pairs()}
-    active = v.model.active_ids()
-    return np.array(["removed" if int(i) not in active else ("kept" if base.get(int(i), True) else "added")
+    base, active = v.ws.base_pair_ids(), v.ws.state().active
+    return np.array(["removed" if int(i) not in active else ("kept" if int(i) in base else "added")
                      for i in ids])
 
 
