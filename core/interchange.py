@@ -697,15 +697,6 @@ def export_labeled(labeled: EmbeddedLabeled, dest: str | os.PathLike, fmt: str =
 
 # ------------------------------------------------------------------------------------------ workspaces
 
-def encoder_cache_id(name: str, cache: Any) -> str:
-    """The embedding-cache id of encoder ``name`` (a built-in answers without loading; another
-    runnable name is loaded once through ``cache.encoders``)."""
-    from core.encoders import BUILTIN_ENCODERS
-
-    info = BUILTIN_ENCODERS.get(name)
-    return info.cache_id if info is not None else cache.encoders.get(name).cache_id
-
-
 #: :func:`check_made_by` re-embeds this many items per side, and wants at least this cosine for each
 #: (float16 copies of the encoder's own vectors reach 0.9999 and more)
 CHECK_SAMPLE, CHECK_MIN_COSINE = 8, 0.99
@@ -768,7 +759,8 @@ def create_vector_workspace(name: str, pairs: EmbeddedPairs, eval_items: Sequenc
     workspace embeds its labeled pictures and class prompts with them, so the vectors are first
     checked against them (:func:`check_made_by`: a sample of the captions, and of the pictures that
     are on this computer); vectors another model made are refused in one sentence and nothing is
-    created. ``settings`` / ``root`` / ``source`` as :func:`core.store.create_workspace`."""
+    created. ``settings`` / ``root`` / ``source`` as :func:`core.store.create_workspace` (the
+    encoders are always those that made the vectors)."""
     from core import store
     from core.asif import save_mapped_pairs
 
@@ -781,7 +773,7 @@ def create_vector_workspace(name: str, pairs: EmbeddedPairs, eval_items: Sequenc
         check_made_by(pairs.image_encoder, [refs[i] for i in shown], pairs.image_vectors[shown], cache, "picture")
     check_made_by(pairs.text_encoder, pairs.captions, pairs.text_vectors, cache, "caption")
     rows = [(refs[j], c) for j, c in zip(pairs.pair_image.tolist(), pairs.captions)]
-    chosen = {"image_encoder": pairs.image_encoder, "text_encoder": pairs.text_encoder, **(settings or {})}
+    chosen = {**(settings or {}), "image_encoder": pairs.image_encoder, "text_encoder": pairs.text_encoder}
 
     def vectors(folder: Path) -> None:
         save_mapped_pairs(folder / store.VECTORS_DIR, store.VECTORS_KEY, pairs.image_vectors,

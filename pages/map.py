@@ -341,12 +341,42 @@ def _progress(v: View, source: str) -> None:
 
 
 # ------------------------------------------------------------------------------ search
-@st.cache_resource(show_spinner="Preparing the search (once per anchor set)…", max_entries=4)
-def _search(ws_path: str, key: str, n: int, n_ok: int, stamp: tuple, _v: View):
-    from core.anchor_search import AnchorSearch
+def _search_job(v: View) -> Job:
+    """The search over the current anchor set, prepared in a background job (half a minute at
+    35,000 pairs, again after every edit)."""
+    def work(progress):
+        from core.anchor_search import AnchorSearch
 
-    used, rows = _photos(_v)
-    return AnchorSearch(_v.model.current_model(), _v.bank.img[used], rows, _v.bank.cap[_v.ok])
+        used, rows = _photos(v)
+        return AnchorSearch(v.model.current_model(), v.bank.img[used], rows, v.bank.cap[v.ok]).prepare(progress)
+    return _run(_key(v, "search") + (v.model.stamp,), work)
+
+
+def _search(v: View) -> tuple[object | None, Job]:
+    """``(search, job)``: the current anchor set's search once its job is done (older ones of this
+    workspace are then dropped); meanwhile the latest finished one of this workspace (its results
+    are for the anchor set before the last edits), or None."""
+    job, reg = _search_job(v), _jobs()
+    with reg["lock"]:
+        older = [(k, j) for k, j in reg["jobs"].items()
+                 if k[0] == str(v.ws.path) and k[-2] == "search" and j is not job]
+        if job.done:
+            for k, _ in older:
+                del reg["jobs"][k]
+            return job.result, job
+        done = [j for _, j in older if j.done and j.result is not None]
+    return (max(done, key=lambda j: j.started).result if done else None), job
+
+
+@st.fragment(run_every=1.5)
+def _search_progress(v: View) -> None:
+    """How far the current anchor set's search is; the page reruns when it is ready."""
+    job = _search_job(v)
+    if job.done:
+        st.rerun()
+    st.caption(f":material/hourglass_top: Preparing the search for the current anchor set: {job.message} "
+               f"({100 * job.fraction:.0f}%, {time.time() - job.started:.0f} s; about half a minute per "
+               "35,000 pairs, again after each edit).")
 
 
 @st.cache_resource(show_spinner=False)
@@ -395,7 +425,16 @@ def search_panel(v: View) -> None:
         st.caption("Finds pairs by meaning: the encoder's nearest neighbours on the same side, and "
                    "ASIF retrieval across sides (through the anchors' relative representations).")
         return
-    search = _search(str(v.ws.path), v.bank.key, len(v.bank.pair_ids), len(v.ok), v.model.stamp, v)
+    search, job = _search(v)
+    if not job.done:
+        _search_progress(v)
+    if job.error:
+        st.error(f"The search could not be prepared: {plain(job.error)}")
+    if search is None:
+        return
+    if not job.done:
+        st.caption("Meanwhile these results are for the anchor set before your last edits (each result's "
+                   "status is the current one).")
     t0 = time.perf_counter()
     found = search.by_text(vec) if how == "text" else search.by_image(vec)
     ms = 1000 * (time.perf_counter() - t0)
