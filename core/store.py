@@ -949,7 +949,7 @@ def duplicate_workspace(ws: Workspace, new_name: str) -> Workspace:
 
 
 def delete_workspace(ws: Workspace) -> None:
-    """Delete a workspace folder (its vectors stay in the shared cache)."""
+    """Delete a workspace folder (vectors it embedded stay in the shared cache; imported ones go with it)."""
     ws.close()
     trash = ws.path.parent / f".{ws.id}.deleting-{os.getpid()}"
     os.replace(ws.path, trash)
