@@ -43,8 +43,10 @@ ProgressFn = Callable[[float, str], None]
 
 #: After an edit, :meth:`LiveModel.current_model` searches the opened model's indexes and drops the
 #: removed pairs while at most this many are removed (each search is that much deeper: 8,000
-#: queries × 16,384 extra columns × 12 bytes = 1.6 GB); past it the live rows are copied.
+#: queries × 16,384 extra columns × 12 bytes = 1.6 GB); past it the live rows are copied, when that
+#: copy takes at most ``COPY_MAX_BYTES`` (35,000 demo pairs: 0.2 GB; 1.6M pairs: 10 GB, never copied).
 SUBSET_MAX_LEFT_OUT = 16_384
+COPY_MAX_BYTES = 2 * 1024 ** 3
 
 
 # ------------------------------------------------------------------------------------ vectors
@@ -527,8 +529,8 @@ class LiveModel:
         opened model itself, its arrays and image index shared with the session. After an edit it is
         :meth:`core.asif.AsifModel.over_rows` of the opened model: the live rows are not copied (both
         sides would be ~9.8 GB at 1.6M pairs); its searches go through the opened model's indexes,
-        ``SUBSET_MAX_LEFT_OUT`` removed pairs deep at most; with more removed the live rows are
-        copied and indexed again."""
+        ``SUBSET_MAX_LEFT_OUT`` removed pairs deep; with more removed the live rows are copied and
+        indexed again unless the copy would exceed ``COPY_MAX_BYTES`` (then the searches go deeper)."""
         with self.lock:
             cached = getattr(self, "_model", None)
             if cached is None or cached[0] != self.version:
@@ -538,7 +540,8 @@ class LiveModel:
                 left_out = n0 - int(np.searchsorted(rows, n0))
                 if a.size == rows.size == n0:
                     model = self._opened             # rows 0..n-1 of the session are the opened model's
-                elif left_out <= SUBSET_MAX_LEFT_OUT:
+                elif left_out <= SUBSET_MAX_LEFT_OUT or \
+                        4 * rows.size * (a.img.shape[1] + a.txt.shape[1]) > COPY_MAX_BYTES:
                     m = a.size - n0
                     model = AsifModel.over_rows(
                         self._opened, a.img.extra[:m], a.txt.extra[:m], a.ids[n0:a.size],
