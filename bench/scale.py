@@ -74,9 +74,14 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 
 def synthesize(n_pairs: int, out: Path, *, captions: float = 2.0, d: int = 768, n_eval: int = 1000,
-               seed: int = 0, dtype: str = "float16", shard_rows: int = 250_000) -> dict:
+               seed: int = 0, dtype: str = "float16", shard_rows: int = 250_000, d_img: int | None = None,
+               caption_pool: tuple[list[str], np.ndarray] | None = None,
+               encoders: tuple[str, str] = ("synthetic-image-768", "synthetic-text-768")) -> dict:
     """Write ``n_pairs`` synthetic pairs as a clip-retrieval layout under ``out``; return the
-    evaluation pictures, their labels and the class prompts (all from the same generative model)."""
+    evaluation pictures, their labels and the class prompts (all from the same generative model).
+    ``d_img``: the pictures' dimension (default ``d``); ``caption_pool`` ``(texts, vectors)``: each
+    pair's caption and text vector drawn from these real ones instead (the app's encoder check
+    then passes honestly); ``encoders``: the names recorded beside the files."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -88,11 +93,12 @@ def synthesize(n_pairs: int, out: Path, *, captions: float = 2.0, d: int = 768, 
         return top[np.arange(SUBTOPICS) % TOPICS] + 0.8 * rng.standard_normal((SUBTOPICS, d)) * s
 
     img_c, txt_c = centres(np.random.default_rng(seed + 1)), centres(np.random.default_rng(seed + 2))
+    if d_img is not None and d_img != d:
+        img_c = np.concatenate([img_c, centres(np.random.default_rng(seed + 3))], axis=1)[:, :d_img]
     txt_top = np.stack([txt_c[np.arange(SUBTOPICS) % TOPICS == t].mean(0) for t in range(TOPICS)])
     for sub in ("img_emb", "text_emb", "metadata"):
         (out / sub).mkdir(parents=True, exist_ok=True)
-    (out / "encoders.json").write_text(json.dumps({"image_encoder": "synthetic-image-768",
-                                                   "text_encoder": "synthetic-text-768"}))
+    (out / "encoders.json").write_text(json.dumps({"image_encoder": encoders[0], "text_encoder": encoders[1]}))
     hi = max(2, int(round(2 * captions)))       # captions per picture uniform in 1 .. hi-1
     written, image_no, shard = 0, 0, 0
     while written < n_pairs:
@@ -103,22 +109,26 @@ def synthesize(n_pairs: int, out: Path, *, captions: float = 2.0, d: int = 768, 
         per = per[:int(np.searchsorted(np.cumsum(per), target)) + 1]
         per[-1] -= int(per.sum()) - target
         sub = rng.integers(0, SUBTOPICS, per.size)
-        img = _unit(img_c[sub] + 0.6 * rng.standard_normal((per.size, d)) * s)
-        offset = 0.5 * rng.standard_normal((per.size, d)) * s
+        img = _unit(img_c[sub] + 0.6 * rng.standard_normal((per.size, img_c.shape[1])) * s)
         rows = np.repeat(np.arange(per.size), per)
-        txt = _unit(txt_c[sub[rows]] + offset[rows] + 0.5 * rng.standard_normal((rows.size, d)) * s)
+        if caption_pool is None:
+            offset = 0.5 * rng.standard_normal((per.size, d)) * s
+            txt = _unit(txt_c[sub[rows]] + offset[rows] + 0.5 * rng.standard_normal((rows.size, d)) * s)
+            caps = [f"caption {written + i} of picture {image_no + r} (topic {sub[r] % TOPICS})"
+                    for i, r in enumerate(rows.tolist())]
+        else:
+            pick = rng.integers(0, len(caption_pool[0]), rows.size)
+            txt, caps = caption_pool[1][pick], [caption_pool[0][i] for i in pick.tolist()]
         np.save(out / "img_emb" / f"img_emb_{shard}.npy", img[rows].astype(dtype))
         np.save(out / "text_emb" / f"text_emb_{shard}.npy", txt.astype(dtype))
         names = [f"synthetic/{image_no + r:09d}.jpg" for r in rows.tolist()]
-        caps = [f"caption {written + i} of picture {image_no + r} (topic {sub[r] % TOPICS})"
-                for i, r in enumerate(rows.tolist())]
         pq.write_table(pa.table({"image_path": names, "caption": caps}), out / "metadata" / f"metadata_{shard}.parquet")
         written += rows.size
         image_no += per.size
         shard += 1
-        del img, txt, offset
+        del img, txt
     sub = rng.integers(0, SUBTOPICS, n_eval)
-    eval_vectors = _unit(img_c[sub] + 0.6 * rng.standard_normal((n_eval, d)) * s)
+    eval_vectors = _unit(img_c[sub] + 0.6 * rng.standard_normal((n_eval, img_c.shape[1])) * s)
     labels = (sub % TOPICS) % CLASSES
     prompts = np.concatenate([
         _unit(txt_top[np.arange(TOPICS) % CLASSES == c].mean(0) + 0.3 * rng.standard_normal((TEMPLATES, d)) * s)
@@ -382,6 +392,113 @@ def run_real(args) -> dict:
     return info
 
 
+def run_app(args) -> dict:
+    """The app's own path at ``--pairs`` pairs: what the Data page's "Create workspace" runs
+    (:func:`core.interchange.create_vector_workspace` on the imported folder), then, in fresh
+    processes (:func:`run_app_open`, twice: the second open replays the first one's edits), the
+    app itself opening it. Pictures: synthetic 1280-d clusters named efficientnet-lite0 (not files:
+    shown by caption); captions: Flickr8k's with their real minilm vectors (from the cache), so the
+    encoder check passes honestly; labeled pictures: ``--per-class`` CIFAR-10 test pictures."""
+    import subprocess
+
+    from core.cache import default_cache
+    from core.data import data_dir, load_pairs_folder
+    from core.demo import demo_labeled_items
+    from core.embedded import embed
+    from core.interchange import create_vector_workspace
+
+    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="rosetta-app-scale-"))
+    cache = default_cache()
+    flickr = load_pairs_folder(data_dir(required=True) / "flickr8k")
+    pool = embed("minilm", flickr.captions, cache=cache)
+    texts = [c for c, ok in zip(flickr.captions, pool.ok) if ok]
+    info: dict = {"machine": machine(), "pairs": args.pairs, "d_image": 1280, "d_text": int(pool.vectors.shape[1]),
+                  "caption_pool": len(texts), "folder": str(out), "load_avg_start": os.getloadavg()[0]}
+    try:
+        t = time.perf_counter()
+        data = synthesize(args.pairs, out / "source", captions=args.captions, d_img=1280, n_eval=1,
+                          caption_pool=(texts, pool.vectors[pool.ok]), encoders=("efficientnet-lite0", "minilm"))
+        info["distinct_images"], info["write_s"] = data["images"], time.perf_counter() - t
+        del pool, data
+        t = time.perf_counter()
+        pairs = import_pairs(out / "source")
+        info["import_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        ws, info["pictures_named_only"] = create_vector_workspace(
+            "paper scale", pairs, demo_labeled_items(args.per_class), cache, root=out / "workspaces")
+        info["create_workspace_s"] = time.perf_counter() - t
+        info["peak_gb_create"] = peak_gb()
+        del pairs, ws
+        gc.collect()
+        for run in ("first_open", "open_after_edits"):
+            done = subprocess.run([sys.executable, "-m", "bench.scale", "--app-open", str(out), "--json"],
+                                  capture_output=True, text=True, cwd=str(Path(__file__).resolve().parents[1]))
+            info[run] = (json.loads(done.stdout[done.stdout.index("{"):]) if done.returncode == 0
+                         else {"error": done.stderr[-2000:]})
+        info["load_avg_end"] = os.getloadavg()[0]
+    finally:
+        if not args.out:
+            shutil.rmtree(out, ignore_errors=True)
+    return info
+
+
+def run_app_open(args) -> dict:
+    """One fresh process opening the workspace :func:`run_app` made, in the app (Streamlit's
+    AppTest runs app.py and its pages in this process): until the model is ready, the Classify
+    page with its explanation, Curate with the influence table, the Map page; then through the
+    same live model the app holds: explain one picture, a what-if, a removal and an addition (one
+    logged edit each), the influence table again. Peak memory is this process's (``VmHWM``)."""
+    from streamlit.testing.v1 import AppTest
+
+    root = Path(__file__).resolve().parents[1]
+    os.environ["ROSETTA_WORKSPACES"] = str(Path(args.app_open) / "workspaces")
+    sys.path.insert(0, str(root / "tests"))
+    import app_helpers as H
+
+    from core import store
+    from ui import state
+
+    info: dict = {"load_avg_start": os.getloadavg()[0]}
+
+    def timed(name: str, fn):
+        t = time.perf_counter()
+        out = fn()
+        info[name] = time.perf_counter() - t
+        return out
+
+    at = AppTest.from_file(str(root / "app.py"), default_timeout=1800)
+    timed("open_in_app_s", lambda: H.run_ready(at, timeout=1800))
+    info["peak_gb_open"] = peak_gb()
+    timed("classify_page_s", lambda: H.switch_and_wait(at, "pages/classify.py",
+                                                       lambda a: "It's a" in H.texts(a), timeout=1800))
+    timed("curate_page_with_influence_s", lambda: H.open_curate(at))
+    at.switch_page("pages/map.py")
+    timed("map_page_first_run_s", lambda: at.run(timeout=1800))
+    info["map_page_says"] = ([str(e.value)[:200] for e in at.caption if "sample" in str(e.value)]
+                             + [str(e.value)[:200] for e in list(at.warning) + list(at.error)])[:4]
+    for page in ("data", "settings", "workspaces", "align"):
+        at.switch_page(f"pages/{page}.py")
+        timed(f"{page}_page_s", lambda: at.run(timeout=1800))
+        info[f"{page}_page_errors"] = [str(e.value)[:200] for e in list(at.error) + list(at.exception)][:2]
+    ws = store.open_workspace(store.list_workspaces()[0].name)
+    model = state.model_job(ws).model
+    v = model.vectors
+    info["anchors"], info["edits_in_log"] = model.n_anchors, ws.state().seq
+    timed("explain_one_s", lambda: model.explain(v.item_vecs[7]).contributions())
+    victim = int(model.session.img_side.rows[0, 0])
+    victim = int(model.session.anchors.ids[victim])
+    info["what_if_ms"] = timed("what_if_s", lambda: model.what_if_remove([victim])).elapsed_ms
+    info["remove_ms"] = timed("remove_s", lambda: model.remove([victim], note="bench")).elapsed_ms
+    photo = str(sorted((Path(os.environ.get("ROSETTA_DATA", "")) if os.environ.get("ROSETTA_DATA")
+                        else root.parent / "shared" / "data").glob("flickr8k/images/*.jpg"))[0])
+    timed("add_one_photo_s", lambda: model.add([(photo, "a photo added at paper scale")], note="bench"))
+    timed("explain_after_edits_s", lambda: model.explain(v.item_vecs[8]).contributions())
+    timed("influence_s", lambda: model.influence())
+    info["peak_gb"] = peak_gb()
+    info["load_avg_end"] = os.getloadavg()[0]
+    return info
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pairs", type=int, default=100_000)
@@ -406,14 +523,22 @@ def main(argv=None) -> int:
     ap.add_argument("--reopen", default=None,
                     help="a folder an earlier run kept (--out): time a fresh process opening it mapped")
     ap.add_argument("--real", action="store_true", help="float16/float32 copies of the cached demo instead")
+    ap.add_argument("--app", action="store_true",
+                    help="the app's own path: a workspace of --pairs imported pairs, opened in the app")
+    ap.add_argument("--per-class", type=int, default=100, help="--app: CIFAR-10 test pictures per class")
+    ap.add_argument("--app-open", default=None, help=argparse.SUPPRESS)   # run_app's fresh processes
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
-    info = run_real(args) if args.real else run_reopen(args) if args.reopen else run_synthetic(args)
+    info = (run_real(args) if args.real else run_reopen(args) if args.reopen else run_app(args) if args.app
+            else run_app_open(args) if args.app_open else run_synthetic(args))
     if args.json:
         print(json.dumps(info, indent=2, default=float))
     else:
         for key, value in info.items():
             print(f"{key}: {json.dumps(value, default=float) if isinstance(value, dict) else value}")
+    if args.app_open:          # the app's background jobs (map layouts) are still running: stop here
+        sys.stdout.flush()
+        os._exit(0)
     return 0
 
 

@@ -1,4 +1,5 @@
-"""Input checks and L2 normalisation for embedding arrays: the one place every core module gets them.
+"""Array helpers: input checks and L2 normalisation for embedding arrays (the one place every core
+module gets them), rows of a shared array read without copying it, a sample of whole groups of rows.
 
 A user hands ``core`` embeddings as lists, numpy arrays or torch tensors; each public function
 checks them once, here, with a one-sentence message naming the argument, and works on a plain
@@ -17,7 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["as_2d", "as_float32_2d", "as_float64_2d", "check_same_rows", "l2_normalize"]
+__all__ = ["StackedRows", "as_2d", "as_float32_2d", "as_float64_2d", "check_same_rows", "gather_rows",
+           "l2_normalize", "sample_groups"]
 
 
 def as_2d(name: str, array, dim: int | None = None, *, dtype: type | None = np.float32,
@@ -96,3 +98,96 @@ def l2_normalize(x) -> np.ndarray:
     if np.all(norms == 1.0):
         return x
     return np.divide(x, norms, out=np.empty_like(x), casting="same_kind")
+
+
+def gather_rows(base: np.ndarray, extra: np.ndarray, rows) -> np.ndarray:
+    """Rows ``rows`` (an index array) of ``base`` followed by ``extra``, as one new array, without
+    joining the two: ``base`` may be a 9.8 GB memory map that must never be copied whole.
+
+    >>> gather_rows(np.zeros((2, 2)), np.ones((1, 2)), np.array([2, 0]))
+    array([[1., 1.],
+           [0., 0.]])
+    """
+    idx = np.asarray(rows, dtype=np.int64)
+    n0 = base.shape[0]
+    if idx.size == 0 or idx.max() < n0:
+        return np.asarray(base[idx])
+    out = np.empty(idx.shape + base.shape[1:], dtype=np.result_type(base.dtype, extra.dtype))
+    low = idx < n0
+    out[low] = base[idx[low]]
+    out[~low] = extra[idx[~low] - n0]
+    return out
+
+
+class StackedRows:
+    """An immutable ``[n0 + m, d]`` array made of a shared ``base`` (often a memory map of imported
+    vectors) and ``m`` rows added after it, read like one array (an int, a slice, an index array or a
+    boolean mask along the rows; ``np.asarray`` gathers everything) and never joined in memory.
+    :meth:`appended` returns a new one; only the small added block is copied.
+
+    >>> rows = StackedRows(np.zeros((2, 2), np.float32)).appended(np.ones((1, 2)))
+    >>> rows.shape, rows[np.array([True, False, True])].tolist()
+    ((3, 2), [[0.0, 0.0], [1.0, 1.0]])
+    """
+
+    def __init__(self, base: np.ndarray, extra: np.ndarray | None = None):
+        self.base = base
+        self.extra = (np.zeros((0,) + base.shape[1:], base.dtype) if extra is None
+                      else np.asarray(extra, dtype=base.dtype).reshape((-1,) + base.shape[1:]))
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self.base.shape[0] + self.extra.shape[0],) + self.base.shape[1:]
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.base.dtype
+
+    @property
+    def ndim(self) -> int:
+        return self.base.ndim
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key) -> np.ndarray:
+        if isinstance(key, (int, np.integer)):
+            key = int(key) + (len(self) if key < 0 else 0)
+            return self.base[key] if key < self.base.shape[0] else self.extra[key - self.base.shape[0]]
+        if isinstance(key, slice):
+            start, stop, step = key.indices(len(self))
+            if step == 1 and stop <= self.base.shape[0]:
+                return self.base[start:stop]
+            idx = np.arange(start, stop, step)
+        else:
+            idx = np.asarray(key)
+            idx = np.flatnonzero(idx) if idx.dtype == bool else idx
+        return gather_rows(self.base, self.extra, idx)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = self[np.arange(len(self))]
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+    def appended(self, rows) -> "StackedRows":
+        """A new array with ``rows`` added at the end (``base`` shared)."""
+        return StackedRows(self.base, np.concatenate([self.extra, np.asarray(rows, self.base.dtype)
+                                                      .reshape((-1,) + self.base.shape[1:])]))
+
+
+def sample_groups(groups: np.ndarray, limit: int, seed: int = 0) -> np.ndarray:
+    """Sorted positions ``[m]`` of ``groups [n]`` (e.g. each pair's photo) in whole groups, picked
+    in a seeded random order while they add up to at most ``limit`` rows (all of them when ``n <=
+    limit``): a map of a paper-scale collection shows a fixed random sample of its photos, each
+    with all its captions.
+
+    >>> sample_groups(np.array([0, 0, 1, 2, 2, 2]), 3).tolist()
+    [3, 4, 5]
+    """
+    groups = np.asarray(groups, dtype=np.int64)
+    if groups.size <= limit:
+        return np.arange(groups.size)
+    ids, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
+    order = np.random.default_rng(seed).permutation(ids.size)
+    keep = np.zeros(ids.size, dtype=bool)
+    keep[order[np.cumsum(counts[order]) <= limit]] = True
+    return np.flatnonzero(keep[inverse.ravel()])

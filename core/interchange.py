@@ -40,7 +40,8 @@ Public API
     ``import_pairs(path, ...)`` -> ``EmbeddedPairs``;  ``import_labeled(path, ...)`` -> ``EmbeddedLabeled``
     ``export_pairs(pairs, dest, fmt, dtype=...)`` / ``export_labeled(labeled, dest, fmt, dtype=...)``
     ``require_encoder(name, purpose)``;  ``labeled_imagefolder(folder, split=None)`` -> ``LabeledSet``
-    ``cache_for_workspace(pairs, cache)`` -> the rows of a workspace made of imported pairs
+    ``create_vector_workspace(name, pairs, eval_items, cache, ...)`` -> a workspace of imported pairs
+    ``picture_refs(refs, roots)`` -> the references the app may read, the others named only
     ``source_key(path, **options)`` -> a key naming a source's current files (for a saved model)
 """
 from __future__ import annotations
@@ -696,15 +697,6 @@ def export_labeled(labeled: EmbeddedLabeled, dest: str | os.PathLike, fmt: str =
 
 # ------------------------------------------------------------------------------------------ workspaces
 
-def encoder_cache_id(name: str, cache: Any) -> str:
-    """The embedding-cache id of encoder ``name`` (a built-in answers without loading; another
-    runnable name is loaded once through ``cache.encoders``)."""
-    from core.encoders import BUILTIN_ENCODERS
-
-    info = BUILTIN_ENCODERS.get(name)
-    return info.cache_id if info is not None else cache.encoders.get(name).cache_id
-
-
 #: :func:`check_made_by` re-embeds this many items per side, and wants at least this cosine for each
 #: (float16 copies of the encoder's own vectors reach 0.9999 and more)
 CHECK_SAMPLE, CHECK_MIN_COSINE = 8, 0.99
@@ -728,35 +720,67 @@ def check_made_by(encoder: str, items: Sequence[Any], vectors: np.ndarray, cache
                          f"as {float(cos.min()):.2f}); name the encoder that made them.")
 
 
-def cache_for_workspace(pairs: EmbeddedPairs, cache: Any) -> tuple[list[tuple[str, str]], int]:
-    """Put imported vectors into the embedding cache under the encoders that made them, keyed as a
-    workspace reads them (a picture file by its bytes, a caption by its text), so a workspace of
-    these pairs opens without embedding them. Vectors already cached for a key are kept.
+def picture_refs(refs: Sequence[str], roots: Sequence[str | os.PathLike] | None = None) -> list[str]:
+    """Picture references of imported pairs as the app may use them: a file inside ``roots``
+    (default :func:`core.data.allowed_roots`, the folders the app may read; links resolved) as
+    given, anything else (a URL, a relative path, a file elsewhere, a stored-reference escape such
+    as ``ws:../x``) named only, ``core.store.EXTERNAL_REF`` + the reference: never read.
 
-    Returns ``(rows, n_left_out)``: the ``(picture path, caption)`` rows of the pairs whose picture
-    is a file on this computer, and how many pairs were left out because theirs is not (a
-    workspace reads its pictures; ``python -m core asif eval --anchors`` works from vectors alone).
-    Both encoders must run here (:func:`require_encoder`), since the workspace embeds its test
-    pictures and class prompts with them. The cache is shared by every workspace, so the vectors
-    are first checked against the named encoders (:func:`check_made_by`): vectors another model
-    made, or crafted ones, are refused and nothing is written."""
-    from core.cache import text_key
+    >>> picture_refs(["https://example.org/a.jpg", "../b.jpg"], roots=["/nowhere"])
+    ['external:https://example.org/a.jpg', 'external:../b.jpg']
+    """
+    from core import store
+    from core.data import allowed_roots
+
+    where = [os.path.realpath(r).rstrip(os.sep) + os.sep for r in (allowed_roots() if roots is None else roots)]
+
+    def readable(ref: str) -> bool:
+        if "://" in ref or not os.path.isabs(ref):
+            return False
+        real = os.path.realpath(ref)
+        return any(real.startswith(r) for r in where) and os.path.isfile(real)
+
+    return [ref if readable(ref) else store.EXTERNAL_REF + ref for ref in refs]
+
+
+def create_vector_workspace(name: str, pairs: EmbeddedPairs, eval_items: Sequence[tuple], cache: Any, *,
+                            settings: dict | None = None, roots: Sequence[str | os.PathLike] | None = None,
+                            root: str | os.PathLike | None = None, source: dict | None = None) -> tuple[Any, int]:
+    """A new workspace whose anchors are the imported ``pairs`` (pair ids ``0..P-1`` in their order),
+    and how many of their pictures it only names (not files the app may read).
+
+    Their vectors are kept inside the workspace (``core.store.VECTORS_DIR``, as
+    :func:`core.asif.save_mapped_pairs` writes them) and memory-mapped when it opens, so a 1.6M-pair
+    workspace opens without reading or copying its 9.8 GB of vectors; nothing goes into the shared
+    embedding cache. A picture is referenced where it is when it is a file inside ``roots`` (default
+    :func:`core.data.allowed_roots`: the folders the app may read), so its thumbnail shows; any other
+    reference (a URL, a path elsewhere or relative) is kept as text only (``core.store.EXTERNAL_REF``)
+    and the caption is shown alone. Both encoders must run here (:func:`require_encoder`): the
+    workspace embeds its labeled pictures and class prompts with them, so the vectors are first
+    checked against them (:func:`check_made_by`: a sample of the captions, and of the pictures that
+    are on this computer); vectors another model made are refused in one sentence and nothing is
+    created. ``settings`` / ``root`` / ``source`` as :func:`core.store.create_workspace` (the
+    encoders are always those that made the vectors)."""
+    from core import store
+    from core.asif import save_mapped_pairs
 
     require_encoder(pairs.image_encoder, "A workspace's test pictures")
     require_encoder(pairs.text_encoder, "A workspace's class prompts")
-    on_disk = np.array([os.path.isfile(ref) for ref in pairs.images], dtype=bool)
-    keep = np.flatnonzero(on_disk[pairs.pair_image])
-    if keep.size == 0:
-        raise ValueError("None of these pairs names a picture file on this computer, and a workspace "
-                         "needs the pictures; evaluate them with python -m core asif eval --anchors instead.")
-    images = np.flatnonzero(on_disk)
-    check_made_by(pairs.image_encoder, [pairs.images[i] for i in images], pairs.image_vectors[images],
-                  cache, "picture")
-    check_made_by(pairs.text_encoder, [pairs.captions[i] for i in keep], pairs.text_vectors[keep],
-                  cache, "caption")
-    cache.put(encoder_cache_id(pairs.image_encoder, cache), [cache.file_key(pairs.images[i]) for i in images],
-              pairs.image_vectors[images])
-    cache.put(encoder_cache_id(pairs.text_encoder, cache), [text_key(pairs.captions[i]) for i in keep],
-              pairs.text_vectors[keep])
-    rows = [(pairs.images[pairs.pair_image[i]], pairs.captions[i]) for i in keep.tolist()]
-    return rows, int(len(pairs) - keep.size)
+    refs = picture_refs(pairs.images, roots)
+    sample = np.unique(np.linspace(0, len(refs) - 1, num=min(len(refs), 8 * CHECK_SAMPLE)).astype(np.int64))
+    shown = [i for i in sample.tolist() if not refs[i].startswith(store.EXTERNAL_REF)]
+    if shown:
+        check_made_by(pairs.image_encoder, [refs[i] for i in shown], pairs.image_vectors[shown], cache, "picture")
+    check_made_by(pairs.text_encoder, pairs.captions, pairs.text_vectors, cache, "caption")
+    rows = [(refs[j], c) for j, c in zip(pairs.pair_image.tolist(), pairs.captions)]
+    chosen = {**(settings or {}), "image_encoder": pairs.image_encoder, "text_encoder": pairs.text_encoder}
+
+    def vectors(folder: Path) -> None:
+        save_mapped_pairs(folder / store.VECTORS_DIR, store.VECTORS_KEY, pairs.image_vectors,
+                          pairs.pair_image, pairs.text_vectors, np.arange(len(rows), dtype=np.int64),
+                          k=store.default_k(len(rows)),
+                          info={"image_encoder": pairs.image_encoder, "text_encoder": pairs.text_encoder})
+
+    ws = store.create_workspace(name, rows, eval_items, chosen, root=root,
+                                source=source or {"kind": "precomputed"}, prepare=vectors)
+    return ws, sum(r.startswith(store.EXTERNAL_REF) for r in refs)

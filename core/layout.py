@@ -26,10 +26,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from scipy import sparse
+from sklearn.decomposition import TruncatedSVD   # imported here, in the importing thread: the map's
+from sklearn.utils.extmath import randomized_svd  # worker threads importing sklearn at once saw it half-made
 
 from core.arrays import as_float32_2d, l2_normalize
 from core.search import distinct_rows, exact_topk
@@ -42,6 +46,9 @@ UMAP_DEFAULTS = {"n_neighbors": 15, "min_dist": 0.1, "n_epochs": 200, "init": "p
 #: Copies of one row (a photo with several captions) are spread on a ring of this radius, as a
 #: fraction of the map's extent: visible as separate points when zoomed in, one blob when not.
 SPREAD = 0.004
+#: ``import umap`` (numba; heavy, so only when a UMAP is asked for) one thread at a time: two map
+#: jobs importing it at once can find its package half-initialised (an ImportError).
+_UMAP_IMPORT = threading.Lock()
 
 
 def _check(x) -> np.ndarray:
@@ -53,8 +60,6 @@ def pca_2d(x) -> np.ndarray:
     (randomized SVD, ``sklearn.utils.extmath.randomized_svd`` with 10 oversamples and 4 power
     iterations, seeded: equal to the exact axes to ~1e-4 on our embeddings and ~10x cheaper than
     the exact ``d x d`` eigenproblem at d = 1280; a single row maps to the origin)."""
-    from sklearn.utils.extmath import randomized_svd
-
     arr = _check(x)
     if arr.shape[0] < 2:
         return np.zeros((arr.shape[0], 2), np.float32)
@@ -85,7 +90,8 @@ def umap_2d(x, n_neighbors: int = UMAP_DEFAULTS["n_neighbors"], min_dist: float 
     lets UMAP find approximate neighbours itself (kept for the benchmark's comparison). Fewer than
     4 rows, or rows that are all equal, have no neighbourhood structure: their PCA is returned.
     """
-    import umap  # noqa: WPS433 - heavy import (numba), only when a UMAP is asked for
+    with _UMAP_IMPORT:
+        import umap  # noqa: WPS433 - heavy import (numba), only when a UMAP is asked for
 
     arr = _check(x)
     report = progress or (lambda f, m: None)
@@ -119,9 +125,6 @@ def relative_features(image, caption, k: int, p: float, dims: int = 64, seed: in
     rows, a photo with several captions, are searched once), projected on its ``dims`` leading
     singular vectors (``sklearn`` randomized truncated SVD).
     """
-    from scipy import sparse
-    from sklearn.decomposition import TruncatedSVD
-
     from core.asif import process_similarities
     from core.search import ExactIndex
 

@@ -32,6 +32,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from core import store
+from core.arrays import StackedRows
 from core.ann import ANN_MIN_ANCHORS, AnnSettings
 from core.asif import AsifModel, build_prompts, softmax
 from core.cache import EmbeddingCache
@@ -42,8 +43,10 @@ ProgressFn = Callable[[float, str], None]
 
 #: After an edit, :meth:`LiveModel.current_model` searches the opened model's indexes and drops the
 #: removed pairs while at most this many are removed (each search is that much deeper: 8,000
-#: queries × 16,384 extra columns × 12 bytes = 1.6 GB); past it the live rows are copied.
+#: queries × 16,384 extra columns × 12 bytes = 1.6 GB); past it the live rows are copied, when that
+#: copy takes at most ``COPY_MAX_BYTES`` (35,000 demo pairs: 0.2 GB; 1.6M pairs: 10 GB, never copied).
 SUBSET_MAX_LEFT_OUT = 16_384
+COPY_MAX_BYTES = 2 * 1024 ** 3
 
 
 # ------------------------------------------------------------------------------------ vectors
@@ -60,8 +63,11 @@ class WorkspaceVectors:
     """Vectors of one workspace under its settings (immutable; grow with :meth:`extended`).
 
     ``pair_ids [P]`` every pair the workspace holds (active or not) with ``pair_refs`` / ``captions``;
-    ``img [U, di]`` unique anchor pictures and ``pair_img [P]`` each pair's picture row; ``cap [P, dt]``
-    caption vectors; ``ok [P]`` False for quarantined pairs; ``items`` the labeled pictures kept,
+    ``img [U, di]`` anchor pictures (``img_refs [U]``) and ``pair_img [P]`` each pair's picture row;
+    ``cap [P, dt]`` caption vectors (both :class:`core.arrays.StackedRows`: in a workspace of
+    imported vectors, ``imported``, its first rows are those vectors memory-mapped, one picture
+    row per imported pair, a pair pointing at its picture's first row); ``ok [P]`` False for
+    quarantined pairs; ``items`` the labeled pictures kept,
     ``item_vecs [Q, di]``, ``item_labels [Q]`` (index into ``classes``), ``is_tune [Q]``;
     ``prompts [C*T, dt]`` with ``prompt_classes [C*T]`` (``core.asif.build_prompts``).
     """
@@ -85,13 +91,21 @@ class WorkspaceVectors:
         self.pair_ids = np.array([p.pair_id for p in pairs], dtype=np.int64)
         self.captions = [p.caption for p in pairs]
         self.pair_refs = [p.image for p in pairs]
+        #: the imported anchors (memory-mapped), or None: ``core.interchange.create_vector_workspace``
+        self.imported = _imported(ws, self.pair_ids)
+        n_imp = 0 if self.imported is None else self.imported.n_anchors
         unique: dict[str, int] = {}
-        self.pair_img = np.array([unique.setdefault(r, len(unique)) for r in self.pair_refs], dtype=np.int64)
-        self.img_refs = list(unique)
+        own = np.array([unique.setdefault(r, len(unique)) for r in self.pair_refs[n_imp:]], dtype=np.int64)
+        if self.imported is None:
+            self.pair_img, self.img_refs = own, list(unique)
+        else:   # imported rows hold a picture each (rows of one picture alike): a pair's row is its
+            leader, inverse = self.imported.distinct_images   # picture's first pair's
+            self.pair_img = np.concatenate([leader[inverse], n_imp + own])
+            self.img_refs = self.pair_refs[:n_imp] + list(unique)
         label_index = {c: i for i, c in enumerate(self.classes)}
         items = [e for e in ws.eval_items() if e.label in label_index]
         self.notes: list[str] = []
-        n_img, n_items, n_cap = len(self.img_refs), len(items), len(self.captions)
+        n_img, n_items, n_cap = len(unique), len(items), len(self.captions) - n_imp
         total = max(1.0, n_img + n_items + n_cap / 50)  # captions are ~50x cheaper to encode
 
         def stage(offset, weight, label):
@@ -100,10 +114,11 @@ class WorkspaceVectors:
 
         report(0.0, f"Reading {n_img:,} anchor pictures from the embedding cache")
         first = np.arange(n_img) < (n_img if first_images is None else first_images)
-        res = _embed_where(self.image_encoder, [str(ws.resolve(r)) for r in self.img_refs], first, cache,
+        res = _embed_where(self.image_encoder, [str(ws.resolve(r)) for r in unique], first, cache,
                            stage(0, n_img, "Embedding anchor pictures"))
-        self.img, img_ok = res.vectors, res.ok
-        bad_img = {f.index: f.reason for f in res.failed}
+        self.img = _stacked(self.imported, "image", res.vectors)
+        img_ok = np.concatenate([np.ones(n_imp, bool), res.ok])
+        bad_img = {n_imp + f.index: f.reason for f in res.failed}
         report(n_img / total, f"Reading {n_items:,} labeled pictures")
         res = _embed_where(self.image_encoder, [str(ws.resolve(e.image)) for e in items],
                            np.ones(n_items, bool), cache, stage(n_img, n_items, "Embedding labeled pictures"))
@@ -114,11 +129,11 @@ class WorkspaceVectors:
         self.item_vecs = res.vectors[keep]
         self.item_labels = np.array([label_index[e.label] for e in self.items], dtype=np.int64)
         report((n_img + n_items) / total, f"Reading {n_cap:,} captions")
-        res = _embed_where(self.text_encoder, self.captions, first[self.pair_img], cache,
+        res = _embed_where(self.text_encoder, self.captions[n_imp:], first[own], cache,
                            stage(n_img + n_items, n_cap / 50, "Embedding captions"))
-        self.cap = res.vectors
-        self.ok = img_ok[self.pair_img] & res.ok
-        bad_cap = {f.index: f.reason for f in res.failed}
+        self.cap = _stacked(self.imported, "text", res.vectors)
+        self.ok = img_ok[self.pair_img] & np.concatenate([np.ones(n_imp, bool), res.ok])
+        bad_cap = {n_imp + f.index: f.reason for f in res.failed}
         failed = {i for i in np.flatnonzero(~self.ok) if int(self.pair_img[i]) in bad_img or i in bad_cap}
         self.quarantined = [
             Quarantined(int(self.pair_ids[i]), self.pair_refs[i],
@@ -192,23 +207,45 @@ class WorkspaceVectors:
         """A copy that also holds the new pairs ``ids`` (their vectors already computed)."""
         out = object.__new__(WorkspaceVectors)
         out.__dict__.update(self.__dict__)
-        unique = {r: i for i, r in enumerate(self.img_refs)}
+        n0 = 0 if self.imported is None else self.imported.n_anchors    # rows of imported pictures
+        unique = {r: n0 + i for i, r in enumerate(self.img_refs[n0:])}
         rows, fresh = [], []
         for (ref, _), v in zip(pairs, img):
             if ref not in unique:
-                unique[ref] = len(unique)
+                unique[ref] = n0 + len(unique)
                 fresh.append(v)
             rows.append(unique[ref])
-        out.img_refs = list(unique)
-        out.img = np.concatenate([self.img, np.asarray(fresh, np.float32).reshape(-1, self.img.shape[1])])
+        out.img_refs = self.img_refs[:n0] + list(unique)
+        out.img = self.img.appended(np.asarray(fresh, np.float32).reshape(-1, self.img.shape[1]))
         out.pair_ids = np.concatenate([self.pair_ids, np.asarray(ids, np.int64)])
         out.pair_img = np.concatenate([self.pair_img, np.asarray(rows, np.int64)])
-        out.cap = np.concatenate([self.cap, np.asarray(cap, np.float32)])
+        out.cap = self.cap.appended(np.asarray(cap, np.float32))
         out.ok = np.concatenate([self.ok, np.ones(len(ids), bool)])
         out.captions = self.captions + [c for _, c in pairs]
         out.pair_refs = self.pair_refs + [r for r, _ in pairs]
         out.pos_of = {int(pid): i for i, pid in enumerate(out.pair_ids)}
         return out
+
+
+def _imported(ws: store.Workspace, pair_ids: np.ndarray) -> AsifModel | None:
+    """The workspace's imported anchors (:func:`core.interchange.create_vector_workspace`), mapped
+    from its vectors folder; None for a workspace whose pairs are embedded here."""
+    if not ws.vectors_dir.is_dir():
+        return None
+    model = AsifModel.open_mapped(ws.vectors_dir, store.VECTORS_KEY)
+    if model is None or model.n_anchors > pair_ids.size \
+            or not np.array_equal(model.pair_ids, pair_ids[:model.n_anchors]):
+        raise ValueError("This workspace's imported vectors cannot be read (its vectors folder is damaged); "
+                         "create it again from the precomputed vectors.")
+    return model
+
+
+def _stacked(imported: AsifModel | None, side: str, own: np.ndarray) -> StackedRows:
+    """One side's rows: the imported anchors' (mapped, never copied), then those embedded here."""
+    if imported is None:
+        return StackedRows(own)
+    base = imported.image_embeddings if side == "image" else imported.text_embeddings
+    return StackedRows(base, own.reshape(-1, base.shape[1]) if own.size else None)
 
 
 def _embed_where(encoder: str, items: list, compute: np.ndarray, cache: EmbeddingCache, progress):
@@ -385,21 +422,22 @@ class LiveModel:
             raise ValueError("This workspace has no labeled pictures of its classes; add some on the Data "
                              "page or change the class list in Settings.")
         self.k = store.effective_k(vectors.k_user, len(active))
-        pos = vectors.positions(active)
-        model = AsifModel(vectors.img[vectors.pair_img[pos]], vectors.cap[pos], vectors.pair_ids[pos],
-                          vectors.metadata(pos), k=self.k, p=vectors.p,
-                          info={"image_encoder": vectors.image_encoder, "text_encoder": vectors.text_encoder})
-        model.ann = self.ann_settings()      # the session's lists come from the saved index too
+        imported = vectors.imported
+        # a workspace of imported vectors opens over all of them (mapped, not copied), then its log applies
+        opened = active if imported is None or imported.n_anchors < self.k else imported.pair_ids.tolist()
+        model = self._model_over(opened, self.k)
+        model.metadata = vectors.metadata(vectors.positions(opened))
+        model.info = {"image_encoder": vectors.image_encoder, "text_encoder": vectors.text_encoder}
         self._opened = model                 # current_model() while the live pairs are exactly these
-        key = _fingerprint(vectors.img, vectors.pair_img[pos], vectors.cap[pos], vectors.item_vecs,
-                           vectors.prompts, vectors.prompt_classes, vectors.pair_ids[pos],
-                           np.array([self.k, vectors.p]))
+        key = _fingerprint(model.image_embeddings, model.text_embeddings, vectors.item_vecs, vectors.prompts,
+                           vectors.prompt_classes, model.pair_ids, np.array([self.k, vectors.p]))
         self.session = _session_with_snapshot(
             ws.state_dir / f"neighbours-{key}.npz",
             lambda saved: EditSession(model, vectors.item_vecs, vectors.item_labels, vectors.prompts,
                                       vectors.prompt_classes, class_names=vectors.classes,
                                       neighbours=saved, progress=progress))
-        self.seq = state.seq
+        self.seq, self.version = (None if opened is not active else state.seq), 0
+        self._sync_to(state)
         self.version = 0  # bumped by every change of the anchor set
         self._uid = uuid.uuid4().hex  # tells this model from a rebuilt one (whose version starts at 0 again)
         self.needs_rebuild: str | None = None
@@ -417,11 +455,23 @@ class LiveModel:
         if not base:
             return Metrics.of(np.full(len(v.item_labels), -1), np.asarray(v.item_labels), self.is_tune,
                               len(v.classes), 0, self.k).to_dict()
-        pos = v.positions(base)
         k = store.effective_k(v.k_user, len(base))
-        start = AsifModel(v.img[v.pair_img[pos]], v.cap[pos], v.pair_ids[pos], k=k, p=v.p)
-        pred = start.classify(v.item_vecs, v.prompts, v.prompt_classes, n_classes=len(v.classes)).predictions
+        pred = self._model_over(base, k).classify(v.item_vecs, v.prompts, v.prompt_classes,
+                                                  n_classes=len(v.classes)).predictions
         return Metrics.of(pred, np.asarray(v.item_labels), self.is_tune, len(v.classes), len(base), k).to_dict()
+
+    def _model_over(self, ids: Sequence[int], k: int) -> AsifModel:
+        """An :class:`AsifModel` of the pairs ``ids`` (sorted) with the workspace's p and image
+        index settings: the imported anchors themselves (mapped, shared) when ``ids`` are exactly
+        them, else a copy of their rows."""
+        v, imported = self.vectors, self.vectors.imported
+        if imported is not None and np.array_equal(np.asarray(ids, np.int64), imported.pair_ids):
+            model = imported.with_params(k=k, p=v.p)
+        else:
+            pos = v.positions(ids)
+            model = AsifModel(v.img[v.pair_img[pos]], v.cap[pos], v.pair_ids[pos], k=k, p=v.p)
+        model.ann = self.ann_settings()      # the session's lists come from the saved index too
+        return model
 
     # ------------------------------------------------------------------ state
     @property
@@ -479,8 +529,8 @@ class LiveModel:
         opened model itself, its arrays and image index shared with the session. After an edit it is
         :meth:`core.asif.AsifModel.over_rows` of the opened model: the live rows are not copied (both
         sides would be ~9.8 GB at 1.6M pairs); its searches go through the opened model's indexes,
-        ``SUBSET_MAX_LEFT_OUT`` removed pairs deep at most; with more removed the live rows are
-        copied and indexed again."""
+        ``SUBSET_MAX_LEFT_OUT`` removed pairs deep; with more removed the live rows are copied and
+        indexed again unless the copy would exceed ``COPY_MAX_BYTES`` (then the searches go deeper)."""
         with self.lock:
             cached = getattr(self, "_model", None)
             if cached is None or cached[0] != self.version:
@@ -490,7 +540,8 @@ class LiveModel:
                 left_out = n0 - int(np.searchsorted(rows, n0))
                 if a.size == rows.size == n0:
                     model = self._opened             # rows 0..n-1 of the session are the opened model's
-                elif left_out <= SUBSET_MAX_LEFT_OUT:
+                elif left_out <= SUBSET_MAX_LEFT_OUT or \
+                        4 * rows.size * (a.img.shape[1] + a.txt.shape[1]) > COPY_MAX_BYTES:
                     m = a.size - n0
                     model = AsifModel.over_rows(
                         self._opened, a.img.extra[:m], a.txt.extra[:m], a.ids[n0:a.size],
@@ -531,17 +582,17 @@ class LiveModel:
     def _activate(self, ids: Sequence[int]) -> None:
         """Make pairs live: restore those the session knows, add those whose vectors it lacks (a
         pair another process added is read from the store and embedded first, usually cached)."""
-        known = set(int(i) for i in self.session.known_pair_ids())
-        fresh = [i for i in ids if i not in known and i not in self.vectors.pos_of]
+        known = self.session.knows
+        fresh = [i for i in ids if not known(i) and i not in self.vectors.pos_of]
         if fresh:
             rows = {p.pair_id: p for p in self.ws.all_pairs()}
             pairs = [(rows[i].image, rows[i].caption) for i in fresh]
             img, cap = self.vectors.embed_pairs(pairs, self.ws.resolve)
             self.vectors = self.vectors.extended(fresh, pairs, img, cap)
-        back = [i for i in ids if i in known]
+        back = [i for i in ids if known(i)]
         if back:
             self.session.restore(back)
-        new = [i for i in ids if i not in known]
+        new = [i for i in ids if not known(i)]
         if new:
             v = self.vectors
             pos = v.positions(new)
@@ -586,8 +637,7 @@ class LiveModel:
     def _apply(self, op: store.Operation) -> None:
         ids = [int(i) for i in op.pair_ids]
         if op.effect == "remove":
-            live = self.active_ids()
-            ids = [i for i in ids if i in live]  # quarantined pairs are not in the model
+            ids = self.session.live_among(ids)  # quarantined pairs are not in the model
             if ids:
                 self.session.remove(ids)
         else:
@@ -601,10 +651,10 @@ class LiveModel:
         try:
             ids = [int(i) for i in op.pair_ids]
             if op.effect == "remove":
-                self.session.restore([i for i in ids if i in set(self.session.known_pair_ids())
-                                      and i not in self.active_ids()])
+                live = set(self.session.live_among(ids))
+                self.session.restore([i for i in ids if self.session.knows(i) and i not in live])
             else:
-                self.session.remove([i for i in ids if i in self.active_ids()])
+                self.session.remove(self.session.live_among(ids))
                 if op.new_pairs:
                     # the rolled-back ids may be given to other pairs later: start afresh
                     self.needs_rebuild = "The model is being rebuilt after a failed addition."
@@ -645,8 +695,7 @@ class LiveModel:
     def what_if_remove(self, pair_ids: Iterable[int]) -> WhatIf:
         """Metrics if these pairs were removed (nothing committed)."""
         with self.lock:
-            live = self.active_ids()
-            ids = [int(i) for i in pair_ids if int(i) in live]
+            ids = self.session.live_among(pair_ids)
             if not ids:
                 raise ValueError("None of the selected pairs is in the current anchor set.")
             r = self.session.what_if_remove(ids)
@@ -671,6 +720,11 @@ class LiveModel:
             snapshot, version = copy.deepcopy(self.session), self.version
         return snapshot.influence(progress=progress, eval_mask=self.is_tune), version
 
-    def influence_rows(self, inf: Influence) -> list[dict]:
-        """Table rows of ``inf``, most harmful first, with each pair's picture and caption."""
-        return inf.rows(inf.order_most_harmful(), self.session.metadata_by_id())
+    def influence_rows(self, inf: Influence) -> dict[str, np.ndarray | list]:
+        """The table of ``inf`` as columns (``Influence.COLUMNS`` plus each pair's ``image`` and
+        ``caption``), most harmful first (``pandas.DataFrame`` takes it as it is)."""
+        cols: dict[str, np.ndarray | list] = dict(inf.columns())
+        pos = self.vectors.positions(cols["pair_id"])
+        cols["image"] = [self.vectors.pair_refs[i] for i in pos.tolist()]
+        cols["caption"] = [self.vectors.captions[i] for i in pos.tolist()]
+        return cols

@@ -48,13 +48,22 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
 
 from core import asif
 
 SCHEMA_VERSION = 2
 WORKSPACES_ENV = "ROSETTA_WORKSPACES"
 DB_NAME = "workspace.sqlite"
+#: Folder of a workspace made from imported vectors: its anchors as `core.asif.save_mapped_pairs` writes them.
+VECTORS_DIR = "vectors"
+#: The key those vectors are saved under (:meth:`core.asif.AsifModel.open_mapped` checks it).
+VECTORS_KEY = "workspace-vectors"
+#: Prefix of a picture reference that imported vectors name but the app does not read (not a file
+#: inside the allowed folders, or a URL): the caption is shown alone.
+EXTERNAL_REF = "external:"
 #: Seconds an edit waits for another process's write lock before it gives up with a message.
 LOCK_WAIT_S = float(os.environ.get("ROSETTA_LOCK_WAIT_S", 5.0))
 #: The stated range of p (the power of the relative representation); larger values overflow.
@@ -552,6 +561,12 @@ class Workspace:
         return self.path / "files"
 
     @property
+    def vectors_dir(self) -> Path:
+        """The imported vectors of a workspace made from precomputed vectors
+        (:func:`core.interchange.create_vector_workspace`): part of its content, not derived."""
+        return self.path / VECTORS_DIR
+
+    @property
     def state_dir(self) -> Path:
         """Derived data of this workspace (engine snapshots, map layouts): safe to delete."""
         return self.path / "state"
@@ -575,6 +590,11 @@ class Workspace:
     def update_settings(self, **changes) -> dict:
         """Validate (:func:`validate_settings`) and store settings changes; returns the new settings."""
         clean = validate_settings(changes, n_active=len(self.active_pair_ids()) if "k" in changes else None)
+        now = self.settings()
+        moved = [r for r in ("image_encoder", "text_encoder") if r in clean and clean[r] != now[r]]
+        if moved and self.vectors_dir.is_dir():
+            raise ValueError(f"This workspace's anchor vectors were imported, made by {now[moved[0]]}; "
+                             "they cannot be computed again with another encoder here.")
         with self._write() as con:
             current = self._read(con, "settings", {})
             current.update(clean)
@@ -588,6 +608,42 @@ class Workspace:
             rows = self._connection().execute(
                 "SELECT pair_id, image, caption, base FROM pairs ORDER BY pair_id").fetchall()
         return [Pair(r[0], r[1], r[2], bool(r[3])) for r in rows]
+
+    def photo_order(self, query: str = "") -> tuple[np.ndarray, np.ndarray]:
+        """``(photo [n], pair_ids [n])``: the active pairs whose caption contains ``query`` (case
+        folded; all when empty), grouped by photo (photos numbered 0, 1, … in the order of their first
+        such pair), each photo's pairs by id; a page of photos is a slice (``np.searchsorted`` on
+        ``photo``). No :class:`Pair` objects: at 1.6M pairs a list of them took seconds.
+
+        The pairs themselves: :meth:`pairs_by_id`."""
+        state = self.state()
+        with self._lock:
+            cols = "pair_id, image" + (", caption" if query else "")
+            rows = self._connection().execute(f"SELECT {cols} FROM pairs ORDER BY pair_id").fetchall()
+        folded = query.casefold()
+        active = state.active
+        photos: dict[str, int] = {}
+        photo, ids = [], []
+        for r in rows:
+            if r[0] in active and (not query or folded in r[2].casefold()):
+                photo.append(photos.setdefault(r[1], len(photos)))
+                ids.append(r[0])
+        photo_a, ids_a = np.asarray(photo, dtype=np.int64), np.asarray(ids, dtype=np.int64)
+        order = np.argsort(photo_a, kind="stable")
+        return photo_a[order], ids_a[order]
+
+    def pairs_by_id(self, pair_ids: Iterable[int]) -> list[Pair]:
+        """The pairs ``pair_ids`` (any state), in that order."""
+        wanted = [int(i) for i in pair_ids]
+        found: dict[int, Pair] = {}
+        with self._lock:
+            con = self._connection()
+            for start in range(0, len(wanted), 500):
+                chunk = wanted[start:start + 500]
+                for r in con.execute("SELECT pair_id, image, caption, base FROM pairs WHERE pair_id IN "
+                                     f"({','.join('?' * len(chunk))})", chunk):
+                    found[r[0]] = Pair(r[0], r[1], r[2], bool(r[3]))
+        return [found[i] for i in wanted if i in found]
 
     def pairs(self) -> list[Pair]:
         """The active anchor pairs (after the log)."""
@@ -614,7 +670,10 @@ class Workspace:
         return {"pairs": len(state.active), "pairs_total": n_all, "eval": n_eval, "edits": state.seq}
 
     def resolve(self, ref: str) -> Path:
-        """Turn a stored image reference into a path on this machine."""
+        """Turn a stored image reference into a path on this machine (an ``external:`` picture,
+        which imported vectors only name, into one that is never a file)."""
+        if ref.startswith(EXTERNAL_REF):
+            return Path(os.devnull)
         if ref.startswith("demo:"):
             from core.data import demo_data_root
 
@@ -734,7 +793,10 @@ class Workspace:
 
 def portable_ref(ref: str) -> str:
     """An image reference as an exported file names it: a demo image relative to the data folder
-    (``demo:`` dropped), a workspace's own file relative to the workspace (``files/…``), others as they are."""
+    (``demo:`` dropped), a workspace's own file relative to the workspace (``files/…``), a picture
+    that imported vectors only name as they named it, others as they are."""
+    if ref.startswith(EXTERNAL_REF):
+        return ref[len(EXTERNAL_REF):]
     if ref.startswith("demo:"):
         return ref[5:]
     if ref.startswith("ws:"):
@@ -749,10 +811,12 @@ def _metric_cols(m: dict) -> dict:
 # ---------------------------------------------------------------------------------- create / list
 def create_workspace(name: str, pairs: Sequence[tuple[str, str]], eval_items: Sequence[tuple] = (),
                      settings: dict | None = None, root: str | Path | None = None,
-                     source: dict | None = None) -> Workspace:
-    """Create a workspace from ``(image_ref, caption)`` pairs and ``(image_ref, label)`` (or
-    ``(image_ref, label, "test")`` for a separately given test set) labeled items. ``k`` defaults to
-    :func:`default_k` of the number of pairs. Atomic: a half-created workspace is never visible."""
+                     source: dict | None = None, prepare: Callable[[Path], None] | None = None) -> Workspace:
+    """Create a workspace from ``(image_ref, caption)`` pairs (pair ids ``0..P-1`` in this order) and
+    ``(image_ref, label)`` (or ``(image_ref, label, "test")`` for a separately given test set) labeled
+    items. ``k`` defaults to :func:`default_k` of the number of pairs. ``prepare(folder)`` writes
+    more content into the new workspace's folder before it appears. Atomic: a half-created
+    workspace is never visible."""
     root = Path(root) if root is not None else workspaces_root()
     wid = slugify(name)
     path = root / wid
@@ -787,6 +851,12 @@ def create_workspace(name: str, pairs: Sequence[tuple[str, str]], eval_items: Se
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     con.close()
+    try:
+        if prepare is not None:
+            prepare(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     os.replace(tmp, path)
     return Workspace(path)
 
@@ -871,7 +941,7 @@ def duplicate_workspace(ws: Workspace, new_name: str) -> Workspace:
         dst.commit()
     finally:
         dst.close()
-    for folder in ("files", "state"):
+    for folder in ("files", VECTORS_DIR, "state"):
         if (ws.path / folder).is_dir():
             shutil.copytree(ws.path / folder, tmp / folder)
     os.replace(tmp, target)
@@ -879,7 +949,7 @@ def duplicate_workspace(ws: Workspace, new_name: str) -> Workspace:
 
 
 def delete_workspace(ws: Workspace) -> None:
-    """Delete a workspace folder (its vectors stay in the shared cache)."""
+    """Delete a workspace folder (vectors it embedded stay in the shared cache; imported ones go with it)."""
     ws.close()
     trash = ws.path.parent / f".{ws.id}.deleting-{os.getpid()}"
     os.replace(ws.path, trash)

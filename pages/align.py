@@ -19,6 +19,7 @@ from ui import boot
 boot.ensure_app()
 
 from core import cka, matching  # noqa: E402
+from core.arrays import sample_groups  # noqa: E402
 from core.embedded import first_pair_per_image  # noqa: E402
 from ui import state  # noqa: E402
 from ui.safe import plain  # noqa: E402
@@ -32,6 +33,9 @@ SUS_METHODS = {"Rank of the own partner by local CKA (best; ~1 min per 10,000 pa
                "Leave-one-out CKA gain (seconds)": "loo_cka"}
 #: the fewest pairs the lab works on
 MIN_PAIRS = 20
+#: The lab reads at most this many of a workspace's pairs (a fixed random sample of whole photos
+#: above it): the demo's 35,000 in full; a 1.6M-pair gather alone would be 8 GB.
+ALIGN_MAX_PAIRS = 50_000
 
 
 # ------------------------------------------------------------------------------------- data
@@ -45,16 +49,24 @@ def _demo_pairs(image_encoder: str, text_encoder: str, limit: int) -> dict:
             "skipped": [str(s) for s in pairs.skipped]}
 
 
-def _workspace_pairs(ws) -> tuple[dict, str, str]:
-    """The workspace's active pairs (as the live model holds them) and its two encoder names."""
-    model = state.require_model(ws)
-    b = model.vectors
-    active = sorted(model.active_ids())
-    pos = np.array([b.pos_of[i] for i in active], dtype=np.int64)
+@st.cache_resource(show_spinner=False, max_entries=2)
+def _live_pairs(ws_path: str, stamp: tuple, _model) -> dict:
+    """The live pairs the lab reads (kept until the next edit): all of them up to
+    ``ALIGN_MAX_PAIRS``, else a fixed random sample of whole photos (``core.arrays.sample_groups``)."""
+    b = _model.vectors
+    pos = np.sort(b.positions(_model.session.pair_ids))
+    pos = pos[sample_groups(b.pair_img[pos], ALIGN_MAX_PAIRS)]
     return {"img": b.img[b.pair_img[pos]], "txt": b.cap[pos],
-            "paths": [str(ws.resolve(b.pair_refs[i])) for i in pos],
+            "paths": [str(_model.ws.resolve(b.pair_refs[i])) for i in pos],
             "captions": [b.captions[i] for i in pos], "ids": [int(b.pair_ids[i]) for i in pos],
-            "groups": b.pair_img[pos]}, b.settings["image_encoder"], b.settings["text_encoder"]
+            "groups": b.pair_img[pos], "of": _model.n_anchors}
+
+
+def _workspace_pairs(ws) -> tuple[dict, str, str]:
+    """The workspace's live pairs (or a sample of them) and its two encoder names."""
+    model = state.require_model(ws)
+    s = model.vectors.settings
+    return _live_pairs(str(ws.path), model.stamp, model), s["image_encoder"], s["text_encoder"]
 
 
 def _builtin(modality: str) -> list[str]:
@@ -93,7 +105,9 @@ def _choose_pairs() -> tuple[dict, str, str] | None:
         if source == SOURCE_WS:
             ws = state.require_workspace()
             data, ienc, tenc = _workspace_pairs(ws)
-            c2.markdown(f"**{plain(ws.name)}**: {len(data['ids']):,} active pairs · image encoder "
+            sampled = (f" (a fixed random sample of whole photos from {data['of']:,}; at most {ALIGN_MAX_PAIRS:,})"
+                       if len(data["ids"]) < data["of"] else "")
+            c2.markdown(f"**{plain(ws.name)}**: {len(data['ids']):,} active pairs{sampled} · image encoder "
                         f"*{plain(ienc)}* · text encoder *{plain(tenc)}* (change them in Settings).")
         else:
             demo = _demo_source(c2)

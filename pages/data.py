@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import os
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -29,28 +30,34 @@ def _grid(ws, refs, captions, n_cols=5, size=160):
 
 
 # ------------------------------------------------------------------ what the workspace holds
+PER_PAGE = 15   # photos per page of the pairs tab
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _photo_order(ws_path: str, seq: int, query: str, _ws) -> tuple[np.ndarray, np.ndarray]:
+    """:meth:`core.store.Workspace.photo_order`, kept server-wide until the next edit."""
+    return _ws.photo_order(query)
+
+
 def pairs_tab(ws) -> None:
     """The anchor pairs, grouped by photo, searchable, a page at a time; the CSV download."""
     if ws is None:
         st.info("No workspace yet: bring your own pairs (third tab) or create the demo on the "
                 "Workspaces page.")
         return
-    pairs = ws.pairs()
     c1, c2 = st.columns([3, 1])
     q = c1.text_input("Search captions", key="data_search", placeholder="e.g. a dog in the snow")
-    if q:
-        pairs = [p for p in pairs if q.lower() in p.caption.lower()]
-    by_image: dict[str, list] = {}
-    for p in pairs:
-        by_image.setdefault(p.image, []).append(p)
-    images = list(by_image)
-    per_page = 15
-    n_pages = max(1, (len(images) + per_page - 1) // per_page)
+    photo, ids = _photo_order(str(ws.path), ws.state().seq, q, ws)
+    n_photos = int(photo[-1]) + 1 if photo.size else 0
+    n_pages = max(1, (n_photos + PER_PAGE - 1) // PER_PAGE)
     page = c2.number_input(f"Page (of {n_pages:,})", 1, n_pages, 1, key="data_page")
-    st.caption(f"{count(len(pairs), 'pair')} from {count(len(images), 'photo')}")
-    chunk = images[(page - 1) * per_page: page * per_page]
-    _grid(ws, [str(ws.resolve(r)) for r in chunk],
-          ["  \n".join(f"#{p.pair_id} · {plain(p.caption)}" for p in by_image[r]) for r in chunk])
+    st.caption(f"{count(len(ids), 'pair')} from {count(n_photos, 'photo')}")
+    lo, hi = np.searchsorted(photo, [(page - 1) * PER_PAGE, page * PER_PAGE])
+    by_image: dict[str, list] = {}
+    for p in ws.pairs_by_id(ids[lo:hi]):
+        by_image.setdefault(p.image, []).append(p)
+    _grid(ws, [str(ws.resolve(r)) for r in by_image],
+          ["  \n".join(f"#{p.pair_id} · {plain(p.caption)}" for p in group) for group in by_image.values()])
     export_button("Download the curated pairs (CSV)", ("pairs.csv", str(ws.path), ws.state().seq),
                   ws.export_pairs_csv, file_name=f"{ws.id}-pairs.csv", mime="text/csv",
                   what="the curated pairs as CSV")
@@ -206,18 +213,19 @@ def runnable(pairs) -> bool:
 
 
 def create_from_vectors(pairs, source) -> None:
-    """Form: a new workspace of imported pairs (their vectors go into the embedding cache)."""
+    """Form: a new workspace of imported pairs (their vectors are kept in it)."""
     with st.form("create_precomputed"):
         st.markdown("**Create a new workspace** with these pairs as anchors")
         name = st.text_input("Name", value=f"imported {len(store.list_workspaces()) + 1}")
         per_class = st.number_input("CIFAR-10 test pictures per class (from the demo data)", 1, 1000, 100)
         if st.form_submit_button("Create workspace", type="primary"):
             try:
-                rows, left_out = interchange.cache_for_workspace(pairs, state.embedding_cache())
-                settings = {"image_encoder": pairs.image_encoder, "text_encoder": pairs.text_encoder}
-                new = store.create_workspace(name, rows, demo.demo_labeled_items(int(per_class)), settings,
-                                             source={"kind": "precomputed", "path": str(source)})
-                note = f" {count(left_out, 'pair')} left out: their pictures are not on this computer." if left_out else ""
+                with st.spinner(f"Saving {count(len(pairs), 'pair')} in the new workspace…"):
+                    new, named = interchange.create_vector_workspace(
+                        name, pairs, demo.demo_labeled_items(int(per_class)), state.embedding_cache(),
+                        source={"kind": "precomputed", "path": str(source)})
+                note = (f" {count(named, 'picture')} of {len(pairs.images):,} are not files the app may read, so "
+                        "their captions are shown alone." if named else "")
                 state.set_workspace(new.id, f"Created {plain(new.name)} from precomputed vectors.{note}")
                 st.rerun()
             except ValueError as error:
@@ -229,8 +237,8 @@ def precomputed_vectors(ws) -> None:
     or an imagefolder with vector columns; the encoders that made them are named here."""
     st.caption("Vectors someone already computed: a **clip-retrieval** output (`img_emb/`, `text_emb/`, "
                "`metadata/`), **parquet** with vector columns, a saved Hugging Face **datasets** folder, "
-               "or an **imagefolder** with `metadata.jsonl`. The pictures must be on this computer "
-               "for the app (the CLI works from vectors alone).")
+               "or an **imagefolder** with `metadata.jsonl`. The vectors are kept in the new workspace; "
+               "pictures that are files here show as thumbnails, others by their caption alone.")
     path = st.text_input("Folder or .parquet file", key="byo_vectors_path", placeholder="/data/cc3m-vectors")
     if not path:
         return
@@ -251,7 +259,8 @@ def precomputed_vectors(ws) -> None:
                    f"{plain(pairs.image_encoder)} {pairs.image_vectors.shape[1]}-d pictures, "
                    f"{plain(pairs.text_encoder)} {pairs.text_vectors.shape[1]}-d captions{dropped}.")
         n = min(10, len(pairs))
-        _grid(ws, [pairs.images[i] for i in pairs.pair_image[:n].tolist()], [plain(c) for c in pairs.captions[:n]])
+        _grid(ws, interchange.picture_refs([pairs.images[i] for i in pairs.pair_image[:n].tolist()]),
+              [plain(c) for c in pairs.captions[:n]])
         if runnable(pairs):
             create_from_vectors(pairs, source)
     except ValueError as error:

@@ -16,6 +16,7 @@ boot.ensure_app()
 
 from core import flags as F  # noqa: E402
 from core import layout as L  # noqa: E402
+from core.arrays import sample_groups  # noqa: E402
 from core.data import spreadsheet_cell  # noqa: E402
 from core.live import LiveModel, WorkspaceVectors  # noqa: E402
 from core.store import Workspace, portable_ref  # noqa: E402
@@ -28,6 +29,9 @@ SOURCES = {"photos": "photo embeddings", "captions": "caption embeddings",
            "relative": "ASIF relative representation"}
 HIGHLIGHT = "map_highlight"  # pair ids set by Classify & explain: the anchors behind its last picture
 MAX_THUMBS = 48
+#: The map lays out at most this many pairs: above it, a fixed random sample of whole photos
+#: (``core.arrays.sample_groups``; a 100,000-pair UMAP takes minutes here, 1.6M would take hours).
+MAP_MAX_PAIRS = 100_000
 
 
 @dataclass(frozen=True)
@@ -136,9 +140,8 @@ def _flags(v: View) -> Job:
 # ------------------------------------------------------------------------------ the pair table
 def _status(v: View, ids: np.ndarray) -> np.ndarray:
     """Each pair's status: removed (not in the current anchor set), kept (a base pair) or added."""
-    base = {p.pair_id: p.base for p in v.ws.all_pairs()}
-    active = v.model.active_ids()
-    return np.array(["removed" if int(i) not in active else ("kept" if base.get(int(i), True) else "added")
+    base, active = v.ws.base_pair_ids(), v.ws.state().active
+    return np.array(["removed" if int(i) not in active else ("kept" if int(i) in base else "added")
                      for i in ids])
 
 
@@ -149,7 +152,7 @@ def _table(v: View) -> pd.DataFrame:
     ids = bank.pair_ids[ok]
     state.start_influence(v.model)  # the Curate page's table, computed in the background; NaN until then
     rows, _, _ = state.influence_snapshot(v.model)
-    influence = {r["pair_id"]: r["loo_delta"] for r in rows or []}
+    influence = dict(zip(rows["pair_id"].tolist(), rows["loo_delta"].tolist())) if rows is not None else {}
     prompts = bank.prompts / np.linalg.norm(bank.prompts, axis=1, keepdims=True)
     nearest = np.asarray(bank.prompt_classes)[np.argmax(bank.cap[ok] @ prompts.T, axis=1)]
     df = pd.DataFrame({
@@ -338,12 +341,42 @@ def _progress(v: View, source: str) -> None:
 
 
 # ------------------------------------------------------------------------------ search
-@st.cache_resource(show_spinner="Preparing the search (once per anchor set)…", max_entries=4)
-def _search(ws_path: str, key: str, n: int, n_ok: int, stamp: tuple, _v: View):
-    from core.anchor_search import AnchorSearch
+def _search_job(v: View) -> Job:
+    """The search over the current anchor set, prepared in a background job (half a minute at
+    35,000 pairs, again after every edit)."""
+    def work(progress):
+        from core.anchor_search import AnchorSearch
 
-    used, rows = _photos(_v)
-    return AnchorSearch(_v.model.current_model(), _v.bank.img[used], rows, _v.bank.cap[_v.ok])
+        used, rows = _photos(v)
+        return AnchorSearch(v.model.current_model(), v.bank.img[used], rows, v.bank.cap[v.ok]).prepare(progress)
+    return _run(_key(v, "search") + (v.model.stamp,), work)
+
+
+def _search(v: View) -> tuple[object | None, Job]:
+    """``(search, job)``: the current anchor set's search once its job is done (older ones of this
+    workspace are then dropped); meanwhile the latest finished one of this workspace (its results
+    are for the anchor set before the last edits), or None."""
+    job, reg = _search_job(v), _jobs()
+    with reg["lock"]:
+        older = [(k, j) for k, j in reg["jobs"].items()
+                 if k[0] == str(v.ws.path) and k[-2] == "search" and j is not job]
+        if job.done:
+            for k, _ in older:
+                del reg["jobs"][k]
+            return job.result, job
+        done = [j for _, j in older if j.done and j.result is not None]
+    return (max(done, key=lambda j: j.started).result if done else None), job
+
+
+@st.fragment(run_every=1.5)
+def _search_progress(v: View) -> None:
+    """How far the current anchor set's search is; the page reruns when it is ready."""
+    job = _search_job(v)
+    if job.done:
+        st.rerun()
+    st.caption(f":material/hourglass_top: Preparing the search for the current anchor set: {job.message} "
+               f"({100 * job.fraction:.0f}%, {time.time() - job.started:.0f} s; about half a minute per "
+               "35,000 pairs, again after each edit).")
 
 
 @st.cache_resource(show_spinner=False)
@@ -392,7 +425,16 @@ def search_panel(v: View) -> None:
         st.caption("Finds pairs by meaning: the encoder's nearest neighbours on the same side, and "
                    "ASIF retrieval across sides (through the anchors' relative representations).")
         return
-    search = _search(str(v.ws.path), v.bank.key, len(v.bank.pair_ids), len(v.ok), v.model.stamp, v)
+    search, job = _search(v)
+    if not job.done:
+        _search_progress(v)
+    if job.error:
+        st.error(f"The search could not be prepared: {plain(job.error)}")
+    if search is None:
+        return
+    if not job.done:
+        st.caption("Meanwhile these results are for the anchor set before your last edits (each result's "
+                   "status is the current one).")
     t0 = time.perf_counter()
     found = search.by_text(vec) if how == "text" else search.by_image(vec)
     ms = 1000 * (time.perf_counter() - t0)
@@ -407,13 +449,24 @@ def search_panel(v: View) -> None:
 
 
 # ------------------------------------------------------------------------------ the page
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _shown(ws_path: str, key: str, n_pairs: int, _bank: WorkspaceVectors) -> np.ndarray:
+    """Positions of the pairs the map shows: those with vectors, sampled down to ``MAP_MAX_PAIRS``."""
+    ok = np.flatnonzero(_bank.ok)
+    return ok[sample_groups(_bank.pair_img[ok], MAP_MAX_PAIRS)]
+
+
 def main() -> None:
     page_header("Map", "Every anchor pair on one map: pairs that look alike sit together. Lasso or box-select a "
                 "region to preview the accuracy without those pairs, remove them (one undoable edit) or "
                 "export them; colour and filter by influence, suspicious captions, duplicates and outliers.")
     ws = state.require_workspace()
     model = state.require_model(ws)
-    v = View(ws, model, model.vectors, np.flatnonzero(model.vectors.ok))
+    v = View(ws, model, model.vectors, _shown(str(ws.path), model.vectors.key, len(model.vectors.pair_ids),
+                                              model.vectors))
+    if len(v.ok) < int(model.vectors.ok.sum()):
+        st.caption(f"The map shows a fixed random sample of whole photos: {count(len(v.ok), 'pair')} of "
+                   f"{int(model.vectors.ok.sum()):,} (at most {MAP_MAX_PAIRS:,}); the other pages reach all.")
     _edit_bar(v)
     tab_map, tab_search = st.tabs(["Map", "Search anchors"])
     with tab_map:

@@ -7,7 +7,7 @@ import time
 
 from streamlit.testing.v1 import AppTest
 
-from app_helpers import APP, run_ready, texts
+from app_helpers import APP, open_curate, run_ready, texts
 from core import store
 from core.embedded import EmbeddedPairs
 from core.interchange import export_pairs
@@ -55,6 +55,40 @@ def test_precomputed_export_imports_into_a_workspace_that_classifies(demo_root, 
     assert {m.label.split(" (")[0]: m.value for m in at.metric}["Anchor pairs"].replace(",", "") == str(len(pairs))
 
 
+def test_precomputed_pairs_whose_pictures_are_not_here_make_a_workspace_shown_by_caption(
+        demo_root, tmp_path, monkeypatch, flickr_pairs, embedding_cache):
+    """Vectors whose pictures are URLs (e.g. LAION's): the workspace keeps the vectors, names the
+    pictures only, says so when it is made, classifies, and Curate shows its table by caption."""
+    import pyarrow.parquet as pq
+
+    mine = tmp_path / "mine"
+    pairs = EmbeddedPairs.from_pairset(flickr_pairs.first_images(EXPORTED_IMAGES), "efficientnet-lite0",
+                                       "minilm", cache=embedding_cache)
+    path = export_pairs(pairs, mine / "urls.parquet", "parquet", dtype="float16")
+    table = pq.read_table(path)
+    urls = [f"https://example.org/{i}.jpg" for i in range(table.num_rows)]
+    pq.write_table(table.set_column(table.schema.get_field_index("image_path"), "image_path", [urls]), path)
+    monkeypatch.setenv("ROSETTA_ALLOWED_ROOTS", str(mine))
+    at = run_ready(AppTest.from_file(APP, default_timeout=120))
+    _data_page(at, str(path))
+    [t for t in at.text_input if t.label == "Name"][0].set_value("by caption")
+    [n for n in at.number_input if n.label.startswith("CIFAR-10 test pictures")][0].set_value(5)
+    [b for b in at.button if b.label == "Create workspace"][0].click()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    toasts = " ".join(str(t.value) for t in at.toast)
+    assert f"{len(pairs)} pictures of {len(pairs)} are not files the app may read" in toasts, toasts
+    ws = store.open_workspace("by-caption", root=demo_root)
+    assert all(p.image.startswith(store.EXTERNAL_REF + "https://") for p in ws.all_pairs())
+    assert (ws.vectors_dir / "image.npy").is_file()
+    at = run_ready(at)
+    at.switch_page("pages/classify.py").run()
+    at = run_ready(at)
+    assert re.search(r"It's an? \*\*", texts(at)), "the workspace of URL pictures does not classify"
+    at = open_curate(at)
+    assert "Anchor pairs, most harmful first" in texts(at)
+
+
 def test_precomputed_hostile_sources_are_one_sentence_and_lose_nothing(demo_root, tmp_path, monkeypatch):
     mine = tmp_path / "mine"
     (mine / "badpq").mkdir(parents=True)
@@ -99,6 +133,9 @@ def test_settings_shows_exact_search_then_the_faiss_index_recall_after_lowering_
     assert ws.settings()["ann_min_anchors"] == distinct
     shown = _settings_page(at)
     assert f"FAISS IVF-SQ8 over {distinct} distinct anchor pictures" in shown, shown[-1500:]
+    assert not [m for m in at.metric if m.label.startswith("Recall@")]   # measured on request only
+    [b for b in at.button if b.label.startswith("Measure its recall")][0].click()
+    at.run()
     metrics = {m.label: m.value for m in at.metric}
     recall = [v for label, v in metrics.items() if label.startswith("Recall@")]
     assert recall and float(recall[0]) == 1.0      # one list, probed in full: the shortlist holds every row

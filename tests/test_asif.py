@@ -274,28 +274,3 @@ def test_cli_asif_eval_json(data_root, flickr_embeddings, cifar_small_embeddings
                  str(data_root / "cifar10" / "test"), "--limit-anchors", "20", "--per-class", "1",
                  "--k", "50", "--json"]) == 2  # k > anchors: a clear error, exit code 2
     assert "larger than the number of anchors" in capsys.readouterr().err
-
-
-def test_an_explanation_after_an_edit_reads_the_opened_models_rows_without_a_copy():
-    """A model made by ``over_rows`` (the live rows after an edit, as ``core.live`` hands out):
-    its explanation's all-anchor similarities (Fig. 3 histograms, Fig. 7 scatter) are a copy's to
-    the bit, computed without gathering the anchor embeddings (0.4 s per picture at 35,000 pairs)."""
-    import tracemalloc
-
-    rng = np.random.default_rng(1)
-    n, d_img, d_txt = 3000, 512, 128
-    base = AsifModel(rng.normal(size=(n, d_img)), rng.normal(size=(n, d_txt)), k=40, p=4)
-    extra_img, extra_txt = (x / np.linalg.norm(x, axis=1, keepdims=True)
-                            for x in (rng.normal(size=(3, d_img)), rng.normal(size=(3, d_txt))))
-    rows = np.sort(rng.choice(n + 3, n - 500, replace=False))
-    edited = AsifModel.over_rows(base, extra_img, extra_txt, [n, n + 1, n + 2], None, rows, k=40, p=4)
-    copy = AsifModel(edited.image_embeddings, edited.text_embeddings, edited.pair_ids, k=40, p=4)
-    q, prompts = rng.normal(size=d_img), rng.normal(size=(6, d_txt))
-    e, f = (m.explain(q, prompts) for m in (edited, copy))
-    tracemalloc.start()
-    got = (e.all_image_similarity, e.all_caption_similarity)
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
-    assert peak < edited.image_embeddings.nbytes / 10, f"{peak:,} bytes for the view of {len(rows):,} anchors"
-    np.testing.assert_array_equal(got[0], f.all_image_similarity)
-    np.testing.assert_array_equal(got[1], f.all_caption_similarity)

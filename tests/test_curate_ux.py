@@ -36,8 +36,9 @@ def test_group_by_photo_shows_the_exact_photo_change_and_removes_all_its_caption
     ws = _ws(demo_root)
     live = LiveModel(ws, WorkspaceVectors(ws, EmbeddingCache()))
     photos: dict[str, list[int]] = {}
-    for r in live.influence_rows(live.influence()[0]):
-        photos.setdefault(r["image"], []).append(r["pair_id"])
+    table = live.influence_rows(live.influence()[0])
+    for ref, pair_id in zip(table["image"], table["pair_id"].tolist()):
+        photos.setdefault(ref, []).append(pair_id)
     exact = {}
     for ref, ids in photos.items():
         w = live.what_if_remove(ids)

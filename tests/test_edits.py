@@ -320,3 +320,28 @@ def test_undoing_dominant_additions_stays_exact(flickr_embeddings, cifar_small, 
         s.undo()
         np.testing.assert_array_equal(s.predictions, s.full_recompute())
     np.testing.assert_array_equal(s.predictions, start)
+
+
+def test_a_copied_session_shares_the_model_rows_and_edits_alone():
+    """``LiveModel.influence`` works on a deep copy of the session: the model's rows (8 GB at 1.6M
+    pairs) and the metadata are shared, everything an edit changes is the copy's own."""
+    import copy
+
+    rng, P = _random_problem(7)
+    meta = [{"caption": f"c{i}"} for i in range(len(P["txt"]))]
+    s = EditSession(AsifModel(P["img"], P["txt"], metadata=meta, k=12, p=5), P["q"], P["y"], P["prompts"],
+                    P["pc"], strategy="per-template", slack=2)
+    s.add(rng.normal(size=(2, 12)), rng.normal(size=(2, 10)), metadata=[{"caption": "x"}, {"caption": "y"}])
+    before = (s.predictions.copy(), s.pair_ids.copy(), s.anchors.img[np.arange(s.anchors.size)].copy())
+    c = copy.deepcopy(s)
+    assert np.shares_memory(c.anchors.img.base, s.anchors.img.base)
+    assert not np.shares_memory(c.anchors.img.extra, s.anchors.img.extra)
+    assert c.anchors.metadata[0] is s.anchors.metadata[0]
+    c.remove(rng.choice(c.pair_ids, 5, replace=False))
+    c.add(rng.normal(size=(3, 12)), rng.normal(size=(3, 10)))
+    _check_against_full(c)
+    np.testing.assert_array_equal(s.predictions, before[0])
+    np.testing.assert_array_equal(s.pair_ids, before[1])
+    np.testing.assert_array_equal(s.anchors.img[np.arange(s.anchors.size)], before[2])
+    assert len(s.anchors.metadata) == s.anchors.size and s.anchors.size == len(P["txt"]) + 2
+    _check_against_full(s)

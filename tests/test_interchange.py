@@ -197,58 +197,86 @@ def test_cli_eval_from_an_imported_copy_equals_eval_from_the_files(flickr_pairs,
 
 
 
-def test_cache_for_workspace_stores_the_imported_vectors_and_leaves_out_missing_pictures(anchors, cache, tmp_path):
-    import dataclasses
-
+def _hostile_refs(path, tmp_path) -> list[str]:
+    """Rewrite a parquet export's picture paths: the first picture becomes a path outside the
+    allowed folders (a real picture there), the second a URL, the third a stored-reference escape."""
     import pyarrow.parquet as pq
 
-    from core.cache import text_key
-    from core.interchange import cache_for_workspace, encoder_cache_id
-
-    path = export_pairs(anchors, tmp_path / "c.parquet", "parquet", dtype="float16")
     table = pq.read_table(path)
     refs = table.column("image_path").to_pylist()
-    elsewhere = str(tmp_path / "elsewhere.jpg")                       # a picture not on this computer
-    refs = [elsewhere if r == refs[0] else r for r in refs]
-    pq.write_table(table.set_column(table.schema.get_field_index("image_path"), "image_path", [refs]), path)
+    distinct = list(dict.fromkeys(refs))
+    outside = tmp_path / "outside.jpg"
+    shutil.copy(distinct[0], outside)
+    swap = {distinct[0]: str(outside), distinct[1]: "https://example.org/x.jpg", distinct[2]: "ws:../../workspace.sqlite"}
+    pq.write_table(table.set_column(table.schema.get_field_index("image_path"), "image_path",
+                                    [[swap.get(r, r) for r in refs]]), path)
+    return list(swap.values())
+
+
+def test_a_workspace_of_imported_vectors_classifies_as_its_vectors_and_survives_edits_and_reopening(
+        anchors, test_set, prompts, cifar_small, data_root, cache, tmp_path):
+    """Imported pairs become a workspace that keeps their vectors (memory-mapped, not copied): its
+    model classifies exactly as an AsifModel of the imported vectors; pictures outside the allowed
+    folders, URLs and reference escapes are named only (never read); a removal and an addition
+    re-open to the same numbers; the encoders cannot be swapped under the vectors."""
+    from core import store
+    from core.interchange import create_vector_workspace
+    from core.live import LiveModel, WorkspaceVectors
+
+    path = export_pairs(anchors, tmp_path / "c.parquet", "parquet", dtype="float32")
+    hostile = _hostile_refs(path, tmp_path)
     pairs = import_pairs(path)
-    fresh = EmbeddingCache(tmp_path / "cache")
-    rows, left_out = cache_for_workspace(pairs, fresh)
-    keep = [i for i in range(len(pairs)) if pairs.images[pairs.pair_image[i]] != elsewhere]
-    assert left_out == refs.count(elsewhere) > 0 and len(rows) == len(keep) == len(pairs) - left_out
-    img, found = fresh.lookup(encoder_cache_id(IMAGE, fresh), [fresh.file_key(r) for r, _ in rows])
-    txt, found_text = fresh.lookup(encoder_cache_id(TEXT, fresh), [text_key(c) for _, c in rows])
-    assert found.all() and found_text.all()
-    # each row is the imported vector, or (the few it checked by embedding them again, at most
-    # CHECK_SAMPLE distinct items per side) the encoder's own
-    own_img = embed(IMAGE, [r for r, _ in rows], cache=cache).vectors   # the shared cache: the encoder's own
-    own_txt = embed(TEXT, [c for _, c in rows], cache=cache).vectors
-    for got, given, own in ((img, pairs.pair_image_vectors[keep], own_img),
-                            (txt, pairs.text_vectors[keep], own_txt)):
-        imported = np.all(got == given, axis=1)
-        # the encoder again, up to its run-to-run round-off (1e-8), far below float16's (6e-5)
-        assert np.abs(got[~imported] - own[~imported]).max(initial=0) < 1e-6
-        assert len({got[i].tobytes() for i in np.flatnonzero(~imported)}) <= CHECK_SAMPLE
-    with pytest.raises(ValueError, match="cannot run it"):
-        cache_for_workspace(dataclasses.replace(pairs, text_encoder="ViT-L-14 (openai)"), fresh)
+    labeled = cifar_small.per_class(10)
+    items = [(p, labeled.class_names[y]) for p, y in zip(labeled.paths, labeled.labels.tolist())]
+    ws, named = create_vector_workspace("imported", pairs, items, cache, settings={"k": 100},
+                                        roots=[data_root], root=tmp_path / "ws")
+    assert named == 3
+    refs = {p.image for p in ws.all_pairs()}
+    assert {store.EXTERNAL_REF + h for h in hostile} <= refs
+    assert all(not ws.resolve(r).is_file() for r in refs if r.startswith(store.EXTERNAL_REF))
+    assert sum(ws.resolve(r).is_file() for r in refs) == len(pairs.images) - 3     # thumbnails elsewhere
+
+    live = LiveModel(ws, WorkspaceVectors(ws, cache))
+    assert isinstance(live.current_model().image_embeddings, np.memmap)             # mapped, not copied
+    v = live.vectors
+    want = AsifModel(pairs.pair_image_vectors, pairs.text_vectors, k=100, p=v.p).classify(
+        v.item_vecs, v.prompts, v.prompt_classes, n_classes=len(v.classes)).predictions
+    np.testing.assert_array_equal(live.session.predictions, want)
+
+    live.remove([0, 5, 6])
+    photo = str(data_root / "flickr8k" / "images" / sorted(p.name for p in (data_root / "flickr8k" / "images").iterdir())[-1])
+    live.add([(photo, "a picture added by hand")])
+    again = LiveModel(ws, WorkspaceVectors(ws, cache))
+    np.testing.assert_array_equal(again.session.predictions, live.session.predictions)
+    assert again.active_ids() == live.active_ids() and again.n_anchors == len(pairs) - 3 + 1
+    current = again.current_model()
+    fresh = AsifModel(current.image_embeddings, current.text_embeddings, k=100, p=v.p)
+    np.testing.assert_array_equal(fresh.classify(v.item_vecs, v.prompts, v.prompt_classes,
+                                                 n_classes=len(v.classes)).predictions, again.session.predictions)
+    with pytest.raises(ValueError, match="imported, made by efficientnet-lite0"):
+        ws.update_settings(image_encoder="efficientnet-lite2")
+    copy = store.duplicate_workspace(ws, "imported copy")
+    np.testing.assert_array_equal(LiveModel(copy, WorkspaceVectors(copy, cache)).session.predictions,
+                                  live.session.predictions)
 
 
-def test_vectors_another_model_made_never_reach_the_shared_cache(anchors, tmp_path):
-    """The cache is every workspace's: caption vectors that the named encoder did not make (here
-    the real ones, shuffled) are refused in one sentence and nothing is written."""
+def test_vectors_another_model_made_are_refused_and_nothing_is_created(anchors, cifar_small, data_root, tmp_path):
+    """Caption vectors the named encoder did not make (the real ones, shuffled) would give numbers
+    that mean nothing: refused in one sentence, no workspace appears."""
     import dataclasses
 
-    from core.cache import text_key
-    from core.interchange import cache_for_workspace, encoder_cache_id
+    from core import store
+    from core.interchange import create_vector_workspace
 
     pairs = import_pairs(export_pairs(anchors, tmp_path / "c.parquet", "parquet"))
     wrong = dataclasses.replace(pairs, text_vectors=np.roll(pairs.text_vectors, 7, axis=0))
-    fresh = EmbeddingCache(tmp_path / "cache")
     with pytest.raises(ValueError, match=f"caption vectors were not made by {TEXT}"):
-        cache_for_workspace(wrong, fresh)
-    cached = fresh.lookup(encoder_cache_id(TEXT, fresh), [text_key(c) for c in pairs.captions])[1]
-    assert cached.sum() <= CHECK_SAMPLE  # only the sample it embedded itself (the encoder's own vectors)
-    assert cache_for_workspace(pairs, fresh)[1] == 0  # the real ones pass
+        create_vector_workspace("wrong", wrong, [], EmbeddingCache(tmp_path / "cache"), roots=[data_root],
+                                root=tmp_path / "ws")
+    assert store.list_workspaces(tmp_path / "ws") == []
+    with pytest.raises(ValueError, match="cannot run it"):
+        create_vector_workspace("clip", dataclasses.replace(pairs, text_encoder="ViT-L-14 (openai)"), [],
+                                EmbeddingCache(tmp_path / "cache"), root=tmp_path / "ws")
 
 
 def test_source_key_changes_with_any_file_and_with_the_options(anchors, tmp_path):

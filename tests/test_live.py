@@ -216,10 +216,20 @@ def test_current_model_is_the_opened_model_until_an_edit_and_again_after_undo(ws
                                   fresh.explain(q, m.vectors.prompts, m.vectors.prompt_classes).scores)
 
 
-def test_the_model_after_edits_equals_a_copy_of_the_live_rows(ws, cache, tmp_path):
+@pytest.mark.parametrize("left_out_max,copy_max,over_rows", [
+    (16_384, 2 ** 31, True),   # the defaults: few removed, searched through the opened model
+    (0, 2 ** 31, False),       # more removed than the limit: the live rows are copied
+    (0, 0, True)])             # ... unless the copy is too big (paper scale): searched deeper
+def test_the_model_after_edits_equals_a_copy_of_the_live_rows(ws, cache, tmp_path, monkeypatch,
+                                                              left_out_max, copy_max, over_rows):
     """After removals and additions current_model() searches the opened model's indexes (no copy of
-    the live rows): the same anchors, representations, classification and explanation as a model
-    built from a copy of the live rows."""
+    the live rows) or, past the limits, copies them: either way the same anchors, representations,
+    classification and explanation as a model built from a copy of the live rows."""
+    from core import live
+    from core.search import RowSubsetIndex
+
+    monkeypatch.setattr(live, "SUBSET_MAX_LEFT_OUT", left_out_max)
+    monkeypatch.setattr(live, "COPY_MAX_BYTES", copy_max)
     m = _fresh(ws, cache)
     ids = sorted(m.active_ids())
     m.remove(ids[::3])
@@ -228,6 +238,7 @@ def test_the_model_after_edits_equals_a_copy_of_the_live_rows(ws, cache, tmp_pat
     m.remove([ids[1], len(ids) + 1])                                         # an added pair goes too
     edited, copy = m.current_model(), m.session.current_model()
     assert edited is m.current_model() and edited.n_anchors == copy.n_anchors == m.n_anchors
+    assert isinstance(edited.search_index("image"), RowSubsetIndex) == over_rows
     np.testing.assert_array_equal(edited.pair_ids, copy.pair_ids)
     assert edited.metadata == copy.metadata
     v = m.vectors

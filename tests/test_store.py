@@ -213,3 +213,21 @@ def test_kill_mid_edit_loses_no_committed_edit(tmp_path):
     removed = set(range(5000)) - store.Workspace(ws.path).active_pair_ids()
     assert set(committed) <= removed
     assert removed == set(range(len(removed)))  # a prefix: no torn or out-of-order edit
+
+
+def test_photo_order_pages_the_live_pairs_by_photo_and_searches_captions(tmp_path):
+    """The Data page's pages: live pairs grouped by photo in order of each photo's first pair,
+    a removal and an addition seen at once, a search that folds case (also beyond ASCII)."""
+    pairs = [("a.jpg", "A dog"), ("b.jpg", "a cat"), ("a.jpg", "ÉLAN of a dog"), ("c.jpg", "a cow"),
+             ("b.jpg", "the cat sleeps")]
+    ws = store.create_workspace("photos", pairs, [("x.jpg", "dog")], root=tmp_path)
+    photo, ids = ws.photo_order()
+    assert photo.tolist() == [0, 0, 1, 1, 2] and ids.tolist() == [0, 2, 1, 4, 3]
+    with ws.transaction() as tx:
+        tx.append(store.plan_remove(tx.state(), [1]))
+    with ws.transaction() as tx:
+        tx.append(store.plan_add(tx.state(), [("a.jpg", "another dog")]))
+    photo, ids = ws.photo_order()
+    assert photo.tolist() == [0, 0, 0, 1, 2] and ids.tolist() == [0, 2, 5, 3, 4]   # b.jpg now starts at 4
+    assert ws.photo_order("élan")[1].tolist() == [2] and ws.photo_order("DOG")[1].tolist() == [0, 2, 5]
+    assert [p.caption for p in ws.pairs_by_id([4, 0])] == ["the cat sleeps", "A dog"]

@@ -14,8 +14,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from core.arrays import gather_rows
 from core.asif import signed_power64
-from core.search import ExactIndex, canonical_order, similarity_block
+from core.search import ExactIndex, RowSubsetIndex, canonical_order, similarity_block
 
 #: Columns whose bytes key the index of bit-identical embeddings (:meth:`AnchorRows.twins`).
 TWIN_PROBE_COLUMNS = 16
@@ -71,14 +72,15 @@ class SharedRows:
             start, stop, step = key.indices(self.shape[0])
             if step == 1 and stop <= self.n0:
                 return self.base[start:stop]                    # a view of the shared rows, no copy
-        idx = self._rows(key)
-        if idx.size == 0 or idx.max() < self.n0:
-            return self.base[idx]
-        out = np.empty(idx.shape + (self.base.shape[1],), dtype=np.float32)
-        low = idx < self.n0
-        out[low] = self.base[idx[low]]
-        out[~low] = self.extra[idx[~low] - self.n0]
-        return out
+        return gather_rows(self.base, self.extra, self._rows(key))
+
+    def __deepcopy__(self, memo) -> "SharedRows":
+        """A copy for another session (``LiveModel.influence`` works on one): the shared rows are
+        still shared (they never change), only the added block is copied."""
+        new = object.__new__(SharedRows)
+        new.base, new.n0, new.extra = self.base, self.n0, self.extra.copy()
+        memo[id(self)] = new
+        return new
 
     def __setitem__(self, key, values) -> None:
         idx = self._rows(key)
@@ -106,6 +108,21 @@ class AnchorRows:
         self.id_to_row = {int(i): r for r, i in enumerate(ids)}
         self._twin_index: dict[str, dict[bytes, list[int]]] = {}  # per side, built on first use
 
+    def __deepcopy__(self, memo) -> "AnchorRows":
+        """A copy for another session (``LiveModel.influence`` works on one): the model's rows and
+        the per-pair metadata dicts (never changed) are shared, the bookkeeping copied; the twin
+        index is built again on first use. At 1.6M pairs a deep copy took most of 20 s."""
+        import copy
+
+        new = object.__new__(AnchorRows)
+        memo[id(self)] = new
+        new.img, new.txt = copy.deepcopy(self.img, memo), copy.deepcopy(self.txt, memo)
+        new.ids, new.alive, new.size = self.ids.copy(), self.alive.copy(), self.size
+        new.metadata = None if self.metadata is None else list(self.metadata)
+        new.id_to_row = dict(self.id_to_row)
+        new._twin_index = {}
+        return new
+
     def emb(self, side: str) -> SharedRows:
         """The ``"img"`` or ``"txt"`` embeddings (all allocated rows)."""
         return self.img if side == "img" else self.txt
@@ -122,6 +139,20 @@ class AnchorRows:
         for r, key in zip(rows.tolist(), self._probe(side, rows)):
             index.setdefault(key, []).append(r)
 
+    def _index_all(self, side: str) -> None:
+        """The twin index of every row held: the probe columns read a block of rows at a time
+        straight from the shared array (a view, no gather of whole rows: at 1.6M rows of 1,280
+        floats that gather moved 8 GB), the added rows as :meth:`_index_rows` does."""
+        emb, index = self.emb(side), self._twin_index[side]
+        cols = np.unique(np.linspace(0, emb.shape[1] - 1, TWIN_PROBE_COLUMNS).astype(int))
+        n0 = min(emb.n0, self.size)
+        for r0 in range(0, n0, 65_536):
+            keys = np.ascontiguousarray(emb.base[r0:min(n0, r0 + 65_536), cols])
+            for r, key in enumerate(keys, start=r0):
+                index.setdefault(key.tobytes(), []).append(r)
+        if self.size > n0:
+            self._index_rows(side, np.arange(n0, self.size))
+
     def twins(self, side: str, row: int) -> np.ndarray:
         """Other rows, live or not, whose ``side`` embedding is bit-identical to ``row``'s (one
         Flickr8k image has five captions, so five rows share it).
@@ -133,7 +164,7 @@ class AnchorRows:
         """
         if side not in self._twin_index:
             self._twin_index[side] = {}
-            self._index_rows(side, np.arange(self.size))
+            self._index_all(side)
         found = [t for t in self._twin_index[side].get(self._probe(side, np.asarray([row]))[0], ())
                  if t != row]
         if not found:
@@ -255,12 +286,13 @@ class NeighbourLists:
         self._scratch = np.zeros(0, dtype=bool)
         self._columns: dict[int, np.ndarray] = {}
         self._column_cap = max(16, COLUMN_CACHE_BYTES // (4 * queries.shape[0]))
-        self._exact: tuple | None = None  # ((array id, rows held), ExactIndex): see _index
+        self._exact: tuple | None = None  # ((array id, rows held), RowSubsetIndex): see _index
+        self._base_search = search
         if state is not None and state["rows"].shape == (queries.shape[0], K):
             self.rows, self.sims, self.length = (np.array(state[f]) for f in self.STATE_FIELDS)
             self._build_postings()
         else:
-            self._full_init(search)
+            self._full_init(None if search is None else search())
 
     def state(self) -> dict[str, np.ndarray]:
         """The lists as plain arrays (``rows``, ``sims``, ``length``), to restore with ``state=``."""
@@ -382,13 +414,16 @@ class NeighbourLists:
             parts.append(_change(qs[s0 + cq], n[cq, cj], new_s[s0 + cq, cj], self.p, 1))
         return concat_diffs(parts)
 
-    def _index(self) -> ExactIndex:
-        """:class:`core.search.ExactIndex` over every anchor row held, live or not (built once, and
-        again after rows are appended; identical rows are searched once)."""
+    def _index(self) -> RowSubsetIndex:
+        """An index over every anchor row held, live or not (made again after rows are appended):
+        the model's own index over its rows (``search``; else an :class:`core.search.ExactIndex`
+        of them), the added block searched exactly. Nothing is copied: at 1.6M pairs a copy of one
+        side would be 8 GB."""
         emb = self.emb()
         key = (id(emb), self.anchors.size)
         if self._exact is None or self._exact[0] != key:
-            self._exact = (key, ExactIndex(emb[:self.anchors.size]))
+            base = self._base_search() if self._base_search is not None else ExactIndex(emb.base)
+            self._exact = (key, RowSubsetIndex(base, emb.n0, emb.extra, np.arange(self.anchors.size)))
         return self._exact[1]
 
     def __getstate__(self):

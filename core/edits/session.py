@@ -152,11 +152,11 @@ class EditSession:
         saved = _split_state(neighbours)
         # the model's own indexes (FAISS + exact re-rank above core.ann's threshold): no copy, no rebuild
         self.img_side = NeighbourLists(q, "img", self.anchors, self.k, K, self.p, saved.get("img"),
-                                       search=None if "img" in saved else model.search_index("image"))
+                                       search=lambda: model.search_index("image"))
         if progress:
             progress(0.8, "neighbours of the class prompts")
         self.txt_side = NeighbourLists(self.cand, "txt", self.anchors, self.k, K, self.p, saved.get("txt"),
-                                       search=None if "txt" in saved else model.search_index("text"))
+                                       search=lambda: model.search_index("text"))
         self._full_scores()
         self.history: list[tuple[str, np.ndarray]] = []   # committed edits: (kind, anchor rows)
         self._redo: list[tuple[str, np.ndarray]] = []
@@ -518,6 +518,16 @@ class EditSession:
         self.anchors.alive[rows] = False
         res = self._run("add", rows, "add", False)
         return res
+
+    def live_among(self, pair_ids) -> list[int]:
+        """The ids among ``pair_ids`` that are live pairs, in their order (no set of every live id:
+        at 1.6M pairs that costs 0.2 s)."""
+        rows, alive = self.anchors.id_to_row, self.anchors.alive
+        return [int(i) for i in pair_ids if int(i) in rows and alive[rows[int(i)]]]
+
+    def knows(self, pair_id: int) -> bool:
+        """Whether the session holds pair ``pair_id`` (live or removed)."""
+        return int(pair_id) in self.anchors.id_to_row
 
     def known_pair_ids(self) -> np.ndarray:
         """Ids of every pair the session holds, live or removed, in anchor-row order."""
