@@ -450,7 +450,7 @@ def search_panel(v: View) -> None:
 
 # ------------------------------------------------------------------------------ the page
 @st.cache_resource(show_spinner=False, max_entries=4)
-def _shown(ws_path: str, key: str, n_pairs: int, _bank: WorkspaceVectors) -> np.ndarray:
+def _shown(ws_path: str, key: str, n_pairs: int, n_ok: int, _bank: WorkspaceVectors) -> np.ndarray:
     """Positions of the pairs the map shows: those with vectors, sampled down to ``MAP_MAX_PAIRS``."""
     ok = np.flatnonzero(_bank.ok)
     return ok[sample_groups(_bank.pair_img[ok], MAP_MAX_PAIRS)]
@@ -462,11 +462,12 @@ def main() -> None:
                 "export them; colour and filter by influence, suspicious captions, duplicates and outliers.")
     ws = state.require_workspace()
     model = state.require_model(ws)
-    v = View(ws, model, model.vectors, _shown(str(ws.path), model.vectors.key, len(model.vectors.pair_ids),
-                                              model.vectors))
-    if len(v.ok) < int(model.vectors.ok.sum()):
+    bank = model.vectors
+    n_ok = int(bank.ok.sum())
+    v = View(ws, model, bank, _shown(str(ws.path), bank.key, len(bank.pair_ids), n_ok, bank))
+    if len(v.ok) < n_ok:
         st.caption(f"The map shows a fixed random sample of whole photos: {count(len(v.ok), 'pair')} of "
-                   f"{int(model.vectors.ok.sum()):,} (at most {MAP_MAX_PAIRS:,}); the other pages reach all.")
+                   f"{n_ok:,} (at most {MAP_MAX_PAIRS:,}); the other pages reach all.")
     _edit_bar(v)
     tab_map, tab_search = st.tabs(["Map", "Search anchors"])
     with tab_map:
