@@ -20,6 +20,10 @@ from ui import state
 from ui.safe import plain
 from ui.widgets import export_button, page_header
 
+#: The model file is offered for download up to this size: it is built in memory and then sent (the
+#: demo's 35,000 pairs make 0.24 GB; 1.6M pairs would make 10.6 GB).
+MODEL_DOWNLOAD_MAX_BYTES = 1024 ** 3
+
 
 def workspaces_table(current, spaces: list) -> None:
     """Every workspace with its counts, encoders and source; the current one marked."""
@@ -71,9 +75,17 @@ def _model_export(current, model) -> None:
             return Path(path).read_bytes()
 
     n = model.n_anchors
+    size = 4 * n * (model.vectors.img.shape[1] + model.vectors.cap.shape[1])
+    if size > MODEL_DOWNLOAD_MAX_BYTES:
+        kept = (" (its `vectors` folder: memory-mapped .npy files that core.asif.AsifModel.open_mapped reads)"
+                if current.vectors_dir.is_dir() else "")
+        st.caption(f"The model file ({n:,} anchor pairs, about {size / 1e9:.1f} GB) is larger than the "
+                   f"{MODEL_DOWNLOAD_MAX_BYTES / 1e9:.1f} GB a download is built for here; the anchors stay in "
+                   f"the workspace's folder{kept}.")
+        return
     export_button("Model file (.npz)", ("model.npz", str(current.path), model.key, model.stamp),
                   model_bytes, file_name=f"{current.id}-asif.npz", mime="application/octet-stream",
-                  what=f"the model file ({n:,} anchor pairs, about {max(1, round(n * 6.8 / 1000)):,} MB)",
+                  what=f"the model file ({n:,} anchor pairs, about {max(1, round(size / 1e6)):,} MB)",
                   help="Anchor embeddings, pair ids, captions, k and p; load with "
                        "core.asif.AsifModel.load (no pickles).")
 
