@@ -49,22 +49,23 @@ from core.interchange import import_pairs, source_key  # noqa: E402
 TOPICS, SUBTOPICS, CLASSES, TEMPLATES = 60, 3000, 10, 8
 
 
+def _proc_gb(path: str, field: str, missing: float) -> float:
+    """The kB figure ``field`` of the ``/proc`` file ``path``, in GB (``missing`` when absent)."""
+    with open(path) as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024 ** 2
+    return missing
+
+
 def peak_gb() -> float:
     """Peak resident memory of this process (``VmHWM``), GB."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024 ** 2
-    return float("nan")
+    return _proc_gb("/proc/self/status", "VmHWM", float("nan"))
 
 
 def available_gb() -> float:
     """``MemAvailable`` of the machine, GB (the map is skipped when it would not fit)."""
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) / 1024 ** 2
-    return float("inf")
+    return _proc_gb("/proc/meminfo", "MemAvailable", float("inf"))
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

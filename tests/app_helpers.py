@@ -32,10 +32,10 @@ def run_ready(at, timeout: float = 240.0):
     raise AssertionError("the model was not ready in time")
 
 
-def switch_and_wait(at, page: str, ready, timeout: float = 240.0):
-    """Switch AppTest ``at`` to ``page`` and rerun it until ``ready(at)`` (the page's background work,
-    e.g. the influence table, is done); fails on an app exception or after ``timeout`` seconds."""
-    at.switch_page(page).run()
+def rerun_until(at, ready, what: str, timeout: float = 240.0):
+    """Rerun AppTest ``at`` until ``ready(at)`` (background work shown: the influence table, a
+    search, a panel); fails on an app exception, or after ``timeout`` seconds saying ``what`` and
+    the end of what the page showed."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         assert not at.exception, [e.value for e in at.exception]
@@ -43,7 +43,13 @@ def switch_and_wait(at, page: str, ready, timeout: float = 240.0):
             return at
         time.sleep(0.3)
         at.run()
-    raise AssertionError(f"{page} was not ready in time")
+    raise AssertionError(f"{what} was not ready in time; the page showed: {texts(at)[-500:]}")
+
+
+def switch_and_wait(at, page: str, ready, timeout: float = 240.0):
+    """Switch AppTest ``at`` to ``page`` and rerun it until ``ready(at)`` (:func:`rerun_until`)."""
+    at.switch_page(page).run()
+    return rerun_until(at, ready, page, timeout)
 
 
 def open_curate(at):

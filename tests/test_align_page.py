@@ -1,25 +1,15 @@
 """AppTest: the Align page inside the app — CKA, shuffle curve, matching table, suspicious pairs."""
 from __future__ import annotations
 
-import time
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from app_helpers import APP, run_ready, texts
+from app_helpers import APP, run_ready, switch_and_wait, texts
 
 
 def _open_align(at, timeout=240.0):
-    at.switch_page("pages/align.py")
-    at.run()
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        assert not at.exception, [e.value for e in at.exception]
-        if any(m.label == "Linear CKA" for m in at.metric):
-            return at
-        time.sleep(0.5)
-        at.run()
-    raise AssertionError("the Align page did not show CKA in time")
+    return switch_and_wait(at, "pages/align.py", lambda a: any(m.label == "Linear CKA" for m in a.metric), timeout)
 
 
 def _frame(at, column):

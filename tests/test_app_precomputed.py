@@ -3,11 +3,10 @@ Settings page shows the ANN index's measured recall (ui/ann_panel.py)."""
 from __future__ import annotations
 
 import re
-import time
 
 from streamlit.testing.v1 import AppTest
 
-from app_helpers import APP, open_curate, run_ready, texts
+from app_helpers import APP, open_curate, run_ready, switch_and_wait, texts
 from core import store
 from core.embedded import EmbeddedPairs
 from core.interchange import export_pairs
@@ -110,15 +109,10 @@ def test_precomputed_hostile_sources_are_one_sentence_and_lose_nothing(demo_root
 
 
 def _settings_page(at):
-    at.switch_page("pages/settings.py").run()
-    deadline = time.time() + 240
-    while time.time() < deadline:                   # the model (re)builds in the background
-        assert not at.exception, [e.value for e in at.exception]
-        if "Image search" in texts(at) and "Shown once the model is ready" not in texts(at):
-            return texts(at)
-        time.sleep(0.5)
-        at.run()
-    raise AssertionError("the image-search panel did not appear")
+    """Settings with its image-search panel shown (the model (re)builds in the background)."""
+    switch_and_wait(at, "pages/settings.py",
+                    lambda a: "Image search" in texts(a) and "Shown once the model is ready" not in texts(a))
+    return texts(at)
 
 
 def test_settings_shows_exact_search_then_the_faiss_index_recall_after_lowering_its_threshold(demo_root):

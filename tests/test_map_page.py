@@ -6,7 +6,6 @@ import base64
 import csv
 import io
 import json
-import time
 
 import numpy as np
 
@@ -14,7 +13,7 @@ from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
 from streamlit.testing.v1 import app_test as app_test_module
 
-from app_helpers import APP, run_ready, texts
+from app_helpers import APP, rerun_until, run_ready, switch_and_wait, texts
 from core import store
 from core.cache import EmbeddingCache
 from core.live import LiveModel, WorkspaceVectors
@@ -56,15 +55,8 @@ def _points(spec) -> int:
 
 def _open_map(at, timeout: float = 240):
     """Open the Map page and wait until UMAP and the flags are ready (caption says UMAP)."""
-    at.switch_page("pages/map.py").run()
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        assert not at.exception, [e.value for e in at.exception]
-        if "UMAP layout of the photo embeddings" in texts(at) and "Computing flags" not in texts(at):
-            return at
-        time.sleep(1.0)
-        at.run()
-    raise AssertionError(f"the UMAP map was not ready in time: {texts(at)[-500:]}")
+    return switch_and_wait(at, "pages/map.py", lambda a: "UMAP layout of the photo embeddings" in texts(a)
+                           and "Computing flags" not in texts(a), timeout)
 
 
 def _add_and_open_map(at, ws, caption: str) -> int:
@@ -72,12 +64,7 @@ def _add_and_open_map(at, ws, caption: str) -> int:
     the Map and wait until the model is rebuilt with it; its pair id."""
     live = LiveModel(ws, WorkspaceVectors(ws, EmbeddingCache()))
     (pid,) = live.add([(ws.all_pairs()[0].image, caption)], note="test").op.pair_ids
-    at.switch_page("pages/map.py").run()
-    deadline = time.time() + 120
-    while not at.get("plotly_chart") and time.time() < deadline:
-        assert not at.exception, [e.value for e in at.exception]
-        time.sleep(0.5)
-        at.run()
+    switch_and_wait(at, "pages/map.py", lambda a: bool(a.get("plotly_chart")), 120)
     return pid
 
 
@@ -128,18 +115,6 @@ def test_map_select_preview_remove_undo(demo_root):
     assert not at.exception
 
 
-def _search_results(at, timeout: float = 240.0) -> str:
-    """Rerun until the search (prepared in a background job) shows its results."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        assert not at.exception, [e.value for e in at.exception]
-        if "pairs in" in texts(at):
-            return texts(at)
-        time.sleep(0.5)
-        at.run()
-    raise AssertionError("the search showed no results in time")
-
-
 def test_map_search_and_hostile_caption(demo_root):
     at = run_ready(AppTest.from_file(APP, default_timeout=180))
     ws = _ws(demo_root)
@@ -148,7 +123,7 @@ def test_map_search_and_hostile_caption(demo_root):
     assert hover and "<script>" not in hover[0] and "&lt;script&gt;" in hover[0]
 
     at.text_input(key="search_text").set_value("a dog running on the grass").run()
-    _search_results(at)
+    rerun_until(at, lambda a: "pairs in" in texts(a), "the search (prepared in a background job)")
     table = at.dataframe[-1].value if hasattr(at.dataframe[-1], "value") else None
     assert table is not None and len(table) > 0
     assert table["caption"].str.contains("dog", case=False).mean() >= 0.5
@@ -166,7 +141,7 @@ def test_map_search_by_uploaded_picture(demo_root):
     at.switch_page("pages/map.py").run()
     at.radio(key="search_how").set_value("picture").run()
     at.file_uploader(key="search_pic").set_value(("query.jpg", ws.resolve(photo).read_bytes(), "image/jpeg")).run()
-    _search_results(at)
+    rerun_until(at, lambda a: "pairs in" in texts(a), "the search (prepared in a background job)")
     neighbours = at.dataframe[-1].value
     first = neighbours.iloc[:len(own)]
     assert set(first["pair"].astype(int)) == own  # the photo's own captions, all of them, first
