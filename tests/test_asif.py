@@ -126,8 +126,6 @@ def test_fill_template_articles():
     assert fill_template("a photo of the {}.", "airplane") == "a photo of the airplane."
     assert fill_template("a photo of a {}.", "traffic_light") == "a photo of a traffic light."
 
-
-# ------------------------------------------------------------------------------- choosing
     assert build_prompts(["airplane"], ["a photo of a {}."])[0] == ["a photo of an airplane."]
 
 

@@ -7,7 +7,7 @@ import time
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from app_helpers import APP, run_ready, switch_and_wait, texts
+from app_helpers import APP, rerun_until, run_ready, switch_and_wait, texts
 from core import store
 from core.cache import EmbeddingCache
 from core.live import LiveModel, WorkspaceVectors
@@ -81,15 +81,9 @@ def test_suspicious_pairs_show_their_rank_and_go_to_curate_as_the_selection(demo
     sent = [int(i) for i in sus["pair"]]
 
     at.button(key="align_send").click().run()
-    deadline = time.time() + 240  # Curate's influence table is computed in the background first
-    while not any((m.key or "").startswith("curate_ids") for m in at.multiselect) and time.time() < deadline:
-        assert not at.exception, [e.value for e in at.exception]
-        time.sleep(0.3)
-        at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    pickers = [m for m in at.multiselect if (m.key or "").startswith("curate_ids")]
-    assert pickers, f"no pair picker on Curate after 240 s; the page said: {texts(at)[:500]}"
-    picker = pickers[0]
+    rerun_until(at, lambda a: any((m.key or "").startswith("curate_ids") for m in a.multiselect),
+                "Curate's pair picker (its influence table is computed in the background first)")
+    picker = [m for m in at.multiselect if (m.key or "").startswith("curate_ids")][0]
     assert sorted(picker.value) == sorted(sent)
     assert f"{len(sent)} pairs from Align's suspicious pairs selected below." in texts(at)
     assert f"these {len(sent)} pairs were removed" in texts(at)  # the what-if of exactly these pairs

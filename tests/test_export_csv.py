@@ -27,14 +27,21 @@ def _workspace(tmp_path, hostile=HOSTILE):
     return ws, folder, pairs
 
 
+#: what a spreadsheet runs as a formula (OWASP's CSV injection list), written out here, not read from the code
+FORMULA = ("=", "+", "-", "@", "\t", "\r")
+
+
 def test_no_exported_cell_starts_a_formula(tmp_path):
     ws, _, pairs = _workspace(tmp_path)
     rows = list(csv.reader(io.StringIO(ws.export_pairs_csv().decode("utf-8"))))[1:]
     assert len(rows) == len(pairs)
     for (_, image, caption), (ref, original) in zip(rows, pairs):
         for cell, text in ((image, ref.removeprefix("demo:")), (caption, original)):
-            assert not cell.startswith(data.FORMULA_START), cell
-            assert cell == ("'" + text if text.lstrip("'").startswith(data.FORMULA_START) else text)
+            assert not cell.startswith(FORMULA), cell
+            assert cell == ("'" + text if text.lstrip("'").startswith(FORMULA) else text)
+    guarded = {c: data.spreadsheet_cell(c) for c in ("'=already quoted", "'tis a dog", "-dash.jpg", "\tx")}
+    assert guarded == {"'=already quoted": "''=already quoted", "'tis a dog": "'tis a dog",
+                       "-dash.jpg": "'-dash.jpg", "\tx": "'\tx"}
 
 
 def test_the_export_reads_back_as_the_same_pairs(tmp_path):

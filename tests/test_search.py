@@ -235,7 +235,8 @@ def test_row_subset_index_equals_a_search_of_the_gathered_rows(k):
     full = np.concatenate([base, extra])
     index = ExactIndex(base)
     for rows in (np.sort(rng.choice(full.shape[0], 1200, replace=False)),
-                 np.arange(1490, full.shape[0]), np.concatenate([np.arange(1500), [1502, 1509]])):
+                 np.arange(1490, full.shape[0]), np.concatenate([np.arange(1500), [1502, 1509]]),
+                 np.arange(1500, full.shape[0])):                                   # no base row kept
         if rows.size < k:
             continue
         got = RowSubsetIndex(index, base.shape[0], extra, rows).topk(q, k)

@@ -48,14 +48,15 @@ def test_an_encoder_change_is_estimated_and_waits_for_confirmation(demo_root):
     # a change asked in one workspace is never applied to another one switched to meanwhile
     other = store.create_workspace("other", [(p.image, p.caption) for p in ws.all_pairs()[:40]],
                                    [(i.image, i.label) for i in ws.eval_items()], root=demo_root)
-    at.session_state["settings_pending"] = ({**ws.settings(), "text_encoder": "minilm"},
+    at.session_state["settings_pending"] = ({**ws.settings(), "text_encoder": "minilm", "k": 7},
                                              "About a minute of embedding.", str(ws.path))
     at.run()
     assert [b for b in at.button if b.key == "settings_confirm"]  # asked in this workspace: shown
     at.selectbox(key="sidebar_ws").set_value(other.id).run()
     at.run()
     assert not [b for b in at.button if b.key == "settings_confirm"]
-    assert other.settings()["text_encoder"] == "minilm" and ws.settings()["text_encoder"] == "mpnet"
+    assert other.settings()["text_encoder"] == "minilm" and other.settings()["k"] != 7   # the default, untouched
+    assert ws.settings()["text_encoder"] == "mpnet" and ws.settings()["k"] != 7
 
 
 
