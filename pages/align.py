@@ -23,7 +23,7 @@ from core.arrays import sample_groups  # noqa: E402
 from core.embedded import first_pair_per_image  # noqa: E402
 from ui import state  # noqa: E402
 from ui.safe import plain  # noqa: E402
-from ui.widgets import page_header, thumbnail_url  # noqa: E402
+from ui.widgets import count, page_header, thumbnail_url  # noqa: E402
 
 SOURCE_WS = "This workspace's anchor pairs"
 SOURCE_DEMO = "Flickr8k demo pairs (pick encoders)"
@@ -59,7 +59,7 @@ def _live_pairs(ws_path: str, stamp: tuple, _model) -> dict:
     return {"img": b.img[b.pair_img[pos]], "txt": b.cap[pos],
             "paths": [str(_model.ws.resolve(b.pair_refs[i])) for i in pos],
             "captions": [b.captions[i] for i in pos], "ids": [int(b.pair_ids[i]) for i in pos],
-            "groups": b.pair_img[pos], "of": _model.n_anchors}
+            "groups": b.pair_img[pos], "of": _model.n_anchors, "set": f"{ws_path}|{stamp}"}
 
 
 def _workspace_pairs(ws) -> tuple[dict, str, str]:
@@ -91,7 +91,7 @@ def _demo_source(column) -> tuple[dict, str, str] | None:
         st.error(plain(error))
         return None
     if data["skipped"]:
-        st.warning(f"{len(data['skipped']):,} picture(s) could not be read and were left out:",
+        st.warning(f"{count(len(data['skipped']), 'picture')} could not be read and were left out:",
                    icon=":material/warning:")
         st.text("\n".join(data["skipped"][:10]))  # plain text: paths are never markdown
     return data, ienc, tenc
@@ -271,7 +271,7 @@ def _send_to_curate(data: dict, event, top: np.ndarray) -> None:
     """Open Curate with the selected pairs (all 25 when none is selected) as its selection."""
     rows = list(event.selection.rows) if event else []
     send = [int(data["ids"][top[r]]) for r in (rows or range(len(top)))]
-    label = (f"Send the {len(send)} selected pair{'s' if len(send) != 1 else ''} to Curate" if rows
+    label = (f"Send the {count(len(send), 'selected pair')} to Curate" if rows
              else f"Send all {len(send)} to Curate")
     if st.button(label, icon=":material/send:", key="align_send",
                  help="Opens Curate with these pairs selected: preview removing them, then remove."):
@@ -321,7 +321,8 @@ def main() -> None:
     if n < MIN_PAIRS:
         st.warning(f"Only {n} pairs: the alignment lab needs at least {MIN_PAIRS} image–caption pairs.")
         return
-    key = f"{source}|{encoders}|{n}|{data['ids'][0]}|{data['ids'][-1]}"  # names the pairs every result is kept for
+    # names the pairs every result is kept for: a workspace's live set (its model's stamp) or the demo's
+    key = f"{source}|{encoders}|{data.get('set', '')}|{n}|{data['ids'][0]}|{data['ids'][-1]}"
     cka_section(data, key)
     matching_section(data, key)
     suspicious_section(data, key, own=source == SOURCE_WS)

@@ -25,7 +25,7 @@ from ui.curation_panel import auto_curate_panel  # noqa: E402
 from ui.safe import plain  # noqa: E402
 from core.asif import DEFAULT_TEMPLATES, fill_template  # noqa: E402
 from core.matching import suspicion_rank  # noqa: E402
-from ui.widgets import count, image_path, metrics_header, page_header, pct, thumbnail_url  # noqa: E402
+from ui.widgets import count, metrics_header, page_header, thumbs, what_if_sentence  # noqa: E402
 
 #: rows of the influence table sent to the browser, each with a thumbnail (search or sort for others)
 TABLE_ROWS = 100
@@ -34,12 +34,6 @@ PHOTO_ROWS = 100
 #: the tables' thumbnails: small WebP data URLs (about 1 KB each, half a JPEG's size)
 THUMB_PX, THUMB_FORMAT = 56, "WEBP"
 
-def _fmt_pts(x: float) -> str:
-    return f"{100 * x:+.1f} pts"
-
-
-def _thumbs(ws, refs) -> list[str]:
-    return [thumbnail_url(image_path(ws, r), THUMB_PX, THUMB_FORMAT) for r in refs]
 
 
 # ------------------------------------------------------------------------------------- edits
@@ -197,7 +191,7 @@ def _pair_view(ws, df: pd.DataFrame, n_all: int) -> pd.DataFrame:
     if memo is not None and memo[0] == key:
         return memo[1]
     view = pd.DataFrame({
-        "photo": _thumbs(ws, df["image"]),
+        "photo": thumbs(ws, df["image"], THUMB_PX, THUMB_FORMAT),
         "caption": df["caption"].to_numpy(),
         "Δ tuning accuracy if removed": 100 * df["loo_delta"].to_numpy(),
         "used in": df["participated"].to_numpy(),
@@ -290,7 +284,8 @@ def photo_table(model, df: pd.DataFrame, sort: str) -> list[int]:
     photos = _photo_deltas(model, df)
     if sort in ("most harmful", "most helpful"):
         photos = photos.sort_values("exact", ascending=sort == "most helpful", kind="stable").reset_index(drop=True)
-    view = pd.DataFrame({"photo": _thumbs(model.ws, photos["ref"]), "captions": photos["captions"],
+    view = pd.DataFrame({"photo": thumbs(model.ws, photos["ref"], THUMB_PX, THUMB_FORMAT),
+                         "captions": photos["captions"],
                          PHOTO_DELTA: 100 * photos["exact"], "sum of its captions' single Δ": 100 * photos["summed"],
                          "captions listed": photos["n"]})
     st.caption(f"The {len(photos):,} photos with the highest-ranked captions; the Δ column is exact for "
@@ -311,16 +306,12 @@ def photo_table(model, df: pd.DataFrame, sort: str) -> list[int]:
 
 # ----------------------------------------------------------------------------- selection
 def _what_if(model, chosen: list[int]) -> None:
-    n = len(chosen)
     try:
         what = model.what_if_remove(chosen)
     except ValueError as error:
         st.warning(plain(error))
         return
-    st.info(f"What if {'this pair were' if n == 1 else f'these {n} pairs were'} removed: tuning "
-            f"{pct(what.before.tune)} → {pct(what.after.tune)} ({_fmt_pts(what.after.tune - what.before.tune)}); "
-            f"test {pct(what.before.test)} → {pct(what.after.test)}. {count(what.n_changed, 'prediction')} "
-            "would change.")
+    st.info(what_if_sentence(len(chosen), what))
 
 
 @st.fragment

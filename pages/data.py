@@ -127,7 +127,6 @@ def _create_form(pairset, copy: bool, source: dict) -> None:
                 items = items + store.eval_items_from_labeled(held_out, part="test")
             new = store.create_from_pairset(name, pairset, items, copy=copy, source=source)
             state.set_workspace(new.id, f"Created {plain(new.name)}; you are now working in it.")
-            st.success(f"Created **{plain(new.name)}**; its pictures are being embedded now.")
             st.rerun()
         except ValueError as error:
             st.error(plain(error))

@@ -23,7 +23,8 @@ from core.store import Workspace, portable_ref  # noqa: E402
 from ui import state  # noqa: E402
 from ui.map_figure import COLOURS, figure  # noqa: E402
 from ui.safe import plain  # noqa: E402
-from ui.widgets import count, image_path, metrics_header, page_header, pct, thumbnail_url  # noqa: E402
+from ui.widgets import (count, image_path, metrics_header, page_header, thumbnail_url,  # noqa: E402
+                        what_if_sentence)
 
 SOURCES = {"photos": "photo embeddings", "captions": "caption embeddings",
            "relative": "ASIF relative representation"}
@@ -224,9 +225,7 @@ def _what_if(v: View, live: list[int], where: str, a, b) -> None:
     """The accuracy if the ``live`` pairs were removed, and the Remove button (one edit)."""
     try:
         what = v.model.what_if_remove(live)
-        a.info(f"What if these {count(len(live), 'pair')} were removed: tuning {pct(what.before.tune)} → "
-               f"{pct(what.after.tune)}; test {pct(what.before.test)} → {pct(what.after.test)}. "
-               f"{count(what.n_changed, 'prediction')} would change.")
+        a.info(what_if_sentence(len(live), what))
     except ValueError as error:
         a.warning(plain(error))
     if b.button(f"Remove {count(len(live), 'pair')}", type="primary", icon=":material/delete:",

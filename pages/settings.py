@@ -174,7 +174,7 @@ def _status(ws) -> None:
     job = state.model_job(ws)
     if not job.done:
         st.progress(min(max(job.fraction, 0.0), 1.0),
-                    text=f"Recomputing: {job.message} ({time.time() - job.started:.0f} s)")
+                    text=f"Recomputing: {plain(job.message)} ({time.time() - job.started:.0f} s)")
     elif job.error:
         st.error(f"The model could not be built with these settings: {plain(job.error)}")
     else:

@@ -12,14 +12,10 @@ import streamlit as st
 
 from ui import state
 from ui.safe import plain
-from ui.widgets import count, pct
+from ui.widgets import count, pct, pts
 
 RUN_KEY = "auto_curate_last"
 PLAN_KEY = "addition_plan"
-
-
-def _pts(x: float) -> str:
-    return f"{100 * x:+.1f} pts"
 
 
 def auto_curate_panel(ws, model) -> None:
@@ -91,8 +87,8 @@ def _show_last_run() -> None:
     after_tune = run.get("tune_after", run["tune_before"])
     after_test = run.get("test_after", run["test_before"])
     c1, c2, c3 = st.columns(3)
-    c1.metric("Tuning accuracy (chooses)", pct(after_tune), _pts(after_tune - run["tune_before"]))
-    c2.metric("Test accuracy (held out, honest)", pct(after_test), _pts(after_test - run["test_before"]))
+    c1.metric("Tuning accuracy (chooses)", pct(after_tune), pts(after_tune - run["tune_before"]))
+    c2.metric("Test accuracy (held out, honest)", pct(after_test), pts(after_test - run["test_before"]))
     c3.metric("Pairs removed", f"{run['removed']:,}", count(run["rounds"], "round"), delta_color="off")
     st.caption(f"Last auto-curation: tuning {pct(run['tune_before'])} → {pct(after_tune)}, test "
                f"{pct(run['test_before'])} → {pct(after_test)}; stopped because "

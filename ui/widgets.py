@@ -26,8 +26,9 @@ def thumbnail_url(path: str, size: int = 96, fmt: str = "JPEG") -> str:
         return ""
 
 
-def thumbs(ws, refs, size: int = 96) -> list[str]:
-    return [thumbnail_url(str(ws.resolve(r)), size) for r in refs]
+def thumbs(ws, refs, size: int = 96, fmt: str = "JPEG") -> list[str]:
+    """Thumbnails (data URLs) of the pictures ``refs`` of ``ws``; '' where one is not a file here."""
+    return [thumbnail_url(image_path(ws, r), size, fmt) for r in refs]
 
 
 def count(n: int, word: str, words: str | None = None) -> str:
@@ -39,11 +40,25 @@ def pct(x) -> str:
     return "–" if x is None or x != x else f"{100 * x:.1f}%"
 
 
+def pts(delta: float) -> str:
+    """A change of accuracy in signed points: ``pts(0.004) == "+0.4 pts"``."""
+    return f"{100 * delta:+.1f} pts"
+
+
+def what_if_sentence(n: int, what) -> str:
+    """The one sentence a removal preview reads (Curate, the Map): ``what`` is the
+    ``core.live.WhatIf`` of removing ``n`` pairs."""
+    return (f"What if {'this pair were' if n == 1 else f'these {n:,} pairs were'} removed: tuning "
+            f"{pct(what.before.tune)} → {pct(what.after.tune)} ({pts(what.after.tune - what.before.tune)}); "
+            f"test {pct(what.before.test)} → {pct(what.after.test)}. {count(what.n_changed, 'prediction')} "
+            "would change.")
+
+
 def _pts(delta: float | None):
     """A metric delta in points, or None; a change under 0.05 points gets no arrow colour."""
     if delta is None or delta != delta:
         return None, "off"
-    return f"{100 * delta:+.1f} pts vs. start", ("off" if abs(delta) < 0.0005 else "normal")
+    return f"{pts(delta)} vs. start", ("off" if abs(delta) < 0.0005 else "normal")
 
 
 def metrics_header(model, ws) -> None:
