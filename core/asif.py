@@ -1005,7 +1005,8 @@ class AsifModel:
         n = img.shape[0] if img.ndim == 2 else -1
         if img.dtype != np.float32 or txt.dtype != np.float32 or txt.ndim != 2 or txt.shape[0] != n \
                 or ids.shape != (n,) or inverse.shape != (n,) or first.ndim != 1 \
-                or first.size == 0 or int(first.max()) >= n or int(inverse.max()) >= first.size:
+                or first.size == 0 or int(first.max()) >= n or int(inverse.max()) >= first.size \
+                or int(first.min()) < 0 or int(inverse.min()) < 0:
             return None
         try:
             return cls(img, txt, np.asarray(ids), k=meta["k"], p=meta["p"], info=meta.get("info"),

@@ -417,7 +417,8 @@ class _Shard:
         return self.shape[0]
 
     def read(self) -> np.ndarray:
-        return np.load(self.path, allow_pickle=False)
+        """The shard memory-mapped: only the rows taken from it are read."""
+        return np.load(self.path, mmap_mode="r", allow_pickle=False)
 
 
 def _import_clip_retrieval(p: Path, image_encoder, text_encoder, recorded, limit, ref_column) -> EmbeddedPairs:
@@ -477,13 +478,16 @@ def _import_clip_retrieval(p: Path, image_encoder, text_encoder, recorded, limit
             rows[r0:r0 + take] = x.read()[:take]
         r0 += take
     pair_image, first = _group_images(refs, rows if refs is None else None)
-    img = np.empty((first.size, di), dtype=np.float32)      # only one row per image is read
-    starts = np.cumsum([0] + [len(x) for x, _, _ in maps])
-    shard_of = np.searchsorted(starts, first, side="right") - 1
-    for s_no, (x, _, _) in enumerate(maps):
-        sel = np.flatnonzero(shard_of == s_no)
-        if sel.size:
-            img[sel] = x.read()[first[sel] - starts[s_no]]
+    if refs is None:                                        # every image row was read already
+        img = rows[first]
+    else:
+        img = np.empty((first.size, di), dtype=np.float32)  # only one row per image is read
+        starts = np.cumsum([0] + [len(x) for x, _, _ in maps])
+        shard_of = np.searchsorted(starts, first, side="right") - 1
+        for s_no, (x, _, _) in enumerate(maps):
+            sel = np.flatnonzero(shard_of == s_no)
+            if sel.size:
+                img[sel] = x.read()[first[sel] - starts[s_no]]
     images = list(dict.fromkeys(refs)) if refs is not None else [f"{source}#image{j}" for j in range(first.size)]
     return _finish_pairs(img, pair_image, txt, captions, images, ie, te)
 
@@ -751,8 +755,8 @@ def create_vector_workspace(name: str, pairs: EmbeddedPairs, eval_items: Sequenc
 
     Their vectors are kept inside the workspace (``core.store.VECTORS_DIR``, as
     :func:`core.asif.save_mapped_pairs` writes them) and memory-mapped when it opens, so a 1.6M-pair
-    workspace opens without reading or copying its 9.8 GB of vectors; nothing goes into the shared
-    embedding cache. A picture is referenced where it is when it is a file inside ``roots`` (default
+    workspace opens without reading or copying its 9.8 GB of vectors; none of them goes into the
+    shared embedding cache (only the encoders' own vectors of the sample the check embeds). A picture is referenced where it is when it is a file inside ``roots`` (default
     :func:`core.data.allowed_roots`: the folders the app may read), so its thumbnail shows; any other
     reference (a URL, a path elsewhere or relative) is kept as text only (``core.store.EXTERNAL_REF``)
     and the caption is shown alone. Both encoders must run here (:func:`require_encoder`): the

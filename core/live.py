@@ -436,7 +436,7 @@ class LiveModel:
             lambda saved: EditSession(model, vectors.item_vecs, vectors.item_labels, vectors.prompts,
                                       vectors.prompt_classes, class_names=vectors.classes,
                                       neighbours=saved, progress=progress))
-        self.seq, self.version = (None if opened is not active else state.seq), 0
+        self.seq, self.version = (state.seq if opened is active or state.seq == 0 else None), 0
         self._sync_to(state)
         self.version = 0  # bumped by every change of the anchor set
         self._uid = uuid.uuid4().hex  # tells this model from a rebuilt one (whose version starts at 0 again)

@@ -404,7 +404,7 @@ def settings_key(settings: dict) -> str:
     keys = ("image_encoder", "text_encoder", "k", "p", "templates", "classes", "tune_fraction",
             "split_seed")
     out = {**{k: settings.get(k) for k in keys}, "wording": asif.PROMPT_WORDING}
-    if settings.get("ann_min_anchors") is not None:   # only when set: older keys stay as they were
+    if settings.get("ann_min_anchors") is not None:   # only when set (the default is ANN_MIN_ANCHORS)
         out["ann_min_anchors"] = settings["ann_min_anchors"]
     return json.dumps(out, sort_keys=True)
 

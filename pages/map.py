@@ -291,8 +291,7 @@ def _mask(df: pd.DataFrame, shown_flags: list[str], text: str) -> np.ndarray:
     return mask
 
 
-def map_panel(v: View) -> None:
-    df = _table(v)
+def map_panel(v: View, df: pd.DataFrame) -> None:
     k1, k2, k3 = st.columns([1, 1.4, 1.4])
     source = k1.selectbox("Map of", list(SOURCES), format_func=SOURCES.get, key="map_source")
     colour = k2.selectbox("Colour by", list(COLOURS), key="map_colour")
@@ -417,7 +416,7 @@ def _results_table(v: View, res: pd.DataFrame) -> list[int]:
     return res["pair_id"].astype(int).tolist() if every else [int(res.iloc[i]["pair_id"]) for i in rows]
 
 
-def search_panel(v: View) -> None:
+def search_panel(v: View, df: pd.DataFrame) -> None:
     how = st.radio("Search by", ["text", "picture"], horizontal=True, key="search_how")
     vec = _query_vector(v, how)
     if vec is None:
@@ -437,7 +436,6 @@ def search_panel(v: View) -> None:
     t0 = time.perf_counter()
     found = search.by_text(vec) if how == "text" else search.by_image(vec)
     ms = 1000 * (time.perf_counter() - t0)
-    df = _table(v)
     mode = st.radio("Results", ["encoder neighbours", "ASIF retrieval"], horizontal=True, key="search_mode")
     pos, score = found["encoder" if mode == "encoder neighbours" else "asif"]
     res = df.iloc[pos].assign(score=score)
@@ -468,11 +466,12 @@ def main() -> None:
         st.caption(f"The map shows a fixed random sample of whole photos: {count(len(v.ok), 'pair')} of "
                    f"{n_ok:,} (at most {MAP_MAX_PAIRS:,}); the other pages reach all.")
     _edit_bar(v)
+    df = _table(v)                       # one table for both tabs (st.tabs runs both)
     tab_map, tab_search = st.tabs(["Map", "Search anchors"])
     with tab_map:
-        map_panel(v)
+        map_panel(v, df)
     with tab_search:
-        search_panel(v)
+        search_panel(v, df)
 
 
 main()

@@ -14,7 +14,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from core.arrays import gather_rows
+from core.arrays import StackedRows
 from core.asif import signed_power64
 from core.search import ExactIndex, RowSubsetIndex, canonical_order, similarity_block
 
@@ -22,12 +22,12 @@ from core.search import ExactIndex, RowSubsetIndex, canonical_order, similarity_
 TWIN_PROBE_COLUMNS = 16
 
 
-class SharedRows:
+class SharedRows(StackedRows):
     """One side of the anchor rows: the model's ``[n, d]`` float32 array, shared (never copied nor
-    written), then the rows added during the session in a separate block that grows. Indexed like
-    a 2-D array along its rows (an int, a slice, an index array or a boolean mask; a gather returns
-    a new array); ``shape`` is ``(capacity, d)``. At 1.6M pairs × 768 dimensions a copy of both
-    sides would be 9.8 GB: the session shares the model's arrays instead.
+    written), then the rows added during the session in a separate block that grows: a
+    :class:`core.arrays.StackedRows` whose added block is written in place (``shape`` is
+    ``(capacity, d)``). At 1.6M pairs × 768 dimensions a copy of both sides would be 9.8 GB: the
+    session shares the model's arrays instead.
 
     >>> rows = SharedRows(np.eye(2, dtype=np.float32))
     >>> rows.grow(3); rows[np.array([2])] = [[5, 5]]
@@ -42,13 +42,9 @@ class SharedRows:
     MIN_EXTRA = 1024
 
     def __init__(self, base: np.ndarray):
-        self.base = np.asarray(base, dtype=np.float32)
-        self.n0 = self.base.shape[0]
-        self.extra = np.zeros((16, self.base.shape[1]), dtype=np.float32)
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self.n0 + self.extra.shape[0], self.base.shape[1]
+        base = np.asarray(base, dtype=np.float32)
+        super().__init__(base, np.zeros((16, base.shape[1]), dtype=np.float32))
+        self.n0 = base.shape[0]
 
     def grow(self, capacity: int) -> None:
         """Room for at least ``capacity`` rows (only the added block is copied)."""
@@ -59,21 +55,6 @@ class SharedRows:
         new[:self.extra.shape[0]] = self.extra
         self.extra = new
 
-    def _rows(self, key) -> np.ndarray:
-        if isinstance(key, slice):
-            return np.arange(*key.indices(self.shape[0]))
-        idx = np.asarray(key)
-        return np.flatnonzero(idx) if idx.dtype == bool else idx.astype(np.int64, copy=False)
-
-    def __getitem__(self, key) -> np.ndarray:
-        if isinstance(key, (int, np.integer)):
-            return self.base[key] if key < self.n0 else self.extra[key - self.n0]
-        if isinstance(key, slice):
-            start, stop, step = key.indices(self.shape[0])
-            if step == 1 and stop <= self.n0:
-                return self.base[start:stop]                    # a view of the shared rows, no copy
-        return gather_rows(self.base, self.extra, self._rows(key))
-
     def __deepcopy__(self, memo) -> "SharedRows":
         """A copy for another session (``LiveModel.influence`` works on one): the shared rows are
         still shared (they never change), only the added block is copied."""
@@ -83,7 +64,11 @@ class SharedRows:
         return new
 
     def __setitem__(self, key, values) -> None:
-        idx = self._rows(key)
+        if isinstance(key, slice):
+            idx = np.arange(*key.indices(self.shape[0]))
+        else:
+            idx = np.asarray(key)
+            idx = np.flatnonzero(idx) if idx.dtype == bool else idx.astype(np.int64, copy=False)
         if idx.size and idx.min() < self.n0:
             raise ValueError("the model's anchor rows are shared and never change; only added rows are written.")
         self.extra[idx - self.n0] = values
@@ -292,7 +277,7 @@ class NeighbourLists:
             self.rows, self.sims, self.length = (np.array(state[f]) for f in self.STATE_FIELDS)
             self._build_postings()
         else:
-            self._full_init(None if search is None else search())
+            self._full_init()
 
     def state(self) -> dict[str, np.ndarray]:
         """The lists as plain arrays (``rows``, ``sims``, ``length``), to restore with ``state=``."""
@@ -301,20 +286,14 @@ class NeighbourLists:
     def emb(self) -> SharedRows:
         return self.anchors.emb(self.side)
 
-    def _full_init(self, search=None):
-        """The first lists. ``search``: the model's index over exactly these anchor rows (its
-        ``topk`` in canonical order with exact similarities, e.g. :class:`core.ann.AnnIndex`), used
-        instead of an exact search over a copy of the live rows."""
-        alive = self.anchors.alive_rows()
-        K = min(self.K, alive.size)
-        if search is not None and alive.size == self.anchors.size == search.base.shape[0]:
-            idx, sims = search.topk(self.q, K)
-        else:
-            idx, sims = ExactIndex(self.emb()[alive]).topk(self.q, K)
+    def _full_init(self):
+        """The first lists: every query's top-(k+m) through :meth:`_index` (the model's own index,
+        e.g. :class:`core.ann.AnnIndex`, over its rows: no copy of them)."""
+        found, sims, K = self._search(np.arange(self.q.shape[0]), self.anchors.alive_rows())
         nq = self.q.shape[0]
         self.rows = np.full((nq, self.K), -1, dtype=np.int64)
         self.sims = np.full((nq, self.K), -np.inf, dtype=np.float32)
-        self.rows[:, :K] = alive[idx]
+        self.rows[:, :K] = found
         self.sims[:, :K] = sims
         self.length = np.full(nq, K, dtype=np.int64)
         self._build_postings()
